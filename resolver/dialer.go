@@ -1,0 +1,90 @@
+package resolver
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/containerd/log"
+)
+
+// DefaultDialTimeout bounds one TCP connect to a datastore. On a bridge a
+// live peer answers at once; a vanished one fails when ARP gives up (~3 s).
+const DefaultDialTimeout = 5 * time.Second
+
+// Dialer connects to .local hosts through the bridge they were found on,
+// from that bridge's address and bound to its device; other hosts are
+// dialed normally. Its DialContext fits http.Transport, so an HTTPS
+// client still verifies the certificate against the .local name: only the
+// TCP destination changes, never the URL host.
+type Dialer struct {
+	discoverer *Discoverer
+	timeout    time.Duration
+	fallback   net.Dialer
+}
+
+// NewDialer returns a Dialer resolving through d.
+func NewDialer(d *Discoverer) *Dialer {
+	return &Dialer{
+		discoverer: d,
+		timeout:    DefaultDialTimeout,
+		fallback:   net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second},
+	}
+}
+
+// DialContext dials address ("host:port"). For a .local host a failed
+// connect means the cached address may be stale (the datastore restarted
+// elsewhere): the dialer forgets it, resolves again at once and retries
+// once, so an address change costs one round of mDNS, not a pull.
+func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(address)
+	if err != nil || !IsLocal(host) {
+		return d.fallback.DialContext(ctx, network, address)
+	}
+	if network != "tcp" && network != "tcp4" {
+		return nil, fmt.Errorf("dial %s %s: .local hosts are reached over tcp4 only", network, address)
+	}
+	res, err := d.discoverer.Resolve(ctx, host)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", address, err)
+	}
+	conn, err := d.dialVia(ctx, res, port)
+	if err == nil {
+		return conn, nil
+	}
+	log.G(ctx).WithError(err).WithFields(log.Fields{"host": host, "address": res.Addr}).
+		Info("connection to .local host failed; resolving again")
+	d.discoverer.Forget(host)
+	res2, rerr := d.discoverer.Resolve(ctx, host)
+	if rerr != nil {
+		return nil, fmt.Errorf("dial %s at %s: %w; resolving again: %w", address, res.Addr, err, rerr)
+	}
+	conn, err2 := d.dialVia(ctx, res2, port)
+	if err2 != nil {
+		d.discoverer.Forget(host)
+		return nil, fmt.Errorf("dial %s at %s: %w", address, res2.Addr, err2)
+	}
+	return conn, nil
+}
+
+// dialVia connects to res.Addr:port from the bridge it was found on.
+func (d *Dialer) dialVia(ctx context.Context, res Result, port string) (net.Conn, error) {
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return nil, fmt.Errorf("port %q: %w", port, err)
+	}
+	nd := net.Dialer{
+		Timeout:   d.timeout,
+		KeepAlive: 30 * time.Second,
+		LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(res.Source, 0)),
+		Control:   bindToDevice(res.Interface),
+	}
+	conn, err := nd.DialContext(ctx, "tcp4", netip.AddrPortFrom(res.Addr, uint16(p)).String())
+	if err != nil {
+		return nil, fmt.Errorf("connect via %s from %s: %w", res.Interface, res.Source, err)
+	}
+	return conn, nil
+}
