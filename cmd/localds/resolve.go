@@ -40,8 +40,6 @@ func resolveCommand() *cli.Command {
 				Timeout:    timeout,
 				CacheTTL:   -1,
 			})
-			ctx, cancel := context.WithTimeout(ctx, timeout)
-			defer cancel()
 			res, err := d.Resolve(ctx, cmd.Args().First())
 			if err != nil {
 				return err

@@ -1,0 +1,62 @@
+# localds build, test, demo and benchmarks. Every target that needs system
+# packages installs them itself (scripts/install-deps.sh, root).
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+GO ?= go
+BIN := $(CURDIR)/bin
+# containerd and ctr are built from the containerd module version pinned in
+# go.mod, so integration tests run the daemon we link against.
+CONTAINERD_VERSION = $(shell $(GO) list -m -f '{{.Version}}' github.com/containerd/containerd/v2)
+CONTAINERD_DIR = $(shell $(GO) mod download -json github.com/containerd/containerd/v2 | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p')
+CMDS := localds
+GOTEST_FLAGS ?= -count=1 -timeout 25m
+BENCH_FLAGS ?= -run '^$$' -bench . -benchtime 200x
+
+.PHONY: all build containerd deps test unit demo bench fuzz lint notice clean
+
+all: build
+
+deps:
+	./scripts/install-deps.sh
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(CMDS))
+
+containerd: $(BIN)/containerd
+
+$(BIN)/containerd: go.mod
+	@mkdir -p $(BIN)
+	@echo "building containerd $(CONTAINERD_VERSION) and ctr from the pinned module"
+	cd $(CONTAINERD_DIR) && GOFLAGS=-buildvcs=false $(GO) build \
+		-ldflags "-X github.com/containerd/containerd/v2/version.Version=$(CONTAINERD_VERSION)" \
+		-o $(BIN)/ ./cmd/containerd ./cmd/ctr ./cmd/containerd-shim-runc-v2
+	@touch $@
+
+# The whole suite: unit tests everywhere, integration tests (root, network
+# namespaces, real avahi-daemon) where the machine allows them.
+test: deps lint build containerd
+	LOCALDS_BIN_DIR=$(BIN) $(GO) test $(GOTEST_FLAGS) ./...
+
+# Unit tests only: -short skips everything that needs root or namespaces.
+unit:
+	$(GO) test -short -count=1 ./...
+
+demo: deps build
+	./scripts/demo.sh
+
+bench: deps build
+	LOCALDS_BIN_DIR=$(BIN) $(GO) test $(BENCH_FLAGS) ./resolver/
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParseAnswer -fuzztime 60s ./resolver/
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+notice:
+	./scripts/notice.sh > NOTICE
+
+clean:
+	rm -rf $(BIN)
