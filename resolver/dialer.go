@@ -12,8 +12,10 @@ import (
 )
 
 // DefaultDialTimeout bounds one TCP connect to a datastore. On a bridge a
-// live peer answers at once; a vanished one fails when ARP gives up (~3 s).
-const DefaultDialTimeout = 5 * time.Second
+// live peer answers within a millisecond; a peer that moved away answers
+// never, and every second waited is a second the pull stalls before
+// re-resolving.
+const DefaultDialTimeout = 3 * time.Second
 
 // Dialer connects to .local hosts through the bridge they were found on,
 // from that bridge's address and bound to its device; other hosts are

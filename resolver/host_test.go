@@ -1,0 +1,46 @@
+package resolver
+
+import "testing"
+
+func TestCanonicalHost(t *testing.T) {
+	good := map[string]string{
+		"ubuntu-4321-http-server.local":    "ubuntu-4321-http-server.local.",
+		"DS.Local.":                        "ds.local.",
+		"ds.local:5000":                    "ds.local.",
+		"a.b.local":                        "a.b.local.",
+		"ubuntu-4321-http-server.local:80": "ubuntu-4321-http-server.local.",
+	}
+	for in, want := range good {
+		got, err := CanonicalHost(in)
+		if err != nil || got != want {
+			t.Errorf("CanonicalHost(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", ".local", "local", "ds.localhost", "ds.example.com", "-ds.local", "d_s.local", "d s.local", "ds..local", "10.0.0.1"} {
+		if got, err := CanonicalHost(in); err == nil {
+			t.Errorf("CanonicalHost(%q) = %q, want an error", in, got)
+		}
+	}
+}
+
+func TestIsLocal(t *testing.T) {
+	for in, want := range map[string]bool{
+		"ds.local": true, "ds.local:5000": true, "DS.LOCAL.": true,
+		"ds.localhost": false, "local": false, "registry-1.docker.io": false, "ds.local.example.com": false,
+	} {
+		if got := IsLocal(in); got != want {
+			t.Errorf("IsLocal(%q) = %v, want %v", in, got, want)
+		}
+	}
+}
+
+func TestSameName(t *testing.T) {
+	if !sameName("DS.local.", "ds.local") {
+		t.Error("case and trailing dot must not matter")
+	}
+	for _, other := range []string{"myds.local.", "ds-2.local.", "ds.local.local.", "s.local."} {
+		if sameName(other, "ds.local.") {
+			t.Errorf("%q must not match ds.local.", other)
+		}
+	}
+}
