@@ -49,7 +49,9 @@ cp contrib/avahi/services/http.service "$work/services/"
 start_datastore() { # $1: the datastore's address this "boot"
 	ip -n "$ds" addr flush dev eth0
 	ip -n "$ds" addr add "$1/24" dev eth0
-	ip netns exec "$ds" sh -c "mount -t tmpfs localds-demo /run/avahi-daemon 2>/dev/null || { mkdir -p /run/avahi-daemon && mount -t tmpfs localds-demo /run/avahi-daemon; }
+	# A private /run (ip netns exec gives a private mount namespace) so the
+	# daemon's pid file and socket never touch the host's /run.
+	ip netns exec "$ds" sh -c "mount -t tmpfs localds-demo /run && mkdir -p /run/avahi-daemon
 		mount --bind '$work/services' /etc/avahi/services
 		exec avahi-daemon -f '$PWD/contrib/avahi/avahi-daemon.conf' --no-drop-root --no-chroot --no-rlimits" \
 		>"$work/avahi.log" 2>&1 &
