@@ -158,9 +158,9 @@ func (r *Registry) importLayout(ctx context.Context, archive, fallback string, o
 // "docker.io/library/app:1", or a bare tag "1") into the tag to store,
 // dropping the registry host: pulls name this datastore's host instead.
 func importRef(ref, fallback string) (name.Tag, error) {
-	ref, _, _ = strings.Cut(ref, "@")
+	ref, _, digested := strings.Cut(ref, "@")
 	repo, tag := fallback, "latest"
-	if ref != "" && !strings.ContainsAny(ref, "/:") {
+	if ref != "" && !digested && !strings.ContainsAny(ref, "/:") {
 		tag = ref
 	} else if ref != "" {
 		repo = ref

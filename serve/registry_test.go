@@ -338,3 +338,8 @@ func TestContextReaderStops(t *testing.T) {
 		t.Fatal("read after cancel succeeded")
 	}
 }
+
+func remoteImage(t *testing.T, ts *httptest.Server, r string) (v1.Image, error) {
+	t.Helper()
+	return remote.Image(ref(t, ts, r))
+}

@@ -101,6 +101,10 @@ func (s *Server) Handler() http.Handler { return s.handler }
 func (s *Server) Registry() *Registry { return s.registry }
 
 func (s *Server) route(w http.ResponseWriter, req *http.Request) {
+	if hasDotDot(req.URL.Path) {
+		http.Error(w, "path leaves the served directory", http.StatusBadRequest)
+		return
+	}
 	if req.URL.Path == "/v2" || strings.HasPrefix(req.URL.Path, "/v2/") {
 		s.registry.ServeHTTP(w, req)
 		return
@@ -192,6 +196,16 @@ func (s *Server) Run(ctx context.Context) error {
 	wg.Wait()
 	log.G(ctx).Info("datastore stopped")
 	return err
+}
+
+// hasDotDot reports a ".." path element: refused everywhere, never cleaned.
+func hasDotDot(p string) bool {
+	for _, seg := range strings.Split(p, "/") {
+		if seg == ".." {
+			return true
+		}
+	}
+	return false
 }
 
 func port(ln net.Listener) int {
