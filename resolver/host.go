@@ -25,16 +25,18 @@ func IsLocal(host string) bool {
 func CanonicalHost(host string) (string, error) {
 	name, _ := splitPort(host)
 	name = strings.TrimSuffix(strings.ToLower(name), ".")
-	if !IsLocal(name) {
+	if len(name) <= len(localSuffix) || !strings.HasSuffix(name, localSuffix) {
 		return "", fmt.Errorf("%q is not a .local host name", host)
 	}
 	if len(name) > 253 {
 		return "", fmt.Errorf("host name %q is longer than 253 characters", host)
 	}
-	for _, label := range strings.Split(name, ".") {
+	for rest := name; rest != ""; {
+		label, tail, _ := strings.Cut(rest, ".")
 		if err := checkLabel(label); err != nil {
 			return "", fmt.Errorf("host name %q: %w", host, err)
 		}
+		rest = tail
 	}
 	return name + ".", nil
 }
@@ -62,6 +64,9 @@ func checkLabel(label string) error {
 // splitPort splits "name:port" and leaves "name" alone; unlike
 // net.SplitHostPort it accepts a missing port.
 func splitPort(host string) (name, port string) {
+	if !strings.Contains(host, ":") {
+		return host, "" // the common case, without SplitHostPort's error
+	}
 	if h, p, err := net.SplitHostPort(host); err == nil {
 		return h, p
 	}

@@ -16,7 +16,7 @@ func TestCanonicalHost(t *testing.T) {
 			t.Errorf("CanonicalHost(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", ".local", "local", "ds.localhost", "ds.example.com", "-ds.local", "d_s.local", "d s.local", "ds..local", "10.0.0.1"} {
+	for _, in := range []string{"", ".local", "local", "ds.localhost", "ds.example.com", "-ds.local", "d_s.local", "d s.local", "ds..local", "10.0.0.1", "ds.local..", ".ds.local"} {
 		if got, err := CanonicalHost(in); err == nil {
 			t.Errorf("CanonicalHost(%q) = %q, want an error", in, got)
 		}
