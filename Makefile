@@ -52,6 +52,7 @@ bench: deps build
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseAnswer -fuzztime 60s ./resolver/
+	$(GO) test -run '^$$' -fuzz FuzzCanonicalHost -fuzztime 30s ./resolver/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

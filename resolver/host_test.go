@@ -1,6 +1,9 @@
 package resolver
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestCanonicalHost(t *testing.T) {
 	good := map[string]string{
@@ -43,4 +46,24 @@ func TestSameName(t *testing.T) {
 			t.Errorf("%q must not match ds.local.", other)
 		}
 	}
+}
+
+// FuzzCanonicalHost: whatever is accepted is a lower-case .local FQDN of
+// valid labels, and canonical form is a fixed point.
+func FuzzCanonicalHost(f *testing.F) {
+	for _, s := range []string{"ds.local", "DS.local.:5000", "ds.local..", "a..local", "[::1]:80", "x.local:"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		got, err := CanonicalHost(in)
+		if err != nil {
+			return
+		}
+		if !strings.HasSuffix(got, ".local.") || strings.Contains(got, "..") || strings.ToLower(got) != got {
+			t.Fatalf("CanonicalHost(%q) = %q", in, got)
+		}
+		if again, err := CanonicalHost(got); err != nil || again != got {
+			t.Fatalf("not a fixed point: %q -> %q, %v", got, again, err)
+		}
+	})
 }
