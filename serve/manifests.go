@@ -124,7 +124,7 @@ func (m *manifestStore) put(w http.ResponseWriter, req *http.Request, repo, ref 
 	undo, err := m.persist(ctx, repo, tag, mt, body)
 	if err != nil {
 		log.G(ctx).WithError(err).WithField("repo", repo).Error("registry: manifest not stored")
-		writeStorageError(w, err)
+		writeStorageError(req.Context(), w, err)
 		return
 	}
 	rec := m.forward(ctx, http.MethodPut, repo, ref, mt, body)

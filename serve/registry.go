@@ -154,20 +154,35 @@ func writeRegError(w http.ResponseWriter, status int, code, msg string) {
 }
 
 // writeStorageError maps a store error to the client's answer: a clear
-// "disk full" (507), a digest mismatch (400), or an internal error.
-func writeStorageError(w http.ResponseWriter, err error) {
+// "disk full" (507), a digest mismatch (400), or an internal error. The
+// full error, with paths, goes to the log only.
+func writeStorageError(ctx context.Context, w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, ErrDigestMismatch):
-		writeRegError(w, http.StatusBadRequest, "DIGEST_INVALID", err.Error())
+		log.G(ctx).WithError(err).Info("registry: push refused")
+		writeRegError(w, http.StatusBadRequest, "DIGEST_INVALID", mismatchMessage(err))
 	case errors.Is(err, ErrDiskFull):
-		writeRegError(w, http.StatusInsufficientStorage, "BLOB_UPLOAD_INVALID", "datastore disk full, nothing stored: "+err.Error())
+		log.G(ctx).WithError(err).Error("registry: push failed, datastore disk full")
+		writeRegError(w, http.StatusInsufficientStorage, "BLOB_UPLOAD_INVALID",
+			"datastore disk full (no space left on device): nothing stored")
 	case errors.Is(err, errTooManyUploads):
 		writeRegError(w, http.StatusTooManyRequests, "TOOMANYREQUESTS", err.Error())
 	case errors.Is(err, context.Canceled):
 		writeRegError(w, http.StatusBadRequest, "BLOB_UPLOAD_INVALID", "request cancelled, nothing stored")
 	default:
-		writeRegError(w, http.StatusInternalServerError, "UNKNOWN", err.Error())
+		log.G(ctx).WithError(err).Error("registry: storage error")
+		writeRegError(w, http.StatusInternalServerError, "UNKNOWN", "datastore storage error, nothing stored")
 	}
+}
+
+// mismatchMessage keeps the "digest mismatch: content has X, pushed as Y"
+// part of err, without the internal context wrapped around it.
+func mismatchMessage(err error) string {
+	msg := err.Error()
+	if i := strings.Index(msg, ErrDigestMismatch.Error()); i >= 0 {
+		return msg[i:]
+	}
+	return ErrDigestMismatch.Error()
 }
 
 func digestOf(b []byte) v1.Hash {

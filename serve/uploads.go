@@ -175,7 +175,7 @@ func (r *Registry) handleUpload(w http.ResponseWriter, req *http.Request, repo, 
 		}
 		if err := s.write(ctx, req.Body); err != nil {
 			r.uploads.drop(s)
-			writeStorageError(w, err)
+			writeStorageError(req.Context(), w, err)
 			return
 		}
 	case http.MethodPut:
@@ -186,13 +186,13 @@ func (r *Registry) handleUpload(w http.ResponseWriter, req *http.Request, repo, 
 		}
 		if err := s.write(ctx, req.Body); err != nil {
 			r.uploads.drop(s)
-			writeStorageError(w, err)
+			writeStorageError(req.Context(), w, err)
 			return
 		}
 		s.dead = true // committed or discarded, never reused
 		r.uploads.drop(s)
 		if err := r.store.commit(s.f, s.h, h); err != nil {
-			writeStorageError(w, err)
+			writeStorageError(req.Context(), w, err)
 			return
 		}
 		w.Header().Set("Location", "/v2/"+repo+"/blobs/"+h.String())
@@ -232,7 +232,7 @@ func (r *Registry) startUpload(w http.ResponseWriter, req *http.Request, repo st
 			return
 		}
 		if _, err := r.store.ingest(req.Context(), h, req.Body); err != nil {
-			writeStorageError(w, err)
+			writeStorageError(req.Context(), w, err)
 			return
 		}
 		w.Header().Set("Location", "/v2/"+repo+"/blobs/"+h.String())
@@ -242,7 +242,7 @@ func (r *Registry) startUpload(w http.ResponseWriter, req *http.Request, repo st
 	}
 	s, err := r.uploads.start(repo)
 	if err != nil {
-		writeStorageError(w, err)
+		writeStorageError(req.Context(), w, err)
 		return
 	}
 	w.Header().Set("Location", s.location(repo))
