@@ -1,0 +1,97 @@
+// Command containerd-localds-grpc is the daemon containerd loads as a proxy
+// plugin: containerd's content API over localds's CAS at <root>/vault/cas on
+// one unix socket, and the registry mirror, /healthz and /metrics on a
+// loopback listener. It is thin wiring over package plugin: flags and the
+// config file in, plugin.Serve until SIGTERM or SIGINT.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/containerd/log"
+	"github.com/urfave/cli/v3"
+
+	"github.com/localds/localds/plugin"
+)
+
+func main() {
+	// SIGTERM (systemd, kill) and SIGINT start the graceful shutdown.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newCommand().Run(ctx, os.Args); err != nil {
+		fmt.Fprintf(os.Stderr, "containerd-localds-grpc: %v\n", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+func newCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "containerd-localds-grpc",
+		Usage: "serve localds's content store to containerd (proxy plugin) and the .local registry mirror",
+		Description: "Flags override the config file; the config file uses the flag names as TOML keys.\n" +
+			"containerd loads the socket with contrib/containerd/config.toml.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Usage: "TOML config file (keys: root, address, mirror-listen, interface, hosts-dir, log-level)"},
+			&cli.StringFlag{Name: "root", Value: plugin.DefaultRoot, Usage: "localds root; the CAS is <root>/vault/cas"},
+			&cli.StringFlag{Name: "address", Value: plugin.DefaultAddress, Usage: "unix socket containerd connects to"},
+			&cli.StringFlag{Name: "mirror-listen", Value: plugin.DefaultMirrorListen, Usage: "address of the registry mirror, /healthz and /metrics (keep it on loopback)"},
+			&cli.StringSliceFlag{Name: "interface", Usage: "glob of bridge names to resolve .local hosts on (repeatable; default: every internal bridge)"},
+			&cli.StringFlag{Name: "hosts-dir", Usage: "containerd hosts.toml directory (e.g. /etc/containerd/certs.d) for the mirror's upstreams"},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "trace, debug, info, warn or error"},
+		},
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if cmd.NArg() != 0 {
+				return fmt.Errorf("unexpected arguments %q (all settings are flags)", cmd.Args().Slice())
+			}
+			cfg, level, err := configFrom(cmd)
+			if err != nil {
+				return err
+			}
+			if err := log.SetLevel(level); err != nil {
+				return fmt.Errorf("--log-level %q: %w", level, err)
+			}
+			cfg.Mirror = newMirror
+			return plugin.Serve(ctx, cfg)
+		},
+	}
+}
+
+// configFrom merges, per setting: the flag if given, else the config
+// file's value if set, else the flag's default.
+func configFrom(cmd *cli.Command) (plugin.Config, string, error) {
+	var fc plugin.FileConfig
+	if path := cmd.String("config"); path != "" {
+		var err error
+		if fc, err = plugin.LoadConfigFile(path); err != nil {
+			return plugin.Config{}, "", err
+		}
+	}
+	str := func(flag, file string) string {
+		if cmd.IsSet(flag) || file == "" {
+			return cmd.String(flag)
+		}
+		return file
+	}
+	ifaces := fc.Interface
+	if cmd.IsSet("interface") {
+		ifaces = cmd.StringSlice("interface")
+	}
+	cfg := plugin.Config{
+		Root:         str("root", fc.Root),
+		Address:      str("address", fc.Address),
+		MirrorListen: str("mirror-listen", fc.MirrorListen),
+		Interfaces:   ifaces,
+		HostsDir:     str("hosts-dir", fc.HostsDir),
+	}
+	for name, v := range map[string]string{"root": cfg.Root, "address": cfg.Address, "mirror-listen": cfg.MirrorListen} {
+		if v == "" {
+			return plugin.Config{}, "", fmt.Errorf("%s must not be empty", name)
+		}
+	}
+	return cfg, str("log-level", fc.LogLevel), nil
+}

@@ -1,0 +1,73 @@
+package plugin
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strings"
+
+	"github.com/containerd/errdefs"
+	"github.com/pelletier/go-toml/v2"
+)
+
+// FileConfig is the daemon's TOML config file. Its keys are the daemon's
+// flag names, so a setting reads the same in a unit file and in the config:
+//
+//	root = "/persist"
+//	address = "/run/localds/localds.sock"
+//	mirror-listen = "127.0.0.1:5151"
+//	interface = ["br*", "bn1"]
+//	hosts-dir = "/etc/containerd/certs.d"
+//	log-level = "info"
+type FileConfig struct {
+	Root         string   `toml:"root"`
+	Address      string   `toml:"address"`
+	MirrorListen string   `toml:"mirror-listen"`
+	Interface    []string `toml:"interface"`
+	HostsDir     string   `toml:"hosts-dir"`
+	LogLevel     string   `toml:"log-level"`
+}
+
+// maxConfigSize bounds what is read: a config is a few lines, anything
+// bigger is the wrong file.
+const maxConfigSize = 1 << 20
+
+// LoadConfigFile reads and strictly parses the TOML file at path: a missing
+// file, a syntax error or an unknown key is an error that names the file
+// (and the line), so a typo never silently falls back to a default.
+func LoadConfigFile(path string) (FileConfig, error) {
+	var fc FileConfig
+	st, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fc, fmt.Errorf("config file %s does not exist: %w", path, errdefs.ErrNotFound)
+	case err != nil:
+		return fc, fmt.Errorf("config file: %w", err)
+	case st.IsDir():
+		return fc, fmt.Errorf("config file %s is a directory: %w", path, errdefs.ErrInvalidArgument)
+	case st.Size() > maxConfigSize:
+		return fc, fmt.Errorf("config file %s is %d bytes, more than a config can be: %w", path, st.Size(), errdefs.ErrInvalidArgument)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fc, fmt.Errorf("config file: %w", err)
+	}
+	dec := toml.NewDecoder(bytes.NewReader(b)).DisallowUnknownFields()
+	if err := dec.Decode(&fc); err != nil {
+		var derr *toml.DecodeError
+		var serr *toml.StrictMissingError
+		switch {
+		case errors.As(err, &serr):
+			return fc, fmt.Errorf("config file %s: unknown key: %w (valid keys: root, address, mirror-listen, interface, hosts-dir, log-level)\n%s",
+				path, errdefs.ErrInvalidArgument, strings.TrimRight(serr.String(), "\n"))
+		case errors.As(err, &derr):
+			row, col := derr.Position()
+			return fc, fmt.Errorf("config file %s: line %d, column %d: %s: %w", path, row, col, derr.Error(), errdefs.ErrInvalidArgument)
+		default:
+			return fc, fmt.Errorf("config file %s: %v: %w", path, err, errdefs.ErrInvalidArgument)
+		}
+	}
+	return fc, nil
+}
