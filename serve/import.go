@@ -62,7 +62,7 @@ func (r *Registry) ImportArchive(ctx context.Context, archive string) ([]string,
 		return nil, err
 	}
 	fallback := strings.ToLower(strings.TrimSuffix(filepath.Base(archive), ".tar"))
-	opts := []remote.Option{remote.WithContext(ctx), remote.WithTransport(handlerTransport{r})}
+	opts := []remote.Option{remote.WithContext(ctx), remote.WithTransport(handlerTransport{http.HandlerFunc(r.serve)})}
 	switch {
 	case members["oci-layout"] && members["index.json"]:
 		return r.importLayout(ctx, archive, fallback, opts)

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"io"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -80,7 +81,14 @@ func TestImportArchives(t *testing.T) {
 	os.WriteFile(filepath.Join(imp, "junk.tar"), []byte("not a tar"), 0o644)
 
 	s, ts := startServer(t, dir)
+	s.Registry().SetReadOnly(true) // clients cannot push; imports still load
 	s.Registry().ImportDir(t.Context(), imp)
+	if r := do(t, "POST", ts.URL+"/v2/web/blobs/uploads/", nil, nil); r.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("push to a read-only datastore: %d", r.StatusCode)
+	}
+	if r := do(t, "DELETE", ts.URL+"/v2/web/manifests/2", nil, nil); r.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("delete on a read-only datastore: %d", r.StatusCode)
+	}
 
 	want, _ := ociImg.Digest()
 	checkPull(t, ts, "web:2", want)

@@ -35,6 +35,7 @@ type Registry struct {
 	uploads   *uploads
 	manifests *manifestStore
 	ggcr      http.Handler
+	readOnly  bool
 }
 
 // NewRegistry opens (or creates) the registry stored in dir and loads the
@@ -99,8 +100,22 @@ func parseRoute(p string) (route, bool) {
 	return route{}, false
 }
 
+// SetReadOnly makes the registry refuse pushes and deletes from clients;
+// archives in the import directory are still loaded.
+func (r *Registry) SetReadOnly(ro bool) { r.readOnly = ro }
+
 // ServeHTTP serves the registry API under /v2/.
 func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	if r.readOnly && req.Method != http.MethodGet && req.Method != http.MethodHead {
+		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+		writeRegError(w, http.StatusMethodNotAllowed, "UNSUPPORTED", "read-only datastore: "+req.Method+" refused")
+		return
+	}
+	r.serve(w, req)
+}
+
+// serve is ServeHTTP without the read-only check (used by the importer).
+func (r *Registry) serve(w http.ResponseWriter, req *http.Request) {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	rt, ok := parseRoute(req.URL.Path)
 	if !ok {

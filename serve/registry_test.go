@@ -343,3 +343,31 @@ func remoteImage(t *testing.T, ts *httptest.Server, r string) (v1.Image, error) 
 	t.Helper()
 	return remote.Image(ref(t, ts, r))
 }
+
+func TestRegistryDeleteSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	_, ts := startServer(t, dir)
+	img, _ := random.Image(1000, 1)
+	for _, tag := range []string{"1", "latest"} {
+		if err := remote.Write(ref(t, ts, "app:"+tag), img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other, _ := random.Image(1000, 1)
+	if err := remote.Write(ref(t, ts, "app:2"), other); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	if r := do(t, "DELETE", ts.URL+"/v2/app/manifests/"+d.String(), nil, nil); r.StatusCode != http.StatusAccepted {
+		t.Fatalf("delete: %d", r.StatusCode)
+	}
+	ts.Close()
+	_, ts2 := startServer(t, dir)
+	for _, tag := range []string{"1", "latest", d.String()} {
+		if r := do(t, "GET", ts2.URL+"/v2/app/manifests/"+tag, nil, nil); r.StatusCode != http.StatusNotFound {
+			t.Errorf("%s after delete and restart: %d", tag, r.StatusCode)
+		}
+	}
+	od, _ := other.Digest()
+	checkPull(t, ts2, "app:2", od)
+}

@@ -41,6 +41,7 @@ type Config struct {
 	TLSCert      string        // PEM certificate file
 	TLSKey       string        // PEM key file
 	Dir          string        // the served directory
+	ReadOnly     bool          // refuse pushes and deletes (imports still load)
 	NoMDNS       bool          // serve HTTP only (tests on loopback)
 	PollInterval time.Duration // interface poll period; DefaultPollInterval if 0
 }
@@ -89,6 +90,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	reg.SetReadOnly(cfg.ReadOnly)
 	s.registry, s.files = reg, files
 	s.handler = logRequests(ctx, http.HandlerFunc(s.route))
 	return s, nil

@@ -28,6 +28,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "tls-cert", Usage: "PEM certificate for HTTPS (e.g. for NAME.local)"},
 			&cli.StringFlag{Name: "tls-key", Usage: "PEM private key for HTTPS"},
 			&cli.StringFlag{Name: "dir", Value: ".", Usage: "directory served; the registry keeps its data in DIR/.registry"},
+			&cli.BoolFlag{Name: "read-only", Usage: "refuse pushes and deletes; images come only from DIR/.import"},
 			&cli.DurationFlag{Name: "poll-interval", Value: serve.DefaultPollInterval, Usage: "how often interfaces and addresses are checked"},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
@@ -42,6 +43,7 @@ func serveCommand() *cli.Command {
 				TLSCert:      cmd.String("tls-cert"),
 				TLSKey:       cmd.String("tls-key"),
 				Dir:          cmd.String("dir"),
+				ReadOnly:     cmd.Bool("read-only"),
 				PollInterval: cmd.Duration("poll-interval"),
 			})
 			if err != nil {
