@@ -49,10 +49,12 @@ demo: deps build
 bench: deps build
 	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'ResolveLatency' -benchtime 300x ./resolver/
 	$(GO) test -run '^$$' -bench 'ResolveCached' -benchmem ./resolver/
+	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'BlobServe' -benchtime 5x ./serve/
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseAnswer -fuzztime 60s ./resolver/
 	$(GO) test -run '^$$' -fuzz FuzzCanonicalHost -fuzztime 30s ./resolver/
+	$(GO) test -run '^$$' -fuzz FuzzZoneHandle -fuzztime 60s ./serve/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

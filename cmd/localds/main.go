@@ -43,6 +43,7 @@ func newApp() *cli.Command {
 		Commands: []*cli.Command{
 			resolveCommand(),
 			serveCommand(),
+			fsckCommand(),
 		},
 	}
 }
