@@ -159,17 +159,23 @@ func (o *snapshotter) prepareDirectory(kind snapshots.Kind, pl placement) (strin
 // its volume directory) and whose lower ones are the committed parents.
 func (o *snapshotter) mounts(s storage.Snapshot, pl placement) []mount.Mount {
 	if len(s.ParentIDs) == 0 {
-		ro := "rw"
+		opts := []string{"rw", "rbind"}
 		if s.Kind == snapshots.KindView {
-			ro = "ro"
+			opts = []string{"ro", "rbind", "nodev"}
 		}
 		return []mount.Mount{{
 			Source:  o.l.upper(s.ID, pl),
 			Type:    "bind",
-			Options: []string{ro, "rbind"},
+			Options: opts,
 		}}
 	}
-	var options []string
+	// nodev: containerd's applier creates the device nodes a layer
+	// carries, but none can be opened through a localds mount, so an image
+	// cannot smuggle a host device into a container's root (runc mounts
+	// the container's /dev separately). A read-write bind mount (a
+	// snapshot without parents, never an image's root) cannot take it:
+	// the kernel ignores flags on a plain bind.
+	options := []string{"nodev"}
 	if s.Kind == snapshots.KindActive {
 		options = append(options,
 			"workdir="+o.l.work(s.ID, pl),
@@ -179,7 +185,7 @@ func (o *snapshotter) mounts(s storage.Snapshot, pl placement) []mount.Mount {
 		return []mount.Mount{{
 			Source:  o.l.upper(s.ParentIDs[0], placement{}),
 			Type:    "bind",
-			Options: []string{"ro", "rbind"},
+			Options: []string{"ro", "rbind", "nodev"},
 		}}
 	}
 	lower := make([]string, len(s.ParentIDs))
