@@ -1,0 +1,268 @@
+// Package mirror is the registry mirror containerd pulls .local images
+// through. A hosts.toml entry (see HostsTOML) makes containerd send
+//
+//	GET|HEAD /v2/<name>/manifests/<ref>?ns=<original host>
+//	GET|HEAD /v2/<name>/blobs/<digest>?ns=<original host>
+//
+// to the mirror on loopback. For a .local ns the mirror finds the
+// datastore with mDNS (resolver), fetches from it over the right bridge
+// and verifies while streaming; for any other host it answers 404 and
+// containerd goes to that registry itself.
+//
+// Decisions a user can rely on:
+//
+//   - Scheme. containerd tells the mirror the host, not the scheme.
+//     Options.Scheme picks it; the default SchemeAuto tries HTTPS (the
+//     certificate is checked against the .local name) and falls back to
+//     plain HTTP the way containerd does for localhost.
+//   - Verification. A whole blob is hashed as it passes; the last chunk is
+//     held back until the digest (and length) matched, and on a mismatch
+//     the connection is cut (http.ErrAbortHandler), so the client never
+//     sees a complete body of wrong content and commits nothing. A
+//     manifest is read whole and answered only if it matches its digest;
+//     by tag, Docker-Content-Digest is the digest of the bytes sent.
+//   - Range. A Range request is forwarded as such. A part of a blob cannot
+//     be verified on its own, so the mirror checks only that the datastore
+//     sent exactly the bytes asked for (Content-Range, length); a range
+//     that covers the whole blob is verified like a full GET. The whole
+//     digest of a resumed download is checked by the content store when
+//     containerd commits it (containerd's writer re-hashes the ingest).
+//   - Address change. A datastore transfer that breaks (reset, short body,
+//     or no data for Options.StallTimeout, which is what a vanished
+//     address looks like) is resumed: the host is forgotten, resolved
+//     again, and the rest requested with Range, up to Options.MaxResumes
+//     times within Options.ResumeTimeout. The client sees one body.
+//   - Auth. Authorization headers go to the datastore and its 401
+//     challenges (WWW-Authenticate) come back unchanged, so Basic auth
+//     works. For Bearer, containerd fetches the token from the realm in
+//     the challenge itself: that realm must be reachable by containerd
+//     (a .local realm is not, unless the node resolves .local names).
+//   - Content store. With Options.Store set, blobs already in the CAS are
+//     served from it without asking the datastore.
+package mirror
+
+import (
+	"context"
+	_ "crypto/sha256" // digest algorithms the mirror verifies
+	_ "crypto/sha512"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/log"
+
+	"github.com/localds/localds/resolver"
+)
+
+// Defaults for Options.
+const (
+	DefaultMaxResumes            = 5
+	DefaultResumeTimeout         = 2 * time.Minute
+	DefaultStallTimeout          = 15 * time.Second
+	DefaultResponseHeaderTimeout = 30 * time.Second
+	// maxErrorBody bounds the datastore error bodies passed on.
+	maxErrorBody = 64 << 10
+)
+
+// Options configure a Mirror.
+type Options struct {
+	// Discoverer resolves .local hosts; required unless DialContext is
+	// set. It is also told to forget a host whose transfer broke.
+	Discoverer *resolver.Discoverer
+	// DialContext overrides resolver.NewDialer(Discoverer).DialContext;
+	// tests use it to reach datastores on loopback.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Store, if set, serves blobs it already holds (see serveFromStore).
+	Store content.Store
+	// TLS is the client configuration for HTTPS datastores (e.g. a CA).
+	TLS *tls.Config
+	// Scheme picks HTTP or HTTPS for datastores; default SchemeAuto.
+	Scheme Scheme
+	// MaxResumes bounds resumes of one transfer; 0 means
+	// DefaultMaxResumes, negative disables resuming.
+	MaxResumes int
+	// ResumeTimeout bounds the time from a transfer's first failure to
+	// its last resume attempt.
+	ResumeTimeout time.Duration
+	// StallTimeout is how long a datastore may send nothing before the
+	// transfer counts as broken.
+	StallTimeout time.Duration
+	// ResponseHeaderTimeout bounds the wait for a datastore's response.
+	ResponseHeaderTimeout time.Duration
+}
+
+// Mirror is the http.Handler for /v2/. It is safe for concurrent use.
+type Mirror struct {
+	opts  Options
+	up    *upstream
+	stats counters
+}
+
+// New returns a Mirror with opts, defaults filled in.
+func New(opts Options) (*Mirror, error) {
+	if opts.DialContext == nil {
+		if opts.Discoverer == nil {
+			return nil, errors.New("mirror: Options.Discoverer is required (or DialContext)")
+		}
+		opts.DialContext = resolver.NewDialer(opts.Discoverer).DialContext
+	}
+	switch opts.Scheme {
+	case SchemeAuto, SchemeHTTP, SchemeHTTPS:
+	default:
+		return nil, fmt.Errorf("mirror: scheme %q: want %q, %q or empty for automatic", opts.Scheme, SchemeHTTP, SchemeHTTPS)
+	}
+	switch {
+	case opts.MaxResumes == 0:
+		opts.MaxResumes = DefaultMaxResumes
+	case opts.MaxResumes < 0:
+		opts.MaxResumes = 0
+	}
+	if opts.ResumeTimeout <= 0 {
+		opts.ResumeTimeout = DefaultResumeTimeout
+	}
+	if opts.StallTimeout <= 0 {
+		opts.StallTimeout = DefaultStallTimeout
+	}
+	if opts.ResponseHeaderTimeout <= 0 {
+		opts.ResponseHeaderTimeout = DefaultResponseHeaderTimeout
+	}
+	var forget func(string)
+	if opts.Discoverer != nil {
+		forget = opts.Discoverer.Forget
+	}
+	return &Mirror{opts: opts, up: newUpstream(opts, forget)}, nil
+}
+
+// Close drops pooled datastore connections.
+func (m *Mirror) Close() error {
+	m.up.transport.CloseIdleConnections()
+	return nil
+}
+
+// ServeHTTP serves the registry API subset containerd pulls with.
+func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	m.stats.requests.Add(1)
+	ctx := log.WithLogger(r.Context(), log.G(r.Context()).WithFields(log.Fields{
+		"method": r.Method, "path": r.URL.EscapedPath(), "ns": r.URL.Query().Get("ns"),
+	}))
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		m.stats.rejected.Add(1)
+		w.Header().Set("Allow", "GET, HEAD")
+		writeError(w, r, http.StatusMethodNotAllowed, codeUnsupported, fmt.Sprintf("method %s: the mirror only pulls (GET, HEAD)", r.Method))
+		return
+	}
+	if p := r.URL.EscapedPath(); p == "/v2/" || p == "/v2" {
+		// The API version check clients make before anything else.
+		h := w.Header()
+		h.Set("Docker-Distribution-API-Version", "registry/2.0")
+		h.Set("Content-Type", "application/json")
+		h.Set("Content-Length", "3")
+		w.WriteHeader(http.StatusOK)
+		if r.Method == http.MethodGet {
+			_, _ = io.WriteString(w, "{}\n")
+		}
+		return
+	}
+	t, ok, err := parseTarget(r)
+	if err != nil {
+		m.stats.rejected.Add(1)
+		var re *requestError
+		if !errors.As(err, &re) {
+			re = &requestError{status: http.StatusBadRequest, code: codeUnsupported, message: err.Error()}
+		}
+		log.G(ctx).WithError(err).Info("mirror request refused")
+		writeError(w, r, re.status, re.code, re.message)
+		return
+	}
+	if !ok {
+		m.stats.notLocal.Add(1)
+		msg := "no ns parameter: the mirror serves hosts.toml mirror requests for .local registries only"
+		if t.host != "" {
+			msg = fmt.Sprintf("%s is not a .local host; fetch it from the registry itself", t.host)
+		}
+		writeError(w, r, http.StatusNotFound, codeNameUnknown, msg)
+		return
+	}
+	ctx = log.WithLogger(ctx, log.G(ctx).WithField("ref", t.ref))
+	if t.kind == kindManifest {
+		m.serveManifest(ctx, w, r, t)
+		return
+	}
+	m.serveBlob(ctx, w, r, t)
+}
+
+// unavailable answers 502 when the datastore could not be reached or
+// misbehaved before the response started.
+func (m *Mirror) unavailable(ctx context.Context, w http.ResponseWriter, r *http.Request, t target, err error) {
+	m.badGateway(ctx, w, r, t, codeUnavailable, err)
+}
+
+func (m *Mirror) badGateway(ctx context.Context, w http.ResponseWriter, r *http.Request, t target, code string, err error) {
+	m.stats.upstreamErrors.Add(1)
+	if ctx.Err() != nil {
+		return // the client is gone; nobody reads the answer
+	}
+	log.G(ctx).WithError(err).WithField("host", t.host).Error("datastore request failed")
+	writeError(w, r, http.StatusBadGateway, code, fmt.Sprintf("datastore %s: %v", t.host, err))
+}
+
+// passError relays a datastore's error response: status, challenge and
+// (bounded) body, so the client sees the registry's own words.
+func (m *Mirror) passError(ctx context.Context, w http.ResponseWriter, r *http.Request, resp *http.Response) {
+	status := resp.StatusCode
+	if status < 400 || status > 599 {
+		m.badGateway(ctx, w, r, target{host: resp.Request.URL.Host}, codeUnavailable, fmt.Errorf("unexpected answer %s", resp.Status))
+		return
+	}
+	if status >= 500 {
+		m.stats.upstreamErrors.Add(1)
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	h := w.Header()
+	copyResponseHeaders(h, resp.Header)
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body)
+	}
+	log.G(ctx).WithField("status", resp.Status).Debug("datastore error passed on")
+}
+
+// Stats are the mirror's counters since New, for metrics.
+type Stats struct {
+	Requests        uint64 // every request
+	NotLocal        uint64 // answered 404 because ns was not .local
+	Rejected        uint64 // refused as malformed (4xx before any upstream request)
+	ManifestsServed uint64 // manifests answered (verified by digest, digested by tag)
+	BlobsServed     uint64 // whole blobs streamed and verified
+	PartialsServed  uint64 // blob ranges streamed (length-checked)
+	StoreHits       uint64 // blobs answered from the content store
+	BytesServed     uint64 // body bytes sent to clients
+	Resumes         uint64 // datastore transfers resumed or retried after a break
+	VerifyFailures  uint64 // digest or length mismatches (response aborted or refused)
+	UpstreamErrors  uint64 // datastore unreachable, 5xx, or transfer lost
+}
+
+type counters struct {
+	requests, notLocal, rejected, manifestsServed, blobsServed, partialsServed,
+	storeHits, bytesServed, resumes, verifyFailures, upstreamErrors atomic.Uint64
+}
+
+// Stats returns a snapshot of the counters.
+func (m *Mirror) Stats() Stats {
+	c := &m.stats
+	return Stats{
+		Requests: c.requests.Load(), NotLocal: c.notLocal.Load(), Rejected: c.rejected.Load(),
+		ManifestsServed: c.manifestsServed.Load(), BlobsServed: c.blobsServed.Load(),
+		PartialsServed: c.partialsServed.Load(), StoreHits: c.storeHits.Load(),
+		BytesServed: c.bytesServed.Load(), Resumes: c.resumes.Load(),
+		VerifyFailures: c.verifyFailures.Load(), UpstreamErrors: c.upstreamErrors.Load(),
+	}
+}

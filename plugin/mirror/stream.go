@@ -1,0 +1,200 @@
+package mirror
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/containerd/log"
+)
+
+// stream reads bytes [start, end] of one blob from the datastore as one
+// uninterrupted body. When a piece breaks (reset, EOF before its length,
+// stall), it forgets the host's address, resolves it again and continues
+// with "Range: bytes=<next>-" from wherever the datastore now is, up to
+// MaxResumes times and ResumeTimeout after the first failure. Blobs are
+// content-addressed, so the pieces are parts of the same bytes; the
+// caller's hash over everything Read returns still verifies the whole.
+type stream struct {
+	m     *Mirror
+	ctx   context.Context
+	t     target
+	hdr   http.Header // request headers, without Range
+	start int64       // offset of the first byte of the stream in the blob
+	end   int64       // offset of the last byte (inclusive); < 0 while unknown
+	total int64       // blob size; < 0 while unknown
+	got   int64       // bytes delivered so far
+	cur   *piece      // nil between pieces
+
+	resumes  int
+	deadline time.Time
+	lastErr  error
+}
+
+// remaining is how many bytes are still due, or -1 if unknown.
+func (s *stream) remaining() int64 {
+	if s.end < 0 {
+		return -1
+	}
+	return s.end + 1 - (s.start + s.got)
+}
+
+func (s *stream) Read(p []byte) (int, error) {
+	for {
+		rem := s.remaining()
+		if rem == 0 {
+			s.closePiece()
+			return 0, io.EOF
+		}
+		if s.cur == nil {
+			if err := s.resume(); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		if rem > 0 && int64(len(p)) > rem {
+			p = p[:rem]
+		}
+		n, err := s.cur.Read(p)
+		s.got += int64(n)
+		switch {
+		case err == nil:
+			return n, nil
+		case err == io.EOF && s.remaining() <= 0:
+			// Exactly the length due, or a clean end of a body of unknown
+			// length (a cut chunked body is ErrUnexpectedEOF, not EOF).
+			s.closePiece()
+			return n, io.EOF
+		case err == io.EOF:
+			err = fmt.Errorf("datastore ended the body %d bytes short", s.remaining())
+		}
+		s.closePiece()
+		s.lastErr = err
+		if s.ctx.Err() != nil {
+			return n, fmt.Errorf("reading from %s: %w", s.t.host, s.ctx.Err())
+		}
+		if n > 0 {
+			return n, nil
+		}
+	}
+}
+
+func (s *stream) closePiece() {
+	if s.cur != nil {
+		_ = s.cur.Close()
+		s.cur = nil
+	}
+}
+
+// Close releases the current piece.
+func (s *stream) Close() error {
+	s.closePiece()
+	return nil
+}
+
+// resume opens the next piece at the current offset, bounded in count and
+// time; the first attempt after a failure goes out at once, later ones
+// back off (the datastore may still be coming up at its new address).
+func (s *stream) resume() error {
+	if s.deadline.IsZero() {
+		s.deadline = time.Now().Add(s.m.opts.ResumeTimeout)
+	}
+	for {
+		if s.resumes >= s.m.opts.MaxResumes {
+			return fmt.Errorf("blob %s from %s: giving up after %d resumes at offset %d: %w",
+				s.t.dgst, s.t.host, s.resumes, s.start+s.got, s.lastErr)
+		}
+		if time.Now().After(s.deadline) {
+			return fmt.Errorf("blob %s from %s: giving up, no resume within %s at offset %d: %w",
+				s.t.dgst, s.t.host, s.m.opts.ResumeTimeout, s.start+s.got, s.lastErr)
+		}
+		if s.resumes > 0 {
+			backoff := min(100*time.Millisecond<<(s.resumes-1), 2*time.Second)
+			if err := sleepCtx(s.ctx, backoff); err != nil {
+				return fmt.Errorf("blob %s from %s: %w (after: %w)", s.t.dgst, s.t.host, err, s.lastErr)
+			}
+		}
+		s.resumes++
+		s.m.stats.resumes.Add(1)
+		off := s.start + s.got
+		log.G(s.ctx).WithError(s.lastErr).WithFields(log.Fields{
+			"host": s.t.host, "digest": s.t.dgst, "offset": off, "attempt": s.resumes,
+		}).Warn("datastore transfer broke; resolving again and resuming with Range")
+		// The address may have changed: drop it and pooled connections,
+		// so the next dial asks mDNS again.
+		s.m.up.reset(s.t.host)
+		err := s.open(off)
+		if err == nil {
+			return nil
+		}
+		s.lastErr = err
+		if s.ctx.Err() != nil {
+			return fmt.Errorf("blob %s from %s: %w", s.t.dgst, s.t.host, err)
+		}
+	}
+}
+
+// open requests the rest of the stream from off and checks that the
+// answer is exactly that.
+func (s *stream) open(off int64) error {
+	hdr := s.hdr.Clone()
+	hdr.Set("Range", byteRange{start: off, end: s.end}.header())
+	p, err := s.m.openPiece(s.ctx, http.MethodGet, s.t.host, s.t.upstreamPath(), hdr)
+	if err != nil {
+		return err
+	}
+	resp := p.resp
+	switch resp.StatusCode {
+	case http.StatusPartialContent:
+		cr, err := parseContentRange(resp.Header.Get("Content-Range"))
+		if err == nil {
+			err = s.checkResumed(cr, resp.ContentLength)
+		}
+		if err != nil {
+			p.Close()
+			return fmt.Errorf("resume at %d: %w", off, err)
+		}
+	case http.StatusOK:
+		// The datastore ignored Range: skip what was already delivered.
+		if s.total >= 0 && resp.ContentLength >= 0 && resp.ContentLength != s.total {
+			p.Close()
+			return fmt.Errorf("resume at %d: blob is now %d bytes, was %d", off, resp.ContentLength, s.total)
+		}
+		if n, err := io.CopyN(io.Discard, p, off); err != nil {
+			p.Close()
+			return fmt.Errorf("resume at %d: skipping %d bytes of a full response: got %d: %w", off, off, n, err)
+		}
+		if s.end < 0 && resp.ContentLength >= 0 {
+			s.total, s.end = resp.ContentLength, resp.ContentLength-1
+		}
+	default:
+		p.Close()
+		return fmt.Errorf("resume at %d: datastore answered %s", off, resp.Status)
+	}
+	s.cur = p
+	return nil
+}
+
+// checkResumed accepts a 206 only if it continues the stream exactly.
+func (s *stream) checkResumed(cr contentRange, contentLength int64) error {
+	off := s.start + s.got
+	switch {
+	case cr.start != off:
+		return fmt.Errorf("asked for offset %d, got %s", off, cr)
+	case s.total >= 0 && cr.total >= 0 && cr.total != s.total:
+		return fmt.Errorf("blob is now %d bytes, was %d", cr.total, s.total)
+	case s.end >= 0 && cr.end != s.end:
+		return fmt.Errorf("asked for bytes up to %d, got %s", s.end, cr)
+	case s.end < 0 && cr.total >= 0 && cr.end != cr.total-1:
+		return fmt.Errorf("asked for the rest of the blob, got %s", cr)
+	case contentLength >= 0 && contentLength != cr.end-cr.start+1:
+		return fmt.Errorf("Content-Length %d does not match %s", contentLength, cr)
+	}
+	if s.total < 0 {
+		s.total = cr.total
+	}
+	s.end = cr.end
+	return nil
+}
