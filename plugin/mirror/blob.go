@@ -120,9 +120,9 @@ func (m *Mirror) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.R
 	m.stats.bytesServed.Add(uint64(out.written))
 	fields := log.Fields{"host": t.host, "digest": t.dgst, "bytes": out.written, "skipped": skip, "resumes": s.resumes}
 	switch {
-	case werr != nil:
+	case werr != nil || ctx.Err() != nil:
 		// The client went away; nothing to abort.
-		log.G(ctx).WithError(werr).WithFields(fields).Debug("blob client went away")
+		log.G(ctx).WithError(errors.Join(werr, rerr)).WithFields(fields).Debug("blob client went away")
 	case rerr != nil:
 		if errors.Is(rerr, errDigestMismatch) {
 			m.stats.verifyFailures.Add(1)

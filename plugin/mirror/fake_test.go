@@ -212,7 +212,18 @@ func (e *testEnv) stats() Stats {
 	return e.mirror.Stats()
 }
 
+// newTestEnv makes a mirror with opts in front of upstream (nil: no
+// datastore). The scheme is plain HTTP unless opts says otherwise.
 func newTestEnv(t *testing.T, upstream http.Handler, opts Options) *testEnv {
+	t.Helper()
+	if opts.Scheme == SchemeAuto {
+		opts.Scheme = SchemeHTTP
+	}
+	return newTestEnvScheme(t, upstream, opts)
+}
+
+// newTestEnvScheme is newTestEnv with opts.Scheme as given.
+func newTestEnvScheme(t *testing.T, upstream http.Handler, opts Options) *testEnv {
 	t.Helper()
 	env := &testEnv{t: t}
 	if upstream != nil {
@@ -230,9 +241,6 @@ func newTestEnv(t *testing.T, upstream http.Handler, opts Options) *testEnv {
 		}
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", *cur)
-	}
-	if opts.Scheme == SchemeAuto {
-		opts.Scheme = SchemeHTTP
 	}
 	m, err := New(opts)
 	if err != nil {

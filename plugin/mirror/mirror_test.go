@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -320,5 +322,36 @@ func TestUnreachableDatastore(t *testing.T) {
 	}
 	if n := env.dials.Load(); n != connectAttempts {
 		t.Errorf("dialed %d times, want %d (bounded)", n, connectAttempts)
+	}
+}
+
+// TestManifestRetriedWhole: a manifest transfer that breaks is fetched
+// again from the start (never joined from pieces: a tag may move).
+func TestManifestRetriedWhole(t *testing.T) {
+	reg := newFakeRegistry(t)
+	body := bytes.Repeat([]byte("{}"), 50<<10)
+	d := reg.addManifest("v1", body, "application/vnd.oci.image.manifest.v1+json")
+	var gets atomic.Int64
+	cutFirst := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && gets.Add(1) == 1 {
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			w.WriteHeader(http.StatusOK)
+			_, _ = w.Write(body[:1000])
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler)
+		}
+		reg.ServeHTTP(w, r)
+	})
+	env := newTestEnv(t, cutFirst, Options{})
+	resp := env.do(t, http.MethodGet, env.url("/v2/app/manifests/v1"), nil)
+	got, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(got, body) || resp.Header.Get("Docker-Content-Digest") != d.String() {
+		t.Fatalf("%s, %d bytes, %v", resp.Status, len(got), err)
+	}
+	if r := reg.seen(); len(r) != 1 || r[0].Header.Get("Range") != "" {
+		t.Errorf("retry: %d requests, Range %q; want one whole GET", len(r), r[0].Header.Get("Range"))
+	}
+	if s := env.stats(); s.Resumes != 1 || s.ManifestsServed != 1 {
+		t.Errorf("stats %+v", s)
 	}
 }

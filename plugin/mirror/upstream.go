@@ -129,8 +129,9 @@ func (u *upstream) do(ctx context.Context, method, host, path string, hdr http.H
 			return resp, nil
 		}
 		lastErr = err
-		if ctx.Err() != nil {
-			break
+		var certErr *tls.CertificateVerificationError
+		if ctx.Err() != nil || errors.As(err, &certErr) {
+			break // a wrong certificate stays wrong
 		}
 		log.G(ctx).WithError(err).WithFields(log.Fields{"host": host, "attempt": attempt + 1}).
 			Info("request to datastore failed")
