@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // errorCode decodes the registry error body and returns its first code.
@@ -353,5 +354,37 @@ func TestManifestRetriedWhole(t *testing.T) {
 	}
 	if s := env.stats(); s.Resumes != 1 || s.ManifestsServed != 1 {
 		t.Errorf("stats %+v", s)
+	}
+}
+
+func TestCollector(t *testing.T) {
+	reg := newFakeRegistry(t)
+	d, _ := reg.addBlob(1234)
+	env := newTestEnv(t, reg, Options{})
+	io.Copy(io.Discard, env.do(t, http.MethodGet, env.url("/v2/app/blobs/"+d.String()), nil).Body)
+	env.do(t, http.MethodGet, env.srv.URL+"/v2/app/blobs/"+d.String()+"?ns=docker.io", nil)
+	env.stats()
+	pr := prometheus.NewPedanticRegistry()
+	pr.MustRegister(env.mirror.Collector())
+	mfs, err := pr.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		got[mf.GetName()] = mf.GetMetric()[0].GetCounter().GetValue()
+	}
+	want := map[string]float64{
+		"localds_mirror_requests_total": 2, "localds_mirror_blobs_served_total": 1,
+		"localds_mirror_bytes_served_total": 1234, "localds_mirror_not_local_total": 1,
+		"localds_mirror_verify_failures_total": 0,
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %v, want %v", k, got[k], v)
+		}
+	}
+	if len(got) != 11 {
+		t.Errorf("%d metrics, want 11: %v", len(got), got)
 	}
 }
