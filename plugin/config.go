@@ -20,6 +20,7 @@ import (
 //	mirror-listen = "127.0.0.1:5151"
 //	interface = ["br*", "bn1"]
 //	hosts-dir = "/etc/containerd/certs.d"
+//	snapshotter = true
 //	log-level = "info"
 type FileConfig struct {
 	Root         string   `toml:"root"`
@@ -27,6 +28,7 @@ type FileConfig struct {
 	MirrorListen string   `toml:"mirror-listen"`
 	Interface    []string `toml:"interface"`
 	HostsDir     string   `toml:"hosts-dir"`
+	Snapshotter  *bool    `toml:"snapshotter"` // nil: the flag's default
 	LogLevel     string   `toml:"log-level"`
 }
 
@@ -60,7 +62,7 @@ func LoadConfigFile(path string) (FileConfig, error) {
 		var serr *toml.StrictMissingError
 		switch {
 		case errors.As(err, &serr):
-			return fc, fmt.Errorf("config file %s: unknown key: %w (valid keys: root, address, mirror-listen, interface, hosts-dir, log-level)\n%s",
+			return fc, fmt.Errorf("config file %s: unknown key: %w (valid keys: root, address, mirror-listen, interface, hosts-dir, snapshotter, log-level)\n%s",
 				path, errdefs.ErrInvalidArgument, strings.TrimRight(serr.String(), "\n"))
 		case errors.As(err, &derr):
 			row, col := derr.Position()

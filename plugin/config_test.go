@@ -27,11 +27,13 @@ address = "/run/x/x.sock"
 mirror-listen = "127.0.0.1:6000"
 interface = ["br*", "bn1"]
 hosts-dir = "/etc/containerd/certs.d"
+snapshotter = false
 log-level = "debug"
 `)
 	fc, err := plugin.LoadConfigFile(good)
+	no := false
 	want := plugin.FileConfig{Root: "/data", Address: "/run/x/x.sock", MirrorListen: "127.0.0.1:6000",
-		Interface: []string{"br*", "bn1"}, HostsDir: "/etc/containerd/certs.d", LogLevel: "debug"}
+		Interface: []string{"br*", "bn1"}, HostsDir: "/etc/containerd/certs.d", Snapshotter: &no, LogLevel: "debug"}
 	if err != nil || !reflect.DeepEqual(fc, want) {
 		t.Fatalf("good config: %+v, %v", fc, err)
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/localds/localds/content"
 	"github.com/localds/localds/plugin"
+	"github.com/localds/localds/plugin/mirror"
 )
 
 // noBridges matches no interface: tests in the root namespace must never
@@ -359,5 +360,29 @@ func TestServeMirrorHook(t *testing.T) {
 	}
 	if code, _ := d.get(t, "/healthz"); code != 200 {
 		t.Fatalf("/healthz with a mirror: %d", code)
+	}
+}
+
+// TestServeRegistryMirror wires the real mirror: the API version check
+// answers, a non-.local host gets 404 (containerd then goes upstream
+// itself) without any network access, and its counters reach /metrics.
+func TestServeRegistryMirror(t *testing.T) {
+	d := startDaemon(t, t.TempDir(), func(c *plugin.Config) {
+		c.Mirror = plugin.RegistryMirror(mirror.Options{})
+	})
+	if code, body := d.get(t, "/v2/"); code != 200 || body != "{}\n" {
+		t.Fatalf("/v2/: %d %q", code, body)
+	}
+	if code, _ := d.get(t, "/v2/library/busybox/manifests/latest?ns=docker.io"); code != http.StatusNotFound {
+		t.Fatalf("non-.local ns: %d, want 404", code)
+	}
+	_, metrics := d.get(t, "/metrics")
+	for _, want := range []string{"localds_mirror_requests_total 2", "localds_mirror_not_local_total 1"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if err := d.shutdown(t); err != nil {
+		t.Fatal(err)
 	}
 }

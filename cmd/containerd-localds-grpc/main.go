@@ -1,7 +1,7 @@
 // Command containerd-localds-grpc is the daemon containerd loads as a proxy
-// plugin: containerd's content API over localds's CAS at <root>/vault/cas on
-// one unix socket, and the registry mirror, /healthz and /metrics on a
-// loopback listener. It is thin wiring over package plugin: flags and the
+// plugin: containerd's content API over localds's CAS at <root>/vault/cas
+// and the localds snapshotter on one unix socket, and the .local registry
+// mirror, /healthz and /metrics on a loopback listener. It is thin wiring over package plugin: flags and the
 // config file in, plugin.Serve until SIGTERM or SIGINT.
 package main
 
@@ -16,6 +16,7 @@ import (
 	"github.com/urfave/cli/v3"
 
 	"github.com/localds/localds/plugin"
+	"github.com/localds/localds/plugin/mirror"
 )
 
 func main() {
@@ -36,12 +37,13 @@ func newCommand() *cli.Command {
 		Description: "Flags override the config file; the config file uses the flag names as TOML keys.\n" +
 			"containerd loads the socket with contrib/containerd/config.toml.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Usage: "TOML config file (keys: root, address, mirror-listen, interface, hosts-dir, log-level)"},
+			&cli.StringFlag{Name: "config", Usage: "TOML config file (keys: root, address, mirror-listen, interface, hosts-dir, snapshotter, log-level)"},
 			&cli.StringFlag{Name: "root", Value: plugin.DefaultRoot, Usage: "localds root; the CAS is <root>/vault/cas"},
 			&cli.StringFlag{Name: "address", Value: plugin.DefaultAddress, Usage: "unix socket containerd connects to"},
 			&cli.StringFlag{Name: "mirror-listen", Value: plugin.DefaultMirrorListen, Usage: "address of the registry mirror, /healthz and /metrics (keep it on loopback)"},
 			&cli.StringSliceFlag{Name: "interface", Usage: "glob of bridge names to resolve .local hosts on (repeatable; default: every internal bridge)"},
-			&cli.StringFlag{Name: "hosts-dir", Usage: "containerd hosts.toml directory (e.g. /etc/containerd/certs.d) for the mirror's upstreams"},
+			&cli.StringFlag{Name: "hosts-dir", Usage: "containerd hosts.toml directory (e.g. /etc/containerd/certs.d), handed to the mirror"},
+			&cli.BoolFlag{Name: "snapshotter", Value: true, Usage: "also serve the localds snapshotter on the socket (needs root and overlayfs; --snapshotter=false for content only)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "trace, debug, info, warn or error"},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
@@ -55,7 +57,6 @@ func newCommand() *cli.Command {
 			if err := log.SetLevel(level); err != nil {
 				return fmt.Errorf("--log-level %q: %w", level, err)
 			}
-			cfg.Mirror = newMirror
 			return plugin.Serve(ctx, cfg)
 		},
 	}
@@ -87,6 +88,14 @@ func configFrom(cmd *cli.Command) (plugin.Config, string, error) {
 		MirrorListen: str("mirror-listen", fc.MirrorListen),
 		Interfaces:   ifaces,
 		HostsDir:     str("hosts-dir", fc.HostsDir),
+		Mirror:       plugin.RegistryMirror(mirror.Options{}),
+	}
+	snap := cmd.Bool("snapshotter")
+	if !cmd.IsSet("snapshotter") && fc.Snapshotter != nil {
+		snap = *fc.Snapshotter
+	}
+	if snap {
+		cfg.Services = append(cfg.Services, plugin.SnapshotService())
 	}
 	for name, v := range map[string]string{"root": cfg.Root, "address": cfg.Address, "mirror-listen": cfg.MirrorListen} {
 		if v == "" {

@@ -170,15 +170,21 @@ func (c *Containerd) TryCtr(args ...string) (string, error) {
 	return string(out), err
 }
 
-// Ctr runs ctr with args against the daemon and returns its combined
-// output; it fails the test (with containerd's log) if ctr fails.
+// Ctr runs ctr with args against the daemon and returns its stdout (ctr
+// prints warnings, e.g. about cgroup v1, on stderr); it fails the test with
+// both and containerd's log if ctr fails.
 func (c *Containerd) Ctr(t testing.TB, args ...string) string {
 	t.Helper()
-	out, err := c.TryCtr(args...)
-	if err != nil {
-		t.Fatalf("testnet: ctr %s: %v\n%s\ncontainerd log:\n%s", strings.Join(args, " "), err, out, tail(c.Proc.Log(), 8000))
+	ctx, cancel := context.WithTimeout(context.Background(), ctrTimeout)
+	defer cancel()
+	var stdout, stderr strings.Builder
+	cmd := c.CtrCmd(ctx, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("testnet: ctr %s: %v\nstdout:\n%s\nstderr:\n%s\ncontainerd log:\n%s",
+			strings.Join(args, " "), err, tail(stdout.String(), 4000), stderr.String(), tail(c.Proc.Log(), 8000))
 	}
-	return out
+	return stdout.String()
 }
 
 // The pinned module is looked up once, and containerd built at most once,

@@ -1,0 +1,102 @@
+//go:build linux
+
+package plugin_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+
+	"github.com/localds/localds/internal/testnet"
+	"github.com/localds/localds/plugin"
+)
+
+const contribDir = "../contrib"
+
+// TestContribContainerdConfig: the containerd config users install is the
+// one DESIGN.md gives, points at the daemon's default socket, and the real
+// containerd of the pinned version reads it so.
+func TestContribContainerdConfig(t *testing.T) {
+	path := filepath.Join(contribDir, "containerd", "config.toml")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type proxy struct{ Type, Address string }
+	var cfg struct {
+		Version         int              `toml:"version"`
+		DisabledPlugins []string         `toml:"disabled_plugins"`
+		ProxyPlugins    map[string]proxy `toml:"proxy_plugins"`
+	}
+	if err := toml.NewDecoder(strings.NewReader(string(b))).DisallowUnknownFields().Decode(&cfg); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	want := map[string]proxy{
+		"localds-cas":          {"content", plugin.DefaultAddress},
+		plugin.SnapshotterName: {"snapshot", plugin.DefaultAddress},
+	}
+	if cfg.Version != 3 || !reflect.DeepEqual(cfg.DisabledPlugins, []string{"io.containerd.content.v1.content"}) || !reflect.DeepEqual(cfg.ProxyPlugins, want) {
+		t.Fatalf("%s: %+v", path, cfg)
+	}
+
+	if testing.Short() {
+		return
+	}
+	bin := testnet.ContainerdBinary(t, "containerd")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// `config dump` only loads and migrates the config; it starts nothing.
+	out, err := exec.CommandContext(ctx, bin, "--config", path, "config", "dump").Output()
+	if err != nil {
+		t.Fatalf("containerd config dump of %s: %v\n%s", path, err, out)
+	}
+	dump := string(out)
+	for _, want := range []string{
+		`disabled_plugins = ['io.containerd.content.v1.content']`,
+		"[proxy_plugins.localds-cas]", "[proxy_plugins.localds]",
+		"type = 'content'", "type = 'snapshot'", "address = '" + plugin.DefaultAddress + "'",
+	} {
+		if !strings.Contains(dump, want) {
+			t.Errorf("containerd's view of %s lacks %q:\n%s", path, want, dump)
+		}
+	}
+}
+
+// TestContribDaemonConfig: the example daemon config parses strictly and
+// states the real defaults; the systemd unit starts the daemon on the
+// socket containerd's config names.
+func TestContribDaemonConfig(t *testing.T) {
+	fc, err := plugin.LoadConfigFile(filepath.Join(contribDir, "containerd", "containerd-localds-grpc.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fc.Root != plugin.DefaultRoot || fc.Address != plugin.DefaultAddress || fc.MirrorListen != plugin.DefaultMirrorListen ||
+		fc.Snapshotter == nil || !*fc.Snapshotter || fc.LogLevel != "info" || fc.Interface != nil || fc.HostsDir != "" {
+		t.Fatalf("example config does not show the defaults: %+v", fc)
+	}
+	unit, err := os.ReadFile(filepath.Join(contribDir, "systemd", "containerd-localds-grpc.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var execStart string
+	for _, line := range strings.Split(string(unit), "\n") {
+		if v, ok := strings.CutPrefix(line, "ExecStart="); ok {
+			execStart = v
+		}
+	}
+	for _, want := range []string{"containerd-localds-grpc", "--address " + plugin.DefaultAddress, "--root " + plugin.DefaultRoot} {
+		if !strings.Contains(execStart, want) {
+			t.Errorf("unit's ExecStart %q lacks %q", execStart, want)
+		}
+	}
+	if !strings.Contains(string(unit), "Before=containerd.service") || !strings.Contains(string(unit), "KillSignal=SIGTERM") {
+		t.Errorf("unit does not start before containerd or stop with SIGTERM:\n%s", unit)
+	}
+}
