@@ -19,6 +19,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
+	"github.com/containerd/containerd/v2/plugins/content/local"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -150,10 +151,35 @@ func mirrorChild(t *testing.T) {
 		n := pullThroughMirror(ctx, t, host, mirrorAddr, digest.Digest(mdigest.String()))
 		t.Logf("pulled %s/app:1 through the mirror (%d blobs) in %v", host, n, time.Since(step).Round(time.Millisecond))
 	}
-	s := m.Stats()
+	s := statsWhen(m, func(s mirror.Stats) bool { return s.BlobsServed >= 8 })
 	if s.VerifyFailures != 0 || s.BlobsServed < 8 || s.ManifestsServed < 2 {
 		t.Errorf("mirror stats after the pulls: %+v", s)
 	}
+
+	// The same pull with a content store and prefetch: every blob
+	// crosses the bridge once, into the store, and is served from there.
+	store, err := local.NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm, err := mirror.New(mirror.Options{Discoverer: d, Store: store, Prefetch: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pm.Close()
+	pln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	psrv := &http.Server{Handler: pm, ReadHeaderTimeout: 10 * time.Second}
+	go psrv.Serve(pln)
+	defer psrv.Close()
+	step = time.Now()
+	nblobs := pullThroughMirror(ctx, t, dsLocal+":5000", pln.Addr().String(), digest.Digest(mdigest.String()))
+	if ps := statsWhen(pm, func(s mirror.Stats) bool { return s.StoreHits+s.BlobsServed >= uint64(nblobs) }); ps.Prefetched+ps.BlobsServed != uint64(nblobs) || ps.PrefetchFailed != 0 || ps.Prefetched == 0 {
+		t.Errorf("prefetching mirror stats: %+v", ps)
+	}
+	t.Logf("pulled with prefetch in %v: %+v", time.Since(step).Round(time.Millisecond), pm.Stats())
 
 	addressChange(ctx, t, pushTr, mirrorAddr, m, d)
 }
@@ -269,7 +295,7 @@ func addressChange(ctx context.Context, t *testing.T, pushTr http.RoundTripper, 
 	if err != nil || total != bigLayer || h.Digest() != want {
 		t.Fatalf("after the move: %d of %d bytes, digest %s, err %v (mirror stats %+v)", total, bigLayer, h.Digest(), err, m.Stats())
 	}
-	after := m.Stats()
+	after := statsWhen(m, func(s mirror.Stats) bool { return s.BlobsServed > before.BlobsServed })
 	if after.Resumes <= before.Resumes || after.BlobsServed != before.BlobsServed+1 {
 		t.Errorf("stats before %+v after %+v: want a resume and one more verified blob", before, after)
 	}
@@ -287,5 +313,18 @@ func ipRun(t *testing.T, args ...string) {
 	defer cancel()
 	if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
 		t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// statsWhen returns m's counters once cond holds (or after 5s): a client
+// can have read a whole body before the handler has counted it.
+func statsWhen(m *mirror.Mirror, cond func(mirror.Stats) bool) mirror.Stats {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s := m.Stats()
+		if cond(s) || time.Now().After(deadline) {
+			return s
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

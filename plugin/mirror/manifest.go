@@ -107,6 +107,9 @@ func (m *Mirror) writeManifest(ctx context.Context, w http.ResponseWriter, r *ht
 		log.G(ctx).WithFields(log.Fields{"host": t.host, "tag": t.ref, "header": d, "computed": sum}).
 			Warn("datastore's Docker-Content-Digest differs from the manifest's; sending the computed one")
 	}
+	if m.prefetch != nil {
+		m.prefetch.manifest(ctx, t, upstreamHeaders(r), resp.Header.Get("Content-Type"), body)
+	}
 	h := w.Header()
 	copyResponseHeaders(h, resp.Header)
 	h.Set("Docker-Content-Digest", sum.String())

@@ -38,7 +38,9 @@
 //     the challenge itself: that realm must be reachable by containerd
 //     (a .local realm is not, unless the node resolves .local names).
 //   - Content store. With Options.Store set, blobs already in the CAS are
-//     served from it without asking the datastore.
+//     served from it without asking the datastore; with Options.Prefetch
+//     too, serving an image manifest fetches its blobs into the CAS in
+//     parallel (prefetch.go).
 package mirror
 
 import (
@@ -96,13 +98,25 @@ type Options struct {
 	StallTimeout time.Duration
 	// ResponseHeaderTimeout bounds the wait for a datastore's response.
 	ResponseHeaderTimeout time.Duration
+	// Prefetch fetches the config and layers of every image manifest the
+	// mirror serves into Store in the background (see prefetch.go), so
+	// containerd finds them there instead of downloading them one by one.
+	// Needs Store.
+	Prefetch bool
+	// PrefetchConcurrency bounds simultaneous prefetches; 0 means
+	// DefaultPrefetchConcurrency.
+	PrefetchConcurrency int
+	// PrefetchTimeout bounds one prefetched blob; 0 means
+	// DefaultPrefetchTimeout.
+	PrefetchTimeout time.Duration
 }
 
 // Mirror is the http.Handler for /v2/. It is safe for concurrent use.
 type Mirror struct {
-	opts  Options
-	up    *upstream
-	stats counters
+	opts     Options
+	up       *upstream
+	stats    counters
+	prefetch *prefetcher // nil unless Options.Prefetch
 }
 
 // New returns a Mirror with opts, defaults filled in.
@@ -133,15 +147,32 @@ func New(opts Options) (*Mirror, error) {
 	if opts.ResponseHeaderTimeout <= 0 {
 		opts.ResponseHeaderTimeout = DefaultResponseHeaderTimeout
 	}
+	if opts.Prefetch && opts.Store == nil {
+		return nil, errNoStore
+	}
+	if opts.PrefetchConcurrency <= 0 {
+		opts.PrefetchConcurrency = DefaultPrefetchConcurrency
+	}
+	if opts.PrefetchTimeout <= 0 {
+		opts.PrefetchTimeout = DefaultPrefetchTimeout
+	}
 	var forget func(string)
 	if opts.Discoverer != nil {
 		forget = opts.Discoverer.Forget
 	}
-	return &Mirror{opts: opts, up: newUpstream(opts, forget)}, nil
+	m := &Mirror{opts: opts, up: newUpstream(opts, forget)}
+	if opts.Prefetch {
+		m.prefetch = newPrefetcher(m, opts.PrefetchConcurrency)
+	}
+	return m, nil
 }
 
-// Close drops pooled datastore connections.
+// Close stops prefetches (waiting a bounded time for them) and drops
+// pooled datastore connections.
 func (m *Mirror) Close() error {
+	if m.prefetch != nil {
+		m.prefetch.close()
+	}
 	m.up.transport.CloseIdleConnections()
 	return nil
 }
@@ -248,11 +279,14 @@ type Stats struct {
 	Resumes         uint64 // datastore transfers resumed or retried after a break
 	VerifyFailures  uint64 // digest or length mismatches (response aborted or refused)
 	UpstreamErrors  uint64 // datastore unreachable, 5xx, or transfer lost
+	Prefetched      uint64 // blobs prefetched into the store
+	PrefetchFailed  uint64 // prefetches that failed (the blob is fetched on request)
 }
 
 type counters struct {
 	requests, notLocal, rejected, manifestsServed, blobsServed, partialsServed,
-	storeHits, bytesServed, resumes, verifyFailures, upstreamErrors atomic.Uint64
+	storeHits, bytesServed, resumes, verifyFailures, upstreamErrors,
+	prefetched, prefetchFailures atomic.Uint64
 }
 
 // Stats returns a snapshot of the counters.
@@ -264,5 +298,6 @@ func (m *Mirror) Stats() Stats {
 		PartialsServed: c.partialsServed.Load(), StoreHits: c.storeHits.Load(),
 		BytesServed: c.bytesServed.Load(), Resumes: c.resumes.Load(),
 		VerifyFailures: c.verifyFailures.Load(), UpstreamErrors: c.upstreamErrors.Load(),
+		Prefetched: c.prefetched.Load(), PrefetchFailed: c.prefetchFailures.Load(),
 	}
 }

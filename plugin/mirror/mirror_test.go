@@ -384,7 +384,7 @@ func TestCollector(t *testing.T) {
 			t.Errorf("%s = %v, want %v", k, got[k], v)
 		}
 	}
-	if len(got) != 11 {
-		t.Errorf("%d metrics, want 11: %v", len(got), got)
+	if len(got) != 13 {
+		t.Errorf("%d metrics, want 13: %v", len(got), got)
 	}
 }

@@ -1,0 +1,220 @@
+package mirror
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Prefetch (Options.Prefetch): when the mirror serves an image manifest,
+// it fetches the manifest's config and layers from the datastore into the
+// content store in the background, all at once (bounded), verified. When
+// containerd opens its writer for a blob that is already in the store it
+// skips the download: its metadata store asks the content backend (the
+// localds plugin) and, with the default "shared" content policy, only
+// records the blob. A blob request for a digest being prefetched waits for
+// the prefetch and is then answered from the store, so each blob crosses
+// the bridge once.
+//
+// A prefetched blob that no pull adopts is not referenced by containerd's
+// metadata and is removed by containerd's next garbage collection.
+
+const (
+	// DefaultPrefetchConcurrency bounds simultaneous prefetch downloads.
+	DefaultPrefetchConcurrency = 4
+	// DefaultPrefetchTimeout bounds one prefetched blob.
+	DefaultPrefetchTimeout = 10 * time.Minute
+	// prefetchRefPrefix names the store ingests of prefetches.
+	prefetchRefPrefix = "localds-prefetch-"
+)
+
+type prefetcher struct {
+	m     *Mirror
+	base  context.Context // cancelled by Mirror.Close
+	stop  context.CancelFunc
+	slots chan struct{}
+	wg    sync.WaitGroup
+
+	mu   sync.Mutex
+	jobs map[digest.Digest]*prefetchJob
+}
+
+type prefetchJob struct {
+	done chan struct{}
+	err  error // valid after done is closed
+}
+
+func newPrefetcher(m *Mirror, concurrency int) *prefetcher {
+	base, stop := context.WithCancel(context.Background())
+	return &prefetcher{m: m, base: base, stop: stop, slots: make(chan struct{}, concurrency), jobs: map[digest.Digest]*prefetchJob{}}
+}
+
+// close stops running prefetches and waits (bounded) for them to end.
+func (p *prefetcher) close() {
+	p.stop()
+	done := make(chan struct{})
+	go func() { p.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+	}
+}
+
+// manifest starts prefetching the blobs of a verified image manifest.
+// Indexes are left alone: which platform's manifest containerd picks is
+// only known when it asks for it, and that request prefetches in turn.
+func (p *prefetcher) manifest(ctx context.Context, t target, hdr http.Header, mediaType string, body []byte) {
+	var mf struct {
+		MediaType string               `json:"mediaType"`
+		Config    ocispec.Descriptor   `json:"config"`
+		Layers    []ocispec.Descriptor `json:"layers"`
+	}
+	if err := json.Unmarshal(body, &mf); err != nil {
+		return
+	}
+	if mediaType != ocispec.MediaTypeImageManifest && mediaType != images.MediaTypeDockerSchema2Manifest &&
+		mf.MediaType != ocispec.MediaTypeImageManifest && mf.MediaType != images.MediaTypeDockerSchema2Manifest {
+		return
+	}
+	hdr = hdr.Clone()
+	hdr.Del("Accept")
+	for _, desc := range append([]ocispec.Descriptor{mf.Config}, mf.Layers...) {
+		// Foreign layers (URLs) are not the datastore's to serve; odd
+		// descriptors are left to containerd to reject.
+		if len(desc.URLs) > 0 || desc.Size <= 0 || desc.Digest.Validate() != nil || !supportedAlgorithms[desc.Digest.Algorithm()] {
+			continue
+		}
+		if _, err := p.m.opts.Store.Info(ctx, desc.Digest); err == nil {
+			continue
+		}
+		bt := target{host: t.host, name: t.name, kind: kindBlob, ref: desc.Digest.String(), dgst: desc.Digest}
+		p.start(ctx, bt, hdr, desc)
+	}
+}
+
+func (p *prefetcher) start(ctx context.Context, t target, hdr http.Header, desc ocispec.Descriptor) {
+	p.mu.Lock()
+	if _, ok := p.jobs[desc.Digest]; ok {
+		p.mu.Unlock()
+		return
+	}
+	job := &prefetchJob{done: make(chan struct{})}
+	p.jobs[desc.Digest] = job
+	p.wg.Add(1)
+	p.mu.Unlock()
+
+	// Detached from the manifest request, bounded by its own timeout and
+	// by the mirror's lifetime; the logger comes along.
+	jctx, cancel := context.WithTimeout(log.WithLogger(p.base, log.G(ctx)), p.m.opts.PrefetchTimeout)
+	go func() {
+		defer p.wg.Done()
+		defer cancel()
+		err := p.fetch(jctx, t, hdr, desc)
+		if err != nil {
+			log.G(jctx).WithError(err).WithField("digest", desc.Digest).Warn("prefetch failed; the blob will be fetched on request")
+			p.m.stats.prefetchFailures.Add(1)
+		} else {
+			p.m.stats.prefetched.Add(1)
+		}
+		p.mu.Lock()
+		job.err = err
+		delete(p.jobs, desc.Digest)
+		p.mu.Unlock()
+		close(job.done)
+	}()
+}
+
+// wait blocks while dgst is being prefetched (or until ctx ends), so the
+// request can then be answered from the store.
+func (p *prefetcher) wait(ctx context.Context, dgst digest.Digest) {
+	p.mu.Lock()
+	job := p.jobs[dgst]
+	p.mu.Unlock()
+	if job == nil {
+		return
+	}
+	select {
+	case <-job.done:
+	case <-ctx.Done():
+	}
+}
+
+// fetch streams one blob from the datastore (resuming like any blob
+// transfer) into the store, and commits it only if its length and digest
+// are the descriptor's.
+func (p *prefetcher) fetch(ctx context.Context, t target, hdr http.Header, desc ocispec.Descriptor) error {
+	select {
+	case p.slots <- struct{}{}:
+		defer func() { <-p.slots }()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if _, err := p.m.opts.Store.Info(ctx, desc.Digest); err == nil {
+		return nil // containerd (or another prefetch) got there first
+	}
+	pc, err := p.m.openPiece(ctx, http.MethodGet, t.host, t.upstreamPath(), hdr)
+	if err != nil {
+		return err
+	}
+	if pc.resp.StatusCode != http.StatusOK || (pc.resp.ContentLength >= 0 && pc.resp.ContentLength != desc.Size) {
+		pc.Close()
+		return fmt.Errorf("datastore answered %s with Content-Length %d for a %d-byte blob", pc.resp.Status, pc.resp.ContentLength, desc.Size)
+	}
+	s := &stream{m: p.m, ctx: ctx, t: t, hdr: hdr, cur: pc, end: desc.Size - 1, total: desc.Size}
+	defer s.Close()
+
+	ref := prefetchRefPrefix + desc.Digest.String()
+	cw, err := content.OpenWriter(ctx, p.m.opts.Store, content.WithRef(ref), content.WithDescriptor(desc))
+	if err != nil {
+		if errdefs.IsAlreadyExists(err) {
+			return nil
+		}
+		return fmt.Errorf("open store writer: %w", err)
+	}
+	committed := false
+	defer func() {
+		cw.Close()
+		if !committed {
+			// No half or bad blob stays behind, not even as an ingest.
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if err := p.m.opts.Store.Abort(actx, ref); err != nil && !errdefs.IsNotFound(err) {
+				log.G(ctx).WithError(err).WithField("ref", ref).Warn("removing a failed prefetch ingest")
+			}
+		}
+	}()
+	// A leftover ingest of a crashed run is started over, not trusted.
+	if err := cw.Truncate(0); err != nil {
+		return fmt.Errorf("reset store writer: %w", err)
+	}
+	h := desc.Digest.Algorithm().Hash()
+	n, err := io.CopyBuffer(io.MultiWriter(cw, h), s, make([]byte, copyBufSize))
+	if err != nil {
+		return fmt.Errorf("after %d bytes: %w", n, err)
+	}
+	if got := digest.NewDigest(desc.Digest.Algorithm(), h); n != desc.Size || got != desc.Digest {
+		p.m.stats.verifyFailures.Add(1)
+		return fmt.Errorf("%w: datastore sent %d bytes with digest %s, want %d bytes %s", errDigestMismatch, n, got, desc.Size, desc.Digest)
+	}
+	if err := cw.Commit(ctx, desc.Size, desc.Digest); err != nil && !errdefs.IsAlreadyExists(err) {
+		return fmt.Errorf("commit: %w", err)
+	}
+	committed = true
+	log.G(ctx).WithFields(log.Fields{"digest": desc.Digest, "bytes": n, "resumes": s.resumes}).Debug("blob prefetched into the store")
+	return nil
+}
+
+// errNoStore is why Prefetch needs a Store.
+var errNoStore = errors.New("mirror: Options.Prefetch needs Options.Store")

@@ -1,0 +1,174 @@
+package mirror
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/plugins/content/local"
+	"github.com/opencontainers/go-digest"
+)
+
+func newStore(t *testing.T) content.Store {
+	t.Helper()
+	store, err := local.NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store
+}
+
+// waitFor polls cond (bounded) and fails the test with what if it never holds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func blobGets(reg *fakeRegistry, d digest.Digest) int {
+	n := 0
+	for _, r := range reg.seen() {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+d.String()) {
+			n++
+		}
+	}
+	return n
+}
+
+func TestPrefetch(t *testing.T) {
+	ctx := context.Background()
+	store := newStore(t)
+	reg := newFakeRegistry(t)
+	_, blobs := testImage(t, reg)
+	env := newTestEnv(t, reg, Options{Store: store, Prefetch: true})
+	defer env.mirror.Close()
+
+	resp := env.do(t, http.MethodGet, env.url("/v2/app/manifests/1"), nil)
+	io.Copy(io.Discard, resp.Body)
+	waitFor(t, "3 prefetched blobs", func() bool { return env.mirror.Stats().Prefetched == 3 })
+	for _, b := range blobs {
+		if info, err := store.Info(ctx, b.Digest); err != nil || info.Size != b.Size {
+			t.Fatalf("store lacks %s after prefetch: %v", b.Digest, err)
+		}
+		resp := env.do(t, http.MethodGet, env.url("/v2/app/blobs/"+b.Digest.String()), nil)
+		if got, _ := io.ReadAll(resp.Body); digest.FromBytes(got) != b.Digest {
+			t.Fatalf("blob %s: %s", b.Digest, resp.Status)
+		}
+		if n := blobGets(reg, b.Digest); n != 1 {
+			t.Errorf("blob %s crossed the bridge %d times", b.Digest, n)
+		}
+	}
+	if s := env.stats(); s.StoreHits != 3 || s.PrefetchFailed != 0 {
+		t.Errorf("stats %+v", s)
+	}
+	// Serving the manifest again prefetches nothing new.
+	resp = env.do(t, http.MethodGet, env.url("/v2/app/manifests/1"), nil)
+	io.Copy(io.Discard, resp.Body)
+	if s := env.stats(); s.Prefetched != 3 {
+		t.Errorf("stats %+v", s)
+	}
+}
+
+func TestPrefetchCorruptBlob(t *testing.T) {
+	ctx := context.Background()
+	store := newStore(t)
+	reg := newFakeRegistry(t)
+	_, blobs := testImage(t, reg)
+	bad := blobs[1]
+	reg.blobs[bad.Digest][10] ^= 1
+	env := newTestEnv(t, reg, Options{Store: store, Prefetch: true})
+	defer env.mirror.Close()
+
+	resp := env.do(t, http.MethodGet, env.url("/v2/app/manifests/1"), nil)
+	io.Copy(io.Discard, resp.Body)
+	waitFor(t, "all prefetches to end", func() bool {
+		s := env.mirror.Stats()
+		return s.Prefetched+s.PrefetchFailed == 3
+	})
+	if s := env.mirror.Stats(); s.PrefetchFailed != 1 || s.VerifyFailures != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+	if _, err := store.Info(ctx, bad.Digest); err == nil {
+		t.Fatal("a corrupt blob was committed to the store")
+	}
+	var ingests []content.Status
+	ingests, _ = store.ListStatuses(ctx)
+	if len(ingests) != 0 {
+		t.Errorf("ingests left behind: %+v", ingests)
+	}
+	expectBroken(t, env, env.url("/v2/app/blobs/"+bad.Digest.String()), reg.blobs[bad.Digest])
+}
+
+// TestPrefetchWait: a blob request during its prefetch waits for it and
+// is answered from the store; the blob crosses the bridge once.
+func TestPrefetchWait(t *testing.T) {
+	store := newStore(t)
+	reg := newFakeRegistry(t)
+	_, blobs := testImage(t, reg)
+	layer := blobs[2]
+	gate := make(chan struct{})
+	gated := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/blobs/") {
+			select {
+			case <-gate:
+			case <-time.After(10 * time.Second):
+			}
+		}
+		reg.ServeHTTP(w, r)
+	})
+	env := newTestEnv(t, gated, Options{Store: store, Prefetch: true})
+	defer env.mirror.Close()
+
+	resp := env.do(t, http.MethodGet, env.url("/v2/app/manifests/1"), nil)
+	io.Copy(io.Discard, resp.Body)
+	type result struct {
+		body []byte
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := env.try(t, http.MethodGet, env.url("/v2/app/blobs/"+layer.Digest.String()), nil)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		b, err := io.ReadAll(resp.Body)
+		done <- result{b, err}
+	}()
+	select {
+	case r := <-done:
+		t.Fatalf("blob request did not wait for its prefetch: %d bytes, %v", len(r.body), r.err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(gate)
+	r := <-done
+	if r.err != nil || !bytes.Equal(r.body, reg.blobs[layer.Digest]) {
+		t.Fatalf("blob after prefetch: %d bytes, %v", len(r.body), r.err)
+	}
+	if n := blobGets(reg, layer.Digest); n != 1 {
+		t.Errorf("blob crossed the bridge %d times", n)
+	}
+	if s := env.stats(); s.StoreHits != 1 {
+		t.Errorf("stats %+v", s)
+	}
+}
+
+func TestPrefetchNeedsStore(t *testing.T) {
+	if _, err := New(Options{DialContext: nil, Discoverer: nil, Prefetch: true}); err == nil {
+		t.Error("New without dialer accepted")
+	}
+	env := newTestEnv(t, newFakeRegistry(t), Options{})
+	if _, err := New(Options{DialContext: env.mirror.opts.DialContext, Prefetch: true}); err != errNoStore {
+		t.Errorf("Prefetch without Store: %v", err)
+	}
+}
