@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -124,10 +125,8 @@ func (c *Config) setDefaults() {
 // server is one running daemon; it lives for one Serve call.
 type server struct {
 	cfg      Config
-	store    ccontent.Store
 	grpc     *grpc.Server
 	http     *http.Server
-	services []Service
 	metrics  *metrics
 	stopping atomic.Bool
 }
@@ -136,7 +135,7 @@ type server struct {
 // it stops accepting, lets in-flight requests finish (bounded by
 // ShutdownTimeout), closes the services and removes the socket. It returns
 // an error if it cannot start, or if a listener fails while serving.
-func Serve(ctx context.Context, cfg Config) (err error) {
+func Serve(ctx context.Context, cfg Config) error {
 	cfg.setDefaults()
 	s := &server{cfg: cfg}
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("component", "localds"))
@@ -156,7 +155,6 @@ func Serve(ctx context.Context, cfg Config) (err error) {
 	if err != nil {
 		return err
 	}
-	s.store = store
 	unlock, err := lockRoot(content.Dir(cfg.Root))
 	if err != nil {
 		return err
@@ -191,7 +189,6 @@ func Serve(ctx context.Context, cfg Config) (err error) {
 		if err := svc.Register(s.grpc); err != nil {
 			return fmt.Errorf("register service: %w", err)
 		}
-		s.services = append(s.services, svc)
 	}
 
 	mirror := http.Handler(http.HandlerFunc(notMirrored))
@@ -212,8 +209,9 @@ func Serve(ctx context.Context, cfg Config) (err error) {
 		// Headers must come quickly; bodies (blobs) may stream for long.
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-		ErrorLog:          nil,
+		// Requests outlive ctx (cancelled by SIGTERM) so that in-flight
+		// transfers can finish during the graceful shutdown.
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 
 	// Both listeners before serving either, so a bad address fails the
@@ -244,16 +242,16 @@ func Serve(ctx context.Context, cfg Config) (err error) {
 		cfg.Ready(Addrs{Socket: cfg.Address, Mirror: httpL.Addr()})
 	}
 
-	var serveErr error
+	var failed error
 	select {
 	case <-ctx.Done():
 		log.G(ctx).Info("shutting down")
-	case serveErr = <-errc:
-		log.G(ctx).WithError(serveErr).Error("listener failed; shutting down")
+	case failed = <-errc:
+		log.G(ctx).WithError(failed).Error("listener failed; shutting down")
 	}
 	s.shutdown(ctx)
 	log.G(ctx).Info("stopped")
-	return serveErr
+	return failed
 }
 
 func serveErr(what string, err, closed error) error {
@@ -297,7 +295,7 @@ func (s *server) routes(mirror http.Handler, reg *prometheus.Registry) http.Hand
 	metricsH := s.metrics.instrument("metrics", metricsHandler(reg))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch p := r.URL.Path; {
-		case p == "/v2" || len(p) >= 4 && p[:4] == "/v2/":
+		case p == "/v2" || strings.HasPrefix(p, "/v2/"):
 			mirror.ServeHTTP(w, r)
 		case p == "/healthz":
 			health.ServeHTTP(w, r)

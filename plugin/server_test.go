@@ -386,3 +386,56 @@ func TestServeRegistryMirror(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestServeShutdownFinishesHTTP: a mirror transfer in flight when SIGTERM
+// arrives completes, its request context intact; the daemon then stops.
+func TestServeShutdownFinishesHTTP(t *testing.T) {
+	started, release := make(chan struct{}), make(chan struct{})
+	d := startDaemon(t, t.TempDir(), func(c *plugin.Config) {
+		c.Mirror = func(context.Context, plugin.Deps) (http.Handler, error) {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				close(started)
+				<-release
+				if err := r.Context().Err(); err != nil {
+					http.Error(w, err.Error(), http.StatusInternalServerError)
+					return
+				}
+				io.WriteString(w, "whole blob")
+			}), nil
+		}
+	})
+	type result struct {
+		code int
+		body string
+	}
+	res := make(chan result, 1)
+	go func() {
+		resp, err := http.Get("http://" + d.addrs.Mirror.String() + "/v2/app/blobs/x")
+		if err != nil {
+			res <- result{-1, err.Error()}
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		res <- result{resp.StatusCode, string(b)}
+	}()
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("request did not reach the mirror")
+	}
+	d.stop()
+	time.Sleep(100 * time.Millisecond) // the shutdown is under way
+	close(release)
+	select {
+	case r := <-res:
+		if r.code != 200 || r.body != "whole blob" {
+			t.Fatalf("in-flight request: %d %q", r.code, r.body)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("in-flight request did not finish")
+	}
+	if err := d.shutdown(t); err != nil {
+		t.Fatal(err)
+	}
+}
