@@ -257,6 +257,12 @@ func TestContainerdKillDuringIngest(t *testing.T) {
 
 	// Restart on the same root and socket (stale socket, released lock).
 	r.startDaemon(t)
+	// containerd sees the partial write through the restarted daemon: the
+	// re-run resumes it (ctr seeks its file stdin to the offset).
+	active := r.waitCtr(t, 20*time.Second, "content", "active")
+	if !strings.Contains(active, "\nbig\t") {
+		t.Fatalf("ctr content active after restart does not show the %d-byte partial ingest:\n%s", partial, active)
+	}
 	if out, err := r.ingestRetry(t, "big", data, d, 20*time.Second); err != nil {
 		t.Fatalf("re-run of the ingest after restart: %v\n%s", err, out)
 	}
