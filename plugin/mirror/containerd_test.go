@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -276,5 +277,64 @@ func TestWriteHostsFile(t *testing.T) {
 	}
 	if _, err := WriteHostsFile(root, "../x.local", text, false); err == nil {
 		t.Error("a host with a path was accepted")
+	}
+}
+
+// TestBearerTokenThroughMirror: the datastore's token service is on the
+// datastore itself (a .local realm containerd cannot reach); the mirror
+// points the challenge at its token endpoint and relays, so containerd
+// pulls with credentials.
+func TestBearerTokenThroughMirror(t *testing.T) {
+	reg := newFakeRegistry(t)
+	mdesc, blobs := testImage(t, reg)
+	reg.tokenAuth = "edge:secret"
+	env := newTestEnv(t, reg, Options{})
+
+	// The challenge as containerd sees it.
+	resp := env.do(t, http.MethodHead, env.url("/v2/app/manifests/1"), nil)
+	want := `Bearer realm="http://` + env.srv.Listener.Addr().String() + tokenPath + `?realm=http%3A%2F%2F` + dsName + `%3A5000%2Ftoken",scope="repository:app:pull",service="datastore"`
+	if got := resp.Header.Get("WWW-Authenticate"); resp.StatusCode != http.StatusUnauthorized || got != want {
+		t.Fatalf("challenge %s %q\nwant %q", resp.Status, got, want)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	root := writeHosts(t, dsHost, env.srv.Listener.Addr().String())
+	creds := func(host string) (string, string, error) { return "edge", "secret", nil }
+	res := docker.NewResolver(docker.ResolverOptions{Hosts: config.ConfigureHosts(ctx, config.HostOptions{
+		HostDir: config.HostDirFromRoot(root), UpdateClient: loopbackOnly, Credentials: creds,
+	})})
+	name, desc, err := res.Resolve(ctx, dsHost+"/app:1")
+	if err != nil || desc.Digest != mdesc.Digest {
+		t.Fatalf("resolve with token auth: %v %v", desc.Digest, err)
+	}
+	fetcher, _ := res.Fetcher(ctx, name)
+	for _, d := range blobs {
+		rc, err := fetcher.Fetch(ctx, d)
+		if err != nil {
+			t.Fatalf("fetch %s: %v", d.Digest, err)
+		}
+		got, err := digest.FromReader(rc)
+		rc.Close()
+		if err != nil || got != d.Digest {
+			t.Fatalf("fetch %s: %s %v", d.Digest, got, err)
+		}
+	}
+	var tokenReqs []string
+	for _, r := range reg.seen() {
+		if r.URL.Path == "/token" {
+			tokenReqs = append(tokenReqs, r.Method)
+		}
+	}
+	if len(tokenReqs) == 0 || tokenReqs[0] != http.MethodPost {
+		t.Errorf("token requests at the datastore: %v, want containerd's OAuth POST relayed", tokenReqs)
+	}
+
+	// The token endpoint relays to .local realms only.
+	for _, realm := range []string{"http://127.0.0.1:1/token", "ftp://ds.local/token", "http://user:pw@ds.local/token", ""} {
+		resp := env.do(t, http.MethodGet, env.srv.URL+tokenPath+"?"+url.Values{"realm": {realm}}.Encode(), nil)
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("realm %q: %s", realm, resp.Status)
+		}
 	}
 }

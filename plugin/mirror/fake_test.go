@@ -41,6 +41,7 @@ type fakeRegistry struct {
 	chunked    bool          // send blobs without Content-Length
 	basicAuth  string        // "user:pass" required, with a Basic challenge
 	bearer     bool          // require a bearer token, with a Bearer challenge
+	tokenAuth  string        // "user:pass": token auth with the token service on the datastore itself
 	release    chan struct{} // closed at cleanup: ends stalled handlers
 	onBreak    func()        // called when a response is cut or stalls
 }
@@ -100,6 +101,17 @@ func (f *fakeRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="http://127.0.0.1:1/token",service="datastore",scope="repository:app:pull"`)
 		w.WriteHeader(http.StatusUnauthorized)
 		return
+	}
+	if f.tokenAuth != "" {
+		if r.URL.Path == "/token" {
+			f.serveToken(w, r)
+			return
+		}
+		if r.Header.Get("Authorization") != "Bearer good-token" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="http://`+r.Host+`/token",service="datastore",scope="repository:app:pull"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
 	}
 	parts := strings.Split(strings.TrimPrefix(r.URL.Path, "/v2/"), "/")
 	if len(parts) < 3 {
@@ -307,4 +319,20 @@ func (e *testEnv) try(t *testing.T, method, url string, hdr http.Header) (*http.
 	}
 	t.Cleanup(func() { resp.Body.Close() })
 	return resp, nil
+}
+
+// serveToken is a token service: GET with Basic credentials, or the
+// OAuth password grant containerd POSTs when it has credentials.
+func (f *fakeRegistry) serveToken(w http.ResponseWriter, r *http.Request) {
+	user, pass, ok := r.BasicAuth()
+	if r.Method == http.MethodPost {
+		_ = r.ParseForm()
+		user, pass, ok = r.PostForm.Get("username"), r.PostForm.Get("password"), r.PostForm.Get("grant_type") == "password"
+	}
+	if !ok || user+":"+pass != f.tokenAuth || r.URL.Query().Get("service") != "datastore" && r.PostForm.Get("service") != "datastore" {
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintln(w, `{"token":"good-token","access_token":"good-token","expires_in":300}`)
 }

@@ -21,22 +21,27 @@
 //     sees a complete body of wrong content and commits nothing. A
 //     manifest is read whole and answered only if it matches its digest;
 //     by tag, Docker-Content-Digest is the digest of the bytes sent.
-//   - Range. A Range request is forwarded as such. A part of a blob cannot
-//     be verified on its own, so the mirror checks only that the datastore
-//     sent exactly the bytes asked for (Content-Range, length); a range
-//     that covers the whole blob is verified like a full GET. The whole
-//     digest of a resumed download is checked by the content store when
-//     containerd commits it (containerd's writer re-hashes the ingest).
+//   - Range. An open range ("bytes=N-", how containerd resumes, also
+//     right after the mirror cut a bad response) is answered from a full
+//     fetch whose first N bytes are hashed but not sent, so it is verified
+//     like a whole blob and a bad blob fails again instead of being
+//     completed by the resume. A bounded range ("bytes=N-M", containerd's
+//     parallel chunks) is forwarded; a part cannot be verified on its
+//     own, so the mirror checks that the datastore sent exactly the bytes
+//     asked for (Content-Range, length), and the content store verifies
+//     the whole digest when containerd commits. A bounded range that is
+//     the whole blob is verified.
 //   - Address change. A datastore transfer that breaks (reset, short body,
 //     or no data for Options.StallTimeout, which is what a vanished
 //     address looks like) is resumed: the host is forgotten, resolved
 //     again, and the rest requested with Range, up to Options.MaxResumes
 //     times within Options.ResumeTimeout. The client sees one body.
 //   - Auth. Authorization headers go to the datastore and its 401
-//     challenges (WWW-Authenticate) come back unchanged, so Basic auth
-//     works. For Bearer, containerd fetches the token from the realm in
-//     the challenge itself: that realm must be reachable by containerd
-//     (a .local realm is not, unless the node resolves .local names).
+//     challenges (WWW-Authenticate) come back, so Basic auth works as is.
+//     A Bearer challenge whose token realm is a .local URL is rewritten
+//     to the mirror's token endpoint, which relays containerd's token
+//     requests to that realm (auth.go); other realms are left alone and
+//     containerd reaches them itself.
 //   - Content store. With Options.Store set, blobs already in the CAS are
 //     served from it without asking the datastore; with Options.Prefetch
 //     too, serving an image manifest fetches its blobs into the CAS in
@@ -183,6 +188,10 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := log.WithLogger(r.Context(), log.G(r.Context()).WithFields(log.Fields{
 		"method": r.Method, "path": r.URL.EscapedPath(), "ns": r.URL.Query().Get("ns"),
 	}))
+	if r.URL.EscapedPath() == tokenPath {
+		m.serveToken(ctx, w, r)
+		return
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		m.stats.rejected.Add(1)
 		w.Header().Set("Allow", "GET, HEAD")
@@ -258,6 +267,9 @@ func (m *Mirror) passError(ctx context.Context, w http.ResponseWriter, r *http.R
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	h := w.Header()
 	copyResponseHeaders(h, resp.Header)
+	if status == http.StatusUnauthorized {
+		rewriteChallenges(h, r)
+	}
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
 	if r.Method != http.MethodHead {

@@ -306,7 +306,8 @@ func TestAuthPassThrough(t *testing.T) {
 
 	reg.basicAuth, reg.bearer = "", true
 	resp = env.do(t, http.MethodHead, url, nil)
-	if resp.StatusCode != http.StatusUnauthorized || !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Bearer realm=") {
+	// A realm that is not .local is containerd's to reach: unchanged.
+	if resp.StatusCode != http.StatusUnauthorized || !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), `Bearer realm="http://127.0.0.1:1/token"`) {
 		t.Fatalf("bearer challenge: %s %v", resp.Status, resp.Header)
 	}
 	resp = env.do(t, http.MethodGet, url, http.Header{"Authorization": {"Bearer good-token"}})
