@@ -106,39 +106,70 @@ func TestHostileLayers(t *testing.T) {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	for _, kind := range []struct {
-		name, key string
-	}{{"volume", testUUID + "#1"}, {"unpack key", "default/1/extract-1 sha256:abc"}} {
-		for _, name := range names {
-			t.Run(kind.name+"/"+name, func(t *testing.T) {
-				parent := "layer1"
-				if kind.name != "volume" {
-					parent = "" // containerd unpacks a first layer onto a bind mount
-				}
-				mounts, err := sn.Prepare(ctx, kind.key, parent)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer func() {
-					if err := sn.Remove(ctx, kind.key); err != nil {
-						t.Error(err)
-					}
-				}()
-				mnt := filepath.Join(base, "mnt")
-				if err := os.Mkdir(mnt, 0o755); err != nil {
-					t.Fatal(err)
-				}
-				defer os.Remove(mnt)
-				if err := mount.All(mounts, mnt); err != nil {
-					t.Fatal(err)
-				}
-				_, applyErr := archive.Apply(ctx, mnt, buildTar(t, cases[name]))
-				t.Logf("archive.Apply: %v", applyErr)
+	// Two ways to apply: archive.Apply on the mounted snapshot, and
+	// containerd's differ (core/diff/apply), which for an overlay mount
+	// writes straight into the upper directory, resolving through parents.
+	cs, applier := newApplier(t, t.TempDir())
+	applyVia := map[string]func(t *testing.T, mounts []mount.Mount, mnt string, layer []tarEntry) error{
+		"mounted": func(t *testing.T, mounts []mount.Mount, mnt string, layer []tarEntry) error {
+			if err := mount.All(mounts, mnt); err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
 				if err := mount.UnmountAll(mnt, 0); err != nil {
 					t.Fatal(err)
 				}
-				checkOutside(t, base, outside, secret)
+			}()
+			_, err := archive.Apply(ctx, mnt, buildTar(t, layer))
+			return err
+		},
+		"differ": func(t *testing.T, mounts []mount.Mount, _ string, layer []tarEntry) error {
+			desc := writeLayer(t, ctx, cs, func(tw *tar.Writer) error {
+				for _, e := range layer {
+					h := e.hdr
+					if err := tw.WriteHeader(&h); err != nil {
+						return err
+					}
+					if _, err := tw.Write([]byte(e.body)); err != nil {
+						return err
+					}
+				}
+				return nil
 			})
+			_, err := applier.Apply(ctx, desc, mounts)
+			return err
+		},
+	}
+	for _, kind := range []struct {
+		name, key string
+	}{{"volume", testUUID + "#1"}, {"unpack key", "default/1/extract-1 sha256:abc"}} {
+		for _, via := range []string{"mounted", "differ"} {
+			for _, name := range names {
+				t.Run(kind.name+"/"+via+"/"+name, func(t *testing.T) {
+					parent := "layer1"
+					if kind.name != "volume" {
+						parent = "" // containerd unpacks a first layer onto a bind mount
+					}
+					mounts, err := sn.Prepare(ctx, kind.key, parent)
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer func() {
+						if err := sn.Remove(ctx, kind.key); err != nil {
+							t.Error(err)
+						}
+					}()
+					mnt := filepath.Join(base, "mnt")
+					if err := os.Mkdir(mnt, 0o755); err != nil {
+						t.Fatal(err)
+					}
+					defer os.Remove(mnt)
+					// An error or a clamped entry are both fine; only what
+					// lands outside counts.
+					t.Logf("apply: %v", applyVia[via](t, mounts, mnt, cases[name]))
+					checkOutside(t, base, outside, secret)
+				})
+			}
 		}
 	}
 }
