@@ -28,7 +28,7 @@ const (
 // fakeRegistry is a datastore for unit tests: blobs and manifests in
 // memory, with switches for the ways a datastore can misbehave.
 type fakeRegistry struct {
-	t *testing.T
+	t testing.TB
 
 	mu        sync.Mutex
 	blobs     map[digest.Digest][]byte // what is served for a digest
@@ -51,7 +51,7 @@ type fakeManifest struct {
 	mediaType string
 }
 
-func newFakeRegistry(t *testing.T) *fakeRegistry {
+func newFakeRegistry(t testing.TB) *fakeRegistry {
 	f := &fakeRegistry{t: t, blobs: map[digest.Digest][]byte{}, manifests: map[string]fakeManifest{}, release: make(chan struct{})}
 	t.Cleanup(func() { close(f.release) })
 	return f
@@ -195,7 +195,7 @@ func (f *fakeRegistry) serveBlob(w http.ResponseWriter, r *http.Request, b []byt
 // .local name go to whichever server is current, as if mDNS answered
 // with its address.
 type testEnv struct {
-	t        *testing.T
+	t        testing.TB
 	mirror   *Mirror
 	srv      *httptest.Server // the mirror
 	current  atomic.Pointer[string]
@@ -226,7 +226,7 @@ func (e *testEnv) stats() Stats {
 
 // newTestEnv makes a mirror with opts in front of upstream (nil: no
 // datastore). The scheme is plain HTTP unless opts says otherwise.
-func newTestEnv(t *testing.T, upstream http.Handler, opts Options) *testEnv {
+func newTestEnv(t testing.TB, upstream http.Handler, opts Options) *testEnv {
 	t.Helper()
 	if opts.Scheme == SchemeAuto {
 		opts.Scheme = SchemeHTTP
@@ -235,7 +235,7 @@ func newTestEnv(t *testing.T, upstream http.Handler, opts Options) *testEnv {
 }
 
 // newTestEnvScheme is newTestEnv with opts.Scheme as given.
-func newTestEnvScheme(t *testing.T, upstream http.Handler, opts Options) *testEnv {
+func newTestEnvScheme(t testing.TB, upstream http.Handler, opts Options) *testEnv {
 	t.Helper()
 	env := &testEnv{t: t}
 	if upstream != nil {
