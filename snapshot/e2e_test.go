@@ -84,8 +84,47 @@ func TestEndToEnd(t *testing.T) {
 		}
 		e.ns.RunTest(t, e.childEnv())
 	})
+	t.Run("rm-busy", func(t *testing.T) {
+		if testnet.IsChild(t) {
+			rmBusy(t)
+			return
+		}
+		env := e.childEnv()
+		env["LOCALDS"] = e.localds
+		e.ns.RunTest(t, env)
+	})
 	if !testnet.InChild() {
 		e.volumesAfter(t)
+	}
+}
+
+// rmBusy runs in a child: while a container uses the volume as its root,
+// `localds volume rm` refuses and the volume stays.
+func rmBusy(t *testing.T) {
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "default"), e2eWait)
+	defer cancel()
+	c, err := containerd.New(testnet.ChildEnv("ADDRESS"), containerd.WithDefaultNamespace("default"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	img, err := c.GetImage(ctx, e2eRegistry+"/app:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctr, err := c.NewContainer(ctx, "vol-busy", containerd.WithSnapshotter("localds"), containerd.WithSnapshot(e2eVol1),
+		containerd.WithNewSpec(oci.WithImageConfig(img)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctr.Delete(context.WithoutCancel(ctx))
+	cmd := exec.CommandContext(ctx, testnet.ChildEnv("LOCALDS"), "volume", "--address", testnet.ChildEnv("ADDRESS"), "rm", e2eVol1)
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "vol-busy") {
+		t.Fatalf("volume rm of a volume in use: %v, %s; want a refusal naming the container", err, out)
+	}
+	if _, err := c.SnapshotService("localds").Stat(ctx, e2eVol1); err != nil {
+		t.Fatalf("volume gone after a refused rm: %v", err)
 	}
 }
 

@@ -273,7 +273,19 @@ func volumeRemove(ctx context.Context, cmd *cli.Command) error {
 		return err
 	}
 	defer c.Close()
-	sn := c.SnapshotService(cmd.String("snapshotter"))
+	snName := cmd.String("snapshotter")
+	// containerd would remove a snapshot that a container still uses as
+	// its root and leave the container without one; refuse instead.
+	ctrs, err := c.ContainerService().List(ctx)
+	if err != nil {
+		return fmt.Errorf("list containers: %w", err)
+	}
+	for _, ct := range ctrs {
+		if ct.Snapshotter == snName && ct.SnapshotKey == key {
+			return fmt.Errorf("volume %s is the root filesystem of container %s; delete the container first (ctr containers rm %s): %w", key, ct.ID, ct.ID, errdefs.ErrFailedPrecondition)
+		}
+	}
+	sn := c.SnapshotService(snName)
 	if err := sn.Remove(ctx, key); err != nil {
 		if errdefs.IsNotFound(err) {
 			return fmt.Errorf("no volume %s in namespace %s: %w", key, cmd.String("namespace"), err)
