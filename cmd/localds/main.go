@@ -44,6 +44,7 @@ func newApp() *cli.Command {
 			resolveCommand(),
 			serveCommand(),
 			fsckCommand(),
+			hostsCommand(),
 		},
 	}
 }
