@@ -45,6 +45,7 @@ func newApp() *cli.Command {
 			serveCommand(),
 			fsckCommand(),
 			hostsCommand(),
+			volumeCommand(),
 		},
 	}
 }
