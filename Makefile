@@ -8,7 +8,7 @@ BIN := $(CURDIR)/bin
 # go.mod, so integration tests run the daemon we link against.
 CONTAINERD_VERSION = $(shell $(GO) list -m -f '{{.Version}}' github.com/containerd/containerd/v2)
 CONTAINERD_DIR = $(shell $(GO) mod download -json github.com/containerd/containerd/v2 | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p')
-CMDS := localds
+CMDS := localds containerd-localds-grpc
 GOTEST_FLAGS ?= -count=1 -timeout 25m
 
 .PHONY: all build containerd deps test unit demo bench fuzz lint notice clean
@@ -50,6 +50,7 @@ bench: deps build
 	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'ResolveLatency' -benchtime 300x ./resolver/
 	$(GO) test -run '^$$' -bench 'ResolveCached' -benchmem ./resolver/
 	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'BlobServe' -benchtime 5x ./serve/
+	$(GO) test -run '^$$' -bench 'VolumeCreate|Unpack' -benchtime 5x ./snapshot/
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseAnswer -fuzztime 60s ./resolver/

@@ -30,10 +30,16 @@ func TestContribContainerdConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	type proxy struct{ Type, Address string }
+	type unpack struct{ Platform, Snapshotter, Differ string }
 	var cfg struct {
 		Version         int              `toml:"version"`
 		DisabledPlugins []string         `toml:"disabled_plugins"`
 		ProxyPlugins    map[string]proxy `toml:"proxy_plugins"`
+		Plugins         struct {
+			Transfer struct {
+				UnpackConfig []unpack `toml:"unpack_config"`
+			} `toml:"io.containerd.transfer.v1.local"`
+		} `toml:"plugins"`
 	}
 	if err := toml.NewDecoder(strings.NewReader(string(b))).DisallowUnknownFields().Decode(&cfg); err != nil {
 		t.Fatalf("%s: %v", path, err)
@@ -44,6 +50,14 @@ func TestContribContainerdConfig(t *testing.T) {
 	}
 	if cfg.Version != 3 || !reflect.DeepEqual(cfg.DisabledPlugins, []string{"io.containerd.content.v1.content"}) || !reflect.DeepEqual(cfg.ProxyPlugins, want) {
 		t.Fatalf("%s: %+v", path, cfg)
+	}
+	// ctr image pull unpacks only into listed snapshotters: localds must be one.
+	var unpacksToLocalds bool
+	for _, u := range cfg.Plugins.Transfer.UnpackConfig {
+		unpacksToLocalds = unpacksToLocalds || u.Snapshotter == plugin.SnapshotterName
+	}
+	if !unpacksToLocalds {
+		t.Fatalf("%s: no unpack_config for the %s snapshotter", path, plugin.SnapshotterName)
 	}
 
 	if testing.Short() {
@@ -62,6 +76,7 @@ func TestContribContainerdConfig(t *testing.T) {
 		`disabled_plugins = ['io.containerd.content.v1.content']`,
 		"[proxy_plugins.localds-cas]", "[proxy_plugins.localds]",
 		"type = 'content'", "type = 'snapshot'", "address = '" + plugin.DefaultAddress + "'",
+		"snapshotter = 'localds'",
 	} {
 		if !strings.Contains(dump, want) {
 			t.Errorf("containerd's view of %s lacks %q:\n%s", path, want, dump)
