@@ -41,7 +41,8 @@ test: deps lint build containerd
 unit:
 	$(GO) test -short -count=1 ./...
 
-demo: deps build
+demo: deps build containerd
+	$(GO) build -o $(BIN)/ ./internal/cmd/demo-image
 	./scripts/demo.sh
 
 # Both sides of each comparison are measured in one run and printed with

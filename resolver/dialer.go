@@ -39,8 +39,9 @@ func NewDialer(d *Discoverer) *Dialer {
 
 // DialContext dials address ("host:port"). For a .local host a failed
 // connect means the cached address may be stale (the datastore restarted
-// elsewhere): the dialer forgets it, resolves again at once and retries
-// once, so an address change costs one round of mDNS, not a pull.
+// elsewhere): the dialer forgets it, resolves again at once and, if the
+// answer is a new address, dials that, so an address change costs one
+// round of mDNS, not a pull.
 func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	host, port, err := net.SplitHostPort(address)
 	if err != nil || !IsLocal(host) {
@@ -57,13 +58,18 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	if err == nil {
 		return conn, nil
 	}
-	log.G(ctx).WithError(err).WithFields(log.Fields{"host": host, "address": res.Addr}).
-		Info("connection to .local host failed; resolving again")
+	// The cached address may be stale: ask again at once. Only a new
+	// address is worth a second dial; the same one would fail the same way.
 	d.discoverer.Forget(host)
 	res2, rerr := d.discoverer.Resolve(ctx, host)
 	if rerr != nil {
 		return nil, fmt.Errorf("dial %s at %s: %w; resolving again: %w", address, res.Addr, err, rerr)
 	}
+	if res2.Addr == res.Addr && res2.Interface == res.Interface {
+		return nil, fmt.Errorf("dial %s at %s: %w", address, res.Addr, err)
+	}
+	log.G(ctx).WithError(err).WithFields(log.Fields{"host": host, "old": res.Addr, "new": res2.Addr, "interface": res2.Interface}).
+		Info(".local host moved; dialing its new address")
 	conn, err2 := d.dialVia(ctx, res2, port)
 	if err2 != nil {
 		d.discoverer.Forget(host)
