@@ -1,0 +1,313 @@
+//go:build linux
+
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/log"
+
+	"github.com/localds/localds/internal/testnet"
+	"github.com/localds/localds/plugin"
+	"github.com/localds/localds/plugin/mirror"
+)
+
+// benchLayers is the benchmark image: 4 layers of 64 MiB of random bytes
+// (incompressible; uncompressed tar layers, so neither side spends time
+// in gzip).
+var benchLayers = []int64{64 << 20, 64 << 20, 64 << 20, 64 << 20}
+
+// prefetchDaemonEnv makes this test binary run as a stand-in for
+// containerd-localds-grpc with the mirror's prefetch on (see TestMain).
+const prefetchDaemonEnv = "LOCALDS_E2E_PREFETCH_DAEMON"
+
+// TestMain: with prefetchDaemonEnv set, the test binary is not a test but
+// the daemon: plugin.Serve with exactly the real daemon's wiring except
+// mirror.Options{Prefetch: true}, which containerd-localds-grpc has no
+// flag or config key for. BenchmarkPull starts it inside the node
+// namespace to measure what prefetch would give.
+func TestMain(m *testing.M) {
+	if cfg := os.Getenv(prefetchDaemonEnv); cfg != "" {
+		os.Exit(prefetchDaemon(cfg))
+	}
+	os.Exit(m.Run())
+}
+
+type daemonConfig struct {
+	Root, Address, MirrorListen string
+	Interfaces                  []string
+}
+
+func prefetchDaemon(js string) int {
+	var c daemonConfig
+	if err := json.Unmarshal([]byte(js), &c); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", prefetchDaemonEnv, err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	_ = log.SetLevel("info")
+	err := plugin.Serve(ctx, plugin.Config{
+		Root:         c.Root,
+		Address:      c.Address,
+		MirrorListen: c.MirrorListen,
+		Interfaces:   c.Interfaces,
+		Mirror:       plugin.RegistryMirror(mirror.Options{Prefetch: true}),
+	})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "prefetch daemon: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// BenchmarkPull: the same image (4×64 MiB, 256 MiB) pulled with the real
+// `ctr image pull`, each from an empty store, in one run:
+//
+//   - stock: containerd with its built-in content store, straight from the
+//     registry by IP (`--plain-http <ip>:5000/bench:1`);
+//   - localds: containerd with localds as its content store (as contrib/
+//     configures it), by .local name through the daemon's mirror
+//     (`--hosts-dir` from `localds hosts`);
+//   - prefetch: the same with the mirror's prefetch on (a stand-in daemon,
+//     see TestMain).
+//
+// Both unpack into containerd's overlayfs as a plain `ctr image pull`
+// does. Reported: seconds of each pull, the ratios to stock, the
+// daemon's peak RSS (VmHWM) after its pull, and, for scale, the seconds a
+// plain write+fsync of the same bytes takes on the same file system.
+func BenchmarkPull(b *testing.B) {
+	requireE2E(b)
+	s := newSite(b, 5000)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	img, err := buildImage(benchLayers)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Pushed from inside the node namespace, by IP (the benchmark's
+	// parent cannot do mDNS; the pull below still resolves by name).
+	tr := &http.Transport{Proxy: nil, DialContext: s.nodeDial}
+	start := time.Now()
+	p, err := pushImage(ctx, tr, appIP+":5000/bench:1", img)
+	tr.CloseIdleConnections()
+	if err != nil {
+		b.Fatal(err)
+	}
+	img = nil
+	runtime.GC()
+	total := p.size()
+	b.Logf("pushed %s (%d layers, %d MiB) in %v", p.Manifest.Digest, len(p.Layers), total>>20, time.Since(start).Round(time.Millisecond))
+	s.writeHosts(b, dsLocal+":5000")
+	stockRef, localRef := appIP+":5000/bench:1", dsLocal+":5000/bench:1"
+
+	var stockSec, localSec, prefetchSec, fsyncSec, rss, prefetchRSS float64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		fsyncSec += writeFsync(b, total)
+
+		// stock containerd, by IP
+		stock := s.node.StartContainerd(b, testnet.ContainerdOptions{})
+		b.StartTimer()
+		sec := timedPull(b, stock, stock.Root, stockRef, "--plain-http")
+		b.StopTimer()
+		stockSec += sec
+		checkStockBlobs(b, stock, p)
+		stopAll(b, stock.Proc)
+
+		// localds, by .local name through the mirror
+		s.freshRoot(b)
+		s.startDaemon(b)
+		s.startContainerd(b)
+		b.StartTimer()
+		sec = timedPull(b, s.ctrd, s.root, localRef, "--hosts-dir", s.hostsDir)
+		b.StopTimer()
+		localSec += sec
+		rss += peakRSS(b, s.daemon.Pid())
+		s.checkBlobs(b, p)
+		b.Logf("localds mirror: %s; gRPC calls on the plugin socket: %s", mirrorStats(s.metrics(b)), s.grpcCalls(b))
+		stopAll(b, s.ctrd.Proc, s.daemon)
+
+		// localds with prefetch (stand-in daemon)
+		s.freshRoot(b)
+		s.startPrefetchDaemon(b)
+		s.startContainerd(b)
+		b.StartTimer()
+		sec = timedPull(b, s.ctrd, s.root, localRef, "--hosts-dir", s.hostsDir)
+		b.StopTimer()
+		prefetchSec += sec
+		prefetchRSS += peakRSS(b, s.daemon.Pid())
+		s.checkBlobs(b, p)
+		b.Logf("prefetching mirror: %s; gRPC calls on the plugin socket: %s", mirrorStats(s.metrics(b)), s.grpcCalls(b))
+		stopAll(b, s.ctrd.Proc, s.daemon)
+		b.StartTimer()
+	}
+	n := float64(b.N)
+	b.ReportMetric(stockSec/n, "stock-s")
+	b.ReportMetric(localSec/n, "localds-s")
+	b.ReportMetric(localSec/stockSec, "localds/stock")
+	b.ReportMetric(rss/n, "daemon-rss-MiB")
+	b.ReportMetric(prefetchSec/n, "prefetch-s")
+	b.ReportMetric(prefetchSec/stockSec, "prefetch/stock")
+	b.ReportMetric(prefetchRSS/n, "prefetch-rss-MiB")
+	b.ReportMetric(fsyncSec/n, "fsync-write-s")
+	b.Logf("%d MiB: stock %.2fs, localds %.2fs (ratio %.2f, daemon peak RSS %.1f MiB), localds+prefetch %.2fs (ratio %.2f, peak RSS %.1f MiB); write+fsync of the same bytes %.2fs",
+		total>>20, stockSec/n, localSec/n, localSec/stockSec, rss/n, prefetchSec/n, prefetchSec/stockSec, prefetchRSS/n, fsyncSec/n)
+}
+
+// freshRoot gives the next daemon an empty root and a new socket path.
+func (s *site) freshRoot(b testing.TB) {
+	s.root = filepath.Join(b.TempDir(), "persist")
+	dir, err := os.MkdirTemp("", "lde")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	s.sock = filepath.Join(dir, "l.sock")
+}
+
+// startPrefetchDaemon runs this test binary as the daemon with prefetch
+// on (TestMain), in the node namespace, like startDaemon.
+func (s *site) startPrefetchDaemon(b testing.TB) {
+	b.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	js, _ := json.Marshal(daemonConfig{Root: s.root, Address: s.sock, MirrorListen: mirrorListen, Interfaces: []string{"br0"}})
+	cmd := s.node.Command(context.Background(), exe)
+	cmd.Env = append(os.Environ(), prefetchDaemonEnv+"="+string(js))
+	s.daemon = testnet.StartCmd(b, cmd)
+	s.daemon.WaitLog(b, "localds serving", e2eWait)
+}
+
+// grpcCalls sums the daemon's localds_grpc_requests_total by method (the
+// unpack reads a layer through the content proxy in 32 KiB calls).
+func (s *site) grpcCalls(b testing.TB) string {
+	b.Helper()
+	_, body := s.get(b, "/metrics")
+	calls := map[string]float64{}
+	for _, line := range strings.Split(body, "\n") {
+		rest, ok := strings.CutPrefix(line, "localds_grpc_requests_total{")
+		if !ok {
+			continue
+		}
+		labels, value, _ := strings.Cut(rest, "} ")
+		_, method, _ := strings.Cut(labels, `method="`)
+		method, _, _ = strings.Cut(method, `"`)
+		if v, err := strconv.ParseFloat(value, 64); err == nil {
+			calls[method[strings.LastIndex(method, "/")+1:]] += v
+		}
+	}
+	var parts []string
+	for m, v := range calls {
+		parts = append(parts, fmt.Sprintf("%s=%g", m, v))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, " ")
+}
+
+// timedPull runs `ctr image pull args... ref` and returns its seconds.
+func timedPull(b testing.TB, c *testnet.Containerd, root, ref string, args ...string) float64 {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), pullTimeout)
+	defer cancel()
+	argv := append(append([]string{"image", "pull"}, args...), ref)
+	start := time.Now()
+	out, err := c.CtrCmd(ctx, argv...).CombinedOutput()
+	sec := time.Since(start).Seconds()
+	if err != nil {
+		b.Fatalf("ctr %s: %v\n%s\ncontainerd log:\n%s", strings.Join(argv, " "), err, tail(string(out), 3000), tail(c.Proc.Log(), 6000))
+	}
+	b.Logf("ctr %s: %.2fs", strings.Join(argv, " "), sec)
+	return sec
+}
+
+// checkStockBlobs: stock containerd has every blob in its own store.
+func checkStockBlobs(b testing.TB, c *testnet.Containerd, p pushed) {
+	b.Helper()
+	for _, bl := range p.blobs() {
+		path := filepath.Join(c.Root, "io.containerd.content.v1.content", "blobs", "sha256", bl.Digest.Encoded())
+		if got, size, err := hashFile(path); err != nil || got != bl.Digest || size != bl.Size {
+			b.Fatalf("stock containerd's %s: %s, %d bytes, %v", bl.Digest, got, size, err)
+		}
+	}
+}
+
+// peakRSS is VmHWM of pid in MiB.
+func peakRSS(b testing.TB, pid int) float64 {
+	b.Helper()
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(st), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			f := strings.Fields(v) // "12345 kB"
+			if len(f) != 2 || f[1] != "kB" {
+				b.Fatalf("VmHWM of %d: %q", pid, line)
+			}
+			kb, err := strconv.ParseFloat(f[0], 64)
+			if err != nil {
+				b.Fatalf("VmHWM of %d: %q", pid, line)
+			}
+			return kb / 1024
+		}
+	}
+	b.Fatalf("no VmHWM in /proc/%d/status", pid)
+	return 0
+}
+
+func stopAll(b testing.TB, ps ...*testnet.Process) {
+	b.Helper()
+	for _, p := range ps {
+		if err := p.Stop(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// writeFsync writes n random bytes to a new file on the file system the
+// stores live on, fsyncs it, and returns the seconds that took: the floor
+// for any pull that commits n bytes durably.
+func writeFsync(b testing.TB, n int64) float64 {
+	b.Helper()
+	buf := make([]byte, 1<<20)
+	if _, err := rand.Read(buf); err != nil {
+		b.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(b.TempDir(), "fsync"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	start := time.Now()
+	for left := n; left > 0; left -= int64(len(buf)) {
+		if _, err := f.Write(buf[:min(left, int64(len(buf)))]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	sec := time.Since(start).Seconds()
+	if err := os.Remove(f.Name()); err != nil {
+		b.Fatal(err)
+	}
+	return sec
+}
