@@ -117,14 +117,30 @@ func TestCtrPullCorruptBlob(t *testing.T) {
 	}
 	t.Logf("ctr image pull %s failed after %v as it must:\n%s", bad.Ref, time.Since(start).Round(time.Millisecond), tail(out, 2000))
 	// The mirror verifies while streaming and, on a mismatch, cuts the
-	// response before its last bytes. containerd sees only the cut (and
-	// its Range retries being cut too), so ctr's own message is a short
-	// read, or a digest error should containerd ever get that far; the
-	// daemon names the mismatch.
+	// response before its last bytes and remembers the failure; the Range
+	// retry containerd sends at once is refused from memory. containerd
+	// 2.4.2 drops the error of that re-open (httpReadSeeker) and reports a
+	// short read, so the first pull's words are a cut body (or a digest
+	// error should containerd ever pass them on).
 	lastErr := lastLines(out, 1)
 	if l := strings.ToLower(lastErr); !strings.Contains(l, "digest") && !strings.Contains(l, "failed precondition") &&
 		!strings.Contains(l, "short read") && !strings.Contains(l, "unexpected eof") {
 		t.Errorf("ctr's error is neither a digest error nor a cut body: %q", lastErr)
+	}
+	// Pulled again, the blob's first request is refused with the mirror's
+	// finding, which ctr shows: the digest mismatch of that layer, from
+	// that datastore, without downloading the blob again.
+	start = time.Now()
+	out, err = s.pull(t, bad.Ref)
+	if err == nil {
+		t.Fatalf("second ctr image pull of the corrupt image succeeded:\n%s", out)
+	}
+	t.Logf("second ctr image pull %s failed after %v:\n%s", bad.Ref, time.Since(start).Round(time.Millisecond), tail(out, 2000))
+	if !strings.Contains(out, "digest mismatch") || !strings.Contains(out, layer.Digest.String()) || !strings.Contains(out, dsLocal) {
+		t.Errorf("ctr's output does not name the digest mismatch of %s from %s:\n%s", layer.Digest, dsLocal, tail(out, 2000))
+	}
+	if m := s.metrics(t); m["localds_mirror_known_bad_refused_total"] < 1 {
+		t.Errorf("the mirror refused nothing from memory: %s", mirrorStats(m))
 	}
 	var named bool
 	for _, line := range strings.Split(s.daemon.Log(), "\n") {

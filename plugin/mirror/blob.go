@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
@@ -22,6 +23,10 @@ func (m *Mirror) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.R
 		m.prefetch.wait(ctx, t.dgst)
 	}
 	if m.opts.Store != nil && m.serveFromStore(ctx, w, r, t) {
+		return
+	}
+	if reason, age, ok := m.bad.get(t.host, t.dgst); ok {
+		m.refuseBad(ctx, w, r, t, reason, age)
 		return
 	}
 	if r.Method == http.MethodHead {
@@ -129,6 +134,9 @@ func (m *Mirror) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.R
 	case rerr != nil:
 		if errors.Is(rerr, errDigestMismatch) {
 			m.stats.verifyFailures.Add(1)
+			// containerd's retries (Range resumes) and later pulls are
+			// answered from this record instead of the datastore.
+			m.bad.add(t.host, t.dgst, rerr.Error())
 		} else {
 			m.stats.upstreamErrors.Add(1)
 		}
@@ -146,6 +154,22 @@ func (m *Mirror) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.R
 }
 
 var errDigestMismatch = errors.New("digest mismatch")
+
+// refuseBad answers a GET or HEAD of a blob that failed verification
+// within badBlobTTL (see badblob.go): 502 with a DIGEST_INVALID registry
+// error, at once and without asking the datastore. containerd's fetcher
+// decodes the body and shows the message ("digest invalid: localds
+// mirror: blob sha256:... from host: digest mismatch: datastore sent
+// ..."), so the user reads why instead of a short read.
+func (m *Mirror) refuseBad(ctx context.Context, w http.ResponseWriter, r *http.Request, t target, reason string, age time.Duration) {
+	m.stats.knownBad.Add(1)
+	retry := (badBlobTTL - age).Round(time.Second)
+	log.G(ctx).WithFields(log.Fields{"host": t.host, "digest": t.dgst, "range": r.Header.Get("Range"), "retry_in": retry}).
+		Info("blob refused: it failed verification recently")
+	w.Header().Set("Retry-After", strconv.Itoa(max(1, int(retry/time.Second))))
+	writeError(w, r, http.StatusBadGateway, codeDigestInvalid,
+		fmt.Sprintf("blob %s from %s: %s (the mirror refuses this blob until %s after the failure)", t.dgst, t.host, reason, badBlobTTL))
+}
 
 // skipWriter drops the first skip bytes: the verified prefix of an open
 // range, which the client already has.

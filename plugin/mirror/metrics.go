@@ -29,6 +29,7 @@ func (m *Mirror) Collector() prometheus.Collector {
 	add("bytes_served_total", "Body bytes sent to mirror clients.", func(s Stats) uint64 { return s.BytesServed })
 	add("resumes_total", "Datastore transfers resumed (Range) or retried after a break.", func(s Stats) uint64 { return s.Resumes })
 	add("verify_failures_total", "Digest or length mismatches from datastores (response aborted or refused).", func(s Stats) uint64 { return s.VerifyFailures })
+	add("known_bad_refused_total", "Blob requests refused at once because the blob failed verification within the last minute.", func(s Stats) uint64 { return s.KnownBad })
 	add("prefetched_total", "Blobs prefetched into the content store.", func(s Stats) uint64 { return s.Prefetched })
 	add("prefetch_failures_total", "Prefetches that failed (the blob is then fetched on request).", func(s Stats) uint64 { return s.PrefetchFailed })
 	add("upstream_errors_total", "Datastores unreachable, answering 5xx, or lost mid-transfer.", func(s Stats) uint64 { return s.UpstreamErrors })

@@ -18,7 +18,11 @@
 //   - Verification. A whole blob is hashed as it passes; the last chunk is
 //     held back until the digest (and length) matched, and on a mismatch
 //     the connection is cut (http.ErrAbortHandler), so the client never
-//     sees a complete body of wrong content and commits nothing. A
+//     sees a complete body of wrong content and commits nothing. The
+//     failure is remembered per (host, digest) for a minute (badblob.go):
+//     containerd's Range retries and later pulls of that blob get 502
+//     with a DIGEST_INVALID error naming the mismatch at once, without a
+//     new download; a good blob pushed again is served after that minute. A
 //     manifest is read whole and answered only if it matches its digest;
 //     by tag, Docker-Content-Digest is the digest of the bytes sent.
 //   - Range. An open range ("bytes=N-", how containerd resumes, also
@@ -122,6 +126,7 @@ type Mirror struct {
 	up       *upstream
 	stats    counters
 	prefetch *prefetcher // nil unless Options.Prefetch
+	bad      *badBlobs   // recent verification failures (badblob.go)
 }
 
 // New returns a Mirror with opts, defaults filled in.
@@ -165,7 +170,7 @@ func New(opts Options) (*Mirror, error) {
 	if opts.Discoverer != nil {
 		forget = opts.Discoverer.Forget
 	}
-	m := &Mirror{opts: opts, up: newUpstream(opts, forget)}
+	m := &Mirror{opts: opts, up: newUpstream(opts, forget), bad: newBadBlobs(badBlobTTL, badBlobMax)}
 	if opts.Prefetch {
 		m.prefetch = newPrefetcher(m, opts.PrefetchConcurrency)
 	}
@@ -290,6 +295,7 @@ type Stats struct {
 	BytesServed     uint64 // body bytes sent to clients
 	Resumes         uint64 // datastore transfers resumed or retried after a break
 	VerifyFailures  uint64 // digest or length mismatches (response aborted or refused)
+	KnownBad        uint64 // blob requests refused at once: it failed verification within the last minute
 	UpstreamErrors  uint64 // datastore unreachable, 5xx, or transfer lost
 	Prefetched      uint64 // blobs prefetched into the store
 	PrefetchFailed  uint64 // prefetches that failed (the blob is fetched on request)
@@ -297,7 +303,7 @@ type Stats struct {
 
 type counters struct {
 	requests, notLocal, rejected, manifestsServed, blobsServed, partialsServed,
-	storeHits, bytesServed, resumes, verifyFailures, upstreamErrors,
+	storeHits, bytesServed, resumes, verifyFailures, knownBad, upstreamErrors,
 	prefetched, prefetchFailures atomic.Uint64
 }
 
@@ -309,7 +315,7 @@ func (m *Mirror) Stats() Stats {
 		ManifestsServed: c.manifestsServed.Load(), BlobsServed: c.blobsServed.Load(),
 		PartialsServed: c.partialsServed.Load(), StoreHits: c.storeHits.Load(),
 		BytesServed: c.bytesServed.Load(), Resumes: c.resumes.Load(),
-		VerifyFailures: c.verifyFailures.Load(), UpstreamErrors: c.upstreamErrors.Load(),
+		VerifyFailures: c.verifyFailures.Load(), KnownBad: c.knownBad.Load(), UpstreamErrors: c.upstreamErrors.Load(),
 		Prefetched: c.prefetched.Load(), PrefetchFailed: c.prefetchFailures.Load(),
 	}
 }

@@ -125,6 +125,11 @@ func (p *prefetcher) start(ctx context.Context, t target, hdr http.Header, desc 
 		if err != nil {
 			log.G(jctx).WithError(err).WithField("digest", desc.Digest).Warn("prefetch failed; the blob will be fetched on request")
 			p.m.stats.prefetchFailures.Add(1)
+			if errors.Is(err, errDigestMismatch) {
+				// containerd's request, waiting in wait, is refused with
+				// the reason instead of downloading the bad blob again.
+				p.m.bad.add(t.host, desc.Digest, err.Error())
+			}
 		} else {
 			p.m.stats.prefetched.Add(1)
 		}

@@ -106,7 +106,17 @@ func TestPrefetchCorruptBlob(t *testing.T) {
 	if len(ingests) != 0 {
 		t.Errorf("ingests left behind: %+v", ingests)
 	}
-	expectBroken(t, env, env.url("/v2/app/blobs/"+bad.Digest.String()), reg.blobs[bad.Digest])
+	// containerd's request is refused with the prefetch's finding, without
+	// downloading the bad blob again.
+	before := len(reg.seen())
+	resp = env.do(t, http.MethodGet, env.url("/v2/app/blobs/"+bad.Digest.String()), nil)
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), "digest mismatch") || len(reg.seen()) != before {
+		t.Errorf("blob request after a failed prefetch: %s %s (datastore requests %d -> %d)", resp.Status, body, before, len(reg.seen()))
+	}
+	if s := env.mirror.Stats(); s.KnownBad != 1 {
+		t.Errorf("stats %+v, want one refusal from memory", s)
+	}
 }
 
 // TestPrefetchWait: a blob request during its prefetch waits for it and
