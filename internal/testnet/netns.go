@@ -88,6 +88,10 @@ type Namespace struct {
 	net     *Net
 	mu      sync.Mutex
 	deleted bool
+	// procs are the processes Start launched here. Delete kills them
+	// itself: one that has not yet entered the namespace (ip netns exec
+	// still starting) is not among `ip netns pids` and would survive.
+	procs []*Process
 }
 
 // New returns a Net whose namespaces are all removed when t ends. It skips
@@ -209,7 +213,11 @@ func (ns *Namespace) Delete() error {
 		return nil
 	}
 	ns.deleted = true
-	return deleteNamespace(ns.Name)
+	var errs []error
+	for _, p := range ns.procs {
+		errs = append(errs, p.Kill())
+	}
+	return errors.Join(append(errs, deleteNamespace(ns.Name))...)
 }
 
 // Run runs args inside ns (`ip netns exec`) and returns the combined output;

@@ -39,7 +39,11 @@ func (ns *Namespace) Start(t testing.TB, args ...string) *Process {
 	if len(args) == 0 {
 		t.Fatal("testnet: Start needs a command")
 	}
-	return StartCmd(t, ns.Command(context.Background(), args...))
+	p := StartCmd(t, ns.Command(context.Background(), args...))
+	ns.mu.Lock()
+	ns.procs = append(ns.procs, p)
+	ns.mu.Unlock()
+	return p
 }
 
 // StartCmd starts an unstarted command (e.g. from Namespace.Command, with its
