@@ -64,13 +64,7 @@ func requireE2E(t testing.TB) {
 	}
 	testnet.RequireRoot(t)
 	testnet.RequireAvahi(t)
-	if _, err := exec.LookPath("docker-registry"); err != nil {
-		msg := "e2e: needs Debian's docker-registry (scripts/install-deps.sh installs it)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	testnet.RequireDockerRegistry(t)
 }
 
 // site is one node with its datastore.

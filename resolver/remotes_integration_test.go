@@ -104,9 +104,7 @@ func TestRegistryThroughResolver(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test: needs root and network namespaces (skipped by -short)")
 	}
-	if _, err := os.Stat("/usr/bin/docker-registry"); err != nil {
-		t.Skip("Debian's docker-registry is not installed (make deps)")
-	}
+	testnet.RequireDockerRegistry(t)
 	nd := newNode(t, map[string]string{"br0": "10.77.1"})
 	nd.avahi(t, "br0", dsName, nil)
 	dir := t.TempDir()

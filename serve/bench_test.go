@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -60,9 +59,7 @@ http:
 // app namespace serving the same 64 MiB blob to the node namespace.
 // Reported: localds-MB/s, registry-MB/s and their ratio (goal >= 1).
 func BenchmarkBlobServe(b *testing.B) {
-	if _, err := exec.LookPath("docker-registry"); err != nil {
-		b.Skip("needs /usr/bin/docker-registry (Debian package docker-registry, installed with service start disabled)")
-	}
+	testnet.RequireDockerRegistry(b)
 	s := newSite(b)
 	s.serve(b, b.TempDir(), "--listen", ":8080")
 	cfg := filepath.Join(b.TempDir(), "config.yml")

@@ -59,13 +59,7 @@ func TestMirrorWithDockerRegistry(t *testing.T) {
 	}
 	testnet.RequireRoot(t)
 	testnet.RequireAvahi(t)
-	if _, err := exec.LookPath("docker-registry"); err != nil {
-		msg := "needs Debian's docker-registry (scripts/install-deps.sh installs it)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	testnet.RequireDockerRegistry(t)
 	start := time.Now()
 	n := testnet.New(t)
 	node := n.Namespace("node")
