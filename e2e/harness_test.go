@@ -87,6 +87,20 @@ type site struct {
 func newSite(t testing.TB, ports ...int) *site {
 	t.Helper()
 	start := time.Now()
+	s := newBareSite(t)
+	testnet.StartAvahi(t, s.app, testnet.AvahiConfig{HostName: dsName, AllowInterfaces: []string{"eth0"}})
+	for _, port := range ports {
+		s.regDirs[port] = t.TempDir()
+		startRegistry(t, s.app, port, s.regDirs[port])
+	}
+	t.Logf("test hosts (node, app, avahi-daemon, docker-registry on %v) ready in %v", ports, time.Since(start).Round(time.Millisecond))
+	return s
+}
+
+// newBareSite is the node namespace with br0, the app namespace behind it
+// and the node-side paths and client, with no datastore running yet.
+func newBareSite(t testing.TB) *site {
+	t.Helper()
 	n := testnet.New(t)
 	s := &site{
 		node:    n.Namespace("node"),
@@ -95,11 +109,6 @@ func newSite(t testing.TB, ports ...int) *site {
 	}
 	n.Bridge(s.node, "br0", nodeCIDR)
 	n.Connect(s.node, "br0", s.app, "eth0", appIP+"/24")
-	testnet.StartAvahi(t, s.app, testnet.AvahiConfig{HostName: dsName, AllowInterfaces: []string{"eth0"}})
-	for _, port := range ports {
-		s.regDirs[port] = t.TempDir()
-		startRegistry(t, s.app, port, s.regDirs[port])
-	}
 	s.client = &http.Client{
 		Transport: &http.Transport{Proxy: nil, DialContext: s.nodeDial, MaxIdleConnsPerHost: 4},
 		Timeout:   30 * time.Second,
@@ -115,7 +124,6 @@ func newSite(t testing.TB, ports ...int) *site {
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	s.sock = filepath.Join(sockDir, "l.sock")
-	t.Logf("test hosts (node, app, avahi-daemon, docker-registry on %v) ready in %v", ports, time.Since(start).Round(time.Millisecond))
 	return s
 }
 

@@ -42,7 +42,7 @@ func TestServeRestartCtrPull(t *testing.T) {
 	}
 	requireE2E(t)
 	start := time.Now()
-	s := newServeSite(t)
+	s := newBareSite(t)
 
 	// The datastore's directory, with a 1 MiB file to fetch later.
 	dir := t.TempDir()
@@ -133,32 +133,6 @@ func TestServeRestartCtrPull(t *testing.T) {
 		t.Errorf("serve logged no Range request:\n%s", tail(serve2.Log(), 3000))
 	}
 	t.Logf("%d bytes by Range (206, %s, X-Checksum-Sha256 %q); whole test %v", len(got.Body), got.ContentRange, got.Checksum, time.Since(start).Round(time.Millisecond))
-}
-
-// newServeSite is newSite without avahi-daemon and docker-registry: the
-// node namespace with br0 and the app namespace behind it, where the test
-// runs `localds serve`.
-func newServeSite(t *testing.T) *site {
-	t.Helper()
-	n := testnet.New(t)
-	s := &site{node: n.Namespace("node"), app: n.Namespace("app")}
-	n.Bridge(s.node, "br0", nodeCIDR)
-	n.Connect(s.node, "br0", s.app, "eth0", appIP+"/24")
-	s.client = &http.Client{
-		Transport: &http.Transport{Proxy: nil, DialContext: s.nodeDial, MaxIdleConnsPerHost: 4},
-		Timeout:   30 * time.Second,
-	}
-	t.Cleanup(s.client.CloseIdleConnections)
-	tmp := t.TempDir()
-	s.root = filepath.Join(tmp, "persist")
-	s.hostsDir = filepath.Join(tmp, "certs.d")
-	sockDir, err := os.MkdirTemp("", "lde")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	s.sock = filepath.Join(sockDir, "l.sock")
-	return s
 }
 
 // startServe runs `localds serve` for dsName on the app side's eth0,
