@@ -130,31 +130,12 @@ func BenchmarkPull(b *testing.B) {
 		checkStockBlobs(b, stock, p)
 		stopAll(b, stock.Proc)
 
-		// localds, by .local name through the mirror
-		s.freshRoot(b)
-		s.startDaemon(b)
-		s.startContainerd(b)
-		b.StartTimer()
-		sec = timedPull(b, s.ctrd, s.root, localRef, "--hosts-dir", s.hostsDir)
-		b.StopTimer()
-		localSec += sec
-		rss += peakRSS(b, s.daemon.Pid())
-		s.checkBlobs(b, p)
-		b.Logf("localds mirror: %s; gRPC calls on the plugin socket: %s", mirrorStats(s.metrics(b)), s.grpcCalls(b))
-		stopAll(b, s.ctrd.Proc, s.daemon)
-
-		// localds with prefetch (stand-in daemon)
-		s.freshRoot(b)
-		s.startPrefetchDaemon(b)
-		s.startContainerd(b)
-		b.StartTimer()
-		sec = timedPull(b, s.ctrd, s.root, localRef, "--hosts-dir", s.hostsDir)
-		b.StopTimer()
-		prefetchSec += sec
-		prefetchRSS += peakRSS(b, s.daemon.Pid())
-		s.checkBlobs(b, p)
-		b.Logf("prefetching mirror: %s; gRPC calls on the plugin socket: %s", mirrorStats(s.metrics(b)), s.grpcCalls(b))
-		stopAll(b, s.ctrd.Proc, s.daemon)
+		// localds, by .local name through the mirror; then the same with
+		// the prefetching stand-in daemon.
+		sec, peak := s.benchLocaldsPull(b, p, localRef, func(tb testing.TB) { s.startDaemon(tb) }, "localds mirror")
+		localSec, rss = localSec+sec, rss+peak
+		sec, peak = s.benchLocaldsPull(b, p, localRef, s.startPrefetchDaemon, "prefetching mirror")
+		prefetchSec, prefetchRSS = prefetchSec+sec, prefetchRSS+peak
 		b.StartTimer()
 	}
 	n := float64(b.N)
@@ -310,4 +291,21 @@ func writeFsync(b testing.TB, n int64) float64 {
 		b.Fatal(err)
 	}
 	return sec
+}
+
+// benchLocaldsPull pulls ref through a fresh daemon started by startDaemon
+// and containerd, timing only the pull; it returns the seconds and the
+// daemon's peak RSS, after checking every blob landed in the CAS.
+func (s *site) benchLocaldsPull(b *testing.B, p pushed, ref string, startDaemon func(testing.TB), label string) (sec, peak float64) {
+	s.freshRoot(b)
+	startDaemon(b)
+	s.startContainerd(b)
+	b.StartTimer()
+	sec = timedPull(b, s.ctrd, s.root, ref, "--hosts-dir", s.hostsDir)
+	b.StopTimer()
+	peak = peakRSS(b, s.daemon.Pid())
+	s.checkBlobs(b, p)
+	b.Logf("%s: %s; gRPC calls on the plugin socket: %s", label, mirrorStats(s.metrics(b)), s.grpcCalls(b))
+	stopAll(b, s.ctrd.Proc, s.daemon)
+	return sec, peak
 }
