@@ -5,25 +5,19 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/containerd/log"
 
 	"github.com/localds/localds/internal/testnet"
-	"github.com/localds/localds/plugin"
-	"github.com/localds/localds/plugin/mirror"
 )
 
 // benchLayers is the benchmark image: 4 layers of 64 MiB of random bytes
@@ -31,62 +25,19 @@ import (
 // in gzip).
 var benchLayers = []int64{64 << 20, 64 << 20, 64 << 20, 64 << 20}
 
-// prefetchDaemonEnv makes this test binary run as a stand-in for
-// containerd-localds-grpc with the mirror's prefetch on (see TestMain).
-const prefetchDaemonEnv = "LOCALDS_E2E_PREFETCH_DAEMON"
-
-// TestMain: with prefetchDaemonEnv set, the test binary is not a test but
-// the daemon: plugin.Serve with exactly the real daemon's wiring except
-// mirror.Options{Prefetch: true}, which containerd-localds-grpc has no
-// flag or config key for. BenchmarkPull starts it inside the node
-// namespace to measure what prefetch would give.
-func TestMain(m *testing.M) {
-	if cfg := os.Getenv(prefetchDaemonEnv); cfg != "" {
-		os.Exit(prefetchDaemon(cfg))
-	}
-	os.Exit(m.Run())
-}
-
-type daemonConfig struct {
-	Root, Address, MirrorListen string
-	Interfaces                  []string
-}
-
-func prefetchDaemon(js string) int {
-	var c daemonConfig
-	if err := json.Unmarshal([]byte(js), &c); err != nil {
-		fmt.Fprintf(os.Stderr, "%s: %v\n", prefetchDaemonEnv, err)
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	_ = log.SetLevel("info")
-	err := plugin.Serve(ctx, plugin.Config{
-		Root:         c.Root,
-		Address:      c.Address,
-		MirrorListen: c.MirrorListen,
-		Interfaces:   c.Interfaces,
-		Mirror:       plugin.RegistryMirror(mirror.Options{Prefetch: true}),
-	})
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "prefetch daemon: %v\n", err)
-		return 1
-	}
-	return 0
-}
-
 // BenchmarkPull: the same image (4×64 MiB, 256 MiB) pulled with the real
 // `ctr image pull`, each from an empty store, in one run:
 //
 //   - stock: containerd with its built-in content store, straight from the
 //     registry by IP (`--plain-http <ip>:5000/bench:1`);
-//   - localds: containerd with localds as its content store (as contrib/
-//     configures it), by .local name through the daemon's mirror
-//     (`--hosts-dir` from `localds hosts`);
-//   - prefetch: the same with the mirror's prefetch on (a stand-in daemon,
-//     see TestMain).
+//   - localds: containerd with localds as its content store and differ (as
+//     contrib/ configures it), by .local name through the daemon's mirror
+//     (`--hosts-dir` from `localds hosts`), the daemon with its defaults
+//     (prefetch on);
+//   - no prefetch: the same with `containerd-localds-grpc --prefetch=false`,
+//     to show what prefetching gives.
 //
-// Both unpack into containerd's overlayfs as a plain `ctr image pull`
+// All unpack into containerd's overlayfs as a plain `ctr image pull`
 // does. Reported: seconds of each pull, the ratios to stock, the
 // daemon's peak RSS (VmHWM) after its pull, and, for scale, the seconds a
 // plain write+fsync of the same bytes takes on the same file system.
@@ -115,7 +66,7 @@ func BenchmarkPull(b *testing.B) {
 	s.writeHosts(b, dsLocal+":5000")
 	stockRef, localRef := appIP+":5000/bench:1", dsLocal+":5000/bench:1"
 
-	var stockSec, localSec, prefetchSec, fsyncSec, rss, prefetchRSS float64
+	var stockSec, localSec, noPrefetchSec, fsyncSec, rss, noPrefetchRSS float64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
@@ -130,12 +81,12 @@ func BenchmarkPull(b *testing.B) {
 		checkStockBlobs(b, stock, p)
 		stopAll(b, stock.Proc)
 
-		// localds, by .local name through the mirror; then the same with
-		// the prefetching stand-in daemon.
-		sec, peak := s.benchLocaldsPull(b, p, localRef, func(tb testing.TB) { s.startDaemon(tb) }, "localds mirror")
+		// localds, by .local name through the mirror; then the same
+		// without prefetching.
+		sec, peak := s.benchLocaldsPull(b, p, localRef, "localds")
 		localSec, rss = localSec+sec, rss+peak
-		sec, peak = s.benchLocaldsPull(b, p, localRef, s.startPrefetchDaemon, "prefetching mirror")
-		prefetchSec, prefetchRSS = prefetchSec+sec, prefetchRSS+peak
+		sec, peak = s.benchLocaldsPull(b, p, localRef, "localds, no prefetch", "--prefetch=false")
+		noPrefetchSec, noPrefetchRSS = noPrefetchSec+sec, noPrefetchRSS+peak
 		b.StartTimer()
 	}
 	n := float64(b.N)
@@ -143,12 +94,12 @@ func BenchmarkPull(b *testing.B) {
 	b.ReportMetric(localSec/n, "localds-s")
 	b.ReportMetric(localSec/stockSec, "localds/stock")
 	b.ReportMetric(rss/n, "daemon-rss-MiB")
-	b.ReportMetric(prefetchSec/n, "prefetch-s")
-	b.ReportMetric(prefetchSec/stockSec, "prefetch/stock")
-	b.ReportMetric(prefetchRSS/n, "prefetch-rss-MiB")
+	b.ReportMetric(noPrefetchSec/n, "noprefetch-s")
+	b.ReportMetric(noPrefetchSec/stockSec, "noprefetch/stock")
+	b.ReportMetric(noPrefetchRSS/n, "noprefetch-rss-MiB")
 	b.ReportMetric(fsyncSec/n, "fsync-write-s")
-	b.Logf("%d MiB: stock %.2fs, localds %.2fs (ratio %.2f, daemon peak RSS %.1f MiB), localds+prefetch %.2fs (ratio %.2f, peak RSS %.1f MiB); write+fsync of the same bytes %.2fs",
-		total>>20, stockSec/n, localSec/n, localSec/stockSec, rss/n, prefetchSec/n, prefetchSec/stockSec, prefetchRSS/n, fsyncSec/n)
+	b.Logf("%d MiB: stock %.2fs, localds %.2fs (ratio %.2f, daemon peak RSS %.1f MiB), localds without prefetch %.2fs (ratio %.2f, peak RSS %.1f MiB); write+fsync of the same bytes %.2fs",
+		total>>20, stockSec/n, localSec/n, localSec/stockSec, rss/n, noPrefetchSec/n, noPrefetchSec/stockSec, noPrefetchRSS/n, fsyncSec/n)
 }
 
 // freshRoot gives the next daemon an empty root and a new socket path.
@@ -160,21 +111,6 @@ func (s *site) freshRoot(b testing.TB) {
 	}
 	b.Cleanup(func() { os.RemoveAll(dir) })
 	s.sock = filepath.Join(dir, "l.sock")
-}
-
-// startPrefetchDaemon runs this test binary as the daemon with prefetch
-// on (TestMain), in the node namespace, like startDaemon.
-func (s *site) startPrefetchDaemon(b testing.TB) {
-	b.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		b.Fatal(err)
-	}
-	js, _ := json.Marshal(daemonConfig{Root: s.root, Address: s.sock, MirrorListen: mirrorListen, Interfaces: []string{"br0"}})
-	cmd := s.node.Command(context.Background(), exe)
-	cmd.Env = append(os.Environ(), prefetchDaemonEnv+"="+string(js))
-	s.daemon = testnet.StartCmd(b, cmd)
-	s.daemon.WaitLog(b, "localds serving", e2eWait)
 }
 
 // grpcCalls sums the daemon's localds_grpc_requests_total by method (the
@@ -293,12 +229,12 @@ func writeFsync(b testing.TB, n int64) float64 {
 	return sec
 }
 
-// benchLocaldsPull pulls ref through a fresh daemon started by startDaemon
-// and containerd, timing only the pull; it returns the seconds and the
-// daemon's peak RSS, after checking every blob landed in the CAS.
-func (s *site) benchLocaldsPull(b *testing.B, p pushed, ref string, startDaemon func(testing.TB), label string) (sec, peak float64) {
+// benchLocaldsPull pulls ref through a fresh daemon (with the extra
+// flags) and containerd, timing only the pull; it returns the seconds and
+// the daemon's peak RSS, after checking every blob landed in the CAS.
+func (s *site) benchLocaldsPull(b *testing.B, p pushed, ref, label string, daemonFlags ...string) (sec, peak float64) {
 	s.freshRoot(b)
-	startDaemon(b)
+	s.startDaemon(b, daemonFlags...)
 	s.startContainerd(b)
 	b.StartTimer()
 	sec = timedPull(b, s.ctrd, s.root, ref, "--hosts-dir", s.hostsDir)

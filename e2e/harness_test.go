@@ -189,11 +189,11 @@ func (s *site) startDaemon(t testing.TB, extra ...string) {
 
 // startContainerd runs the real containerd configured as
 // contrib/containerd/config.toml does: built-in content store disabled,
-// localds-cas (content) and localds (snapshotter) proxy plugins on the
-// daemon's socket.
+// localds-cas (content), localds (snapshotter) and localds-diff (the
+// differ every unpack uses) proxy plugins on the daemon's socket.
 func (s *site) startContainerd(t testing.TB) {
 	t.Helper()
-	s.ctrd = s.node.StartContainerd(t, testnet.ContainerdOptions{ContentSocket: s.sock, SnapshotSocket: s.sock})
+	s.ctrd = s.node.StartContainerd(t, testnet.ContainerdOptions{ContentSocket: s.sock, SnapshotSocket: s.sock, DiffSocket: s.sock})
 }
 
 // writeHosts runs `localds hosts --dir <hostsDir> HOST...` (files only,

@@ -21,6 +21,7 @@ import (
 //	interface = ["br*", "bn1"]
 //	hosts-dir = "/etc/containerd/certs.d"
 //	snapshotter = true
+//	prefetch = true
 //	log-level = "info"
 type FileConfig struct {
 	Root         string   `toml:"root"`
@@ -29,6 +30,7 @@ type FileConfig struct {
 	Interface    []string `toml:"interface"`
 	HostsDir     string   `toml:"hosts-dir"`
 	Snapshotter  *bool    `toml:"snapshotter"` // nil: the flag's default
+	Prefetch     *bool    `toml:"prefetch"`    // nil: the flag's default
 	LogLevel     string   `toml:"log-level"`
 }
 
@@ -62,7 +64,7 @@ func LoadConfigFile(path string) (FileConfig, error) {
 		var serr *toml.StrictMissingError
 		switch {
 		case errors.As(err, &serr):
-			return fc, fmt.Errorf("config file %s: unknown key: %w (valid keys: root, address, mirror-listen, interface, hosts-dir, snapshotter, log-level)\n%s",
+			return fc, fmt.Errorf("config file %s: unknown key: %w (valid keys: root, address, mirror-listen, interface, hosts-dir, snapshotter, prefetch, log-level)\n%s",
 				path, errdefs.ErrInvalidArgument, strings.TrimRight(serr.String(), "\n"))
 		case errors.As(err, &derr):
 			row, col := derr.Position()

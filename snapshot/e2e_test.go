@@ -5,7 +5,6 @@ package snapshot
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +18,6 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
-	"github.com/containerd/platforms"
 
 	"github.com/localds/localds/internal/testnet"
 )
@@ -152,7 +150,7 @@ func startE2E(t *testing.T) *e2e {
 		notWired(t, "localds has no volume command: register volumeCommand() in cmd/localds/main.go", string(out))
 	}
 	e.startDaemon(t)
-	e.ctrd = ns.StartContainerd(t, testnet.ContainerdOptions{ContentSocket: e.sock, SnapshotSocket: e.sock, ExtraConfig: unpackConfig()})
+	e.ctrd = ns.StartContainerd(t, testnet.ContainerdOptions{ContentSocket: e.sock, SnapshotSocket: e.sock, DiffSocket: e.sock})
 	if out, err := e.ctrd.TryCtr("snapshots", "--snapshotter", "localds", "ls"); err != nil {
 		notWired(t, "containerd-localds-grpc does not serve the snapshotter: add plugin.SnapshotService() to its Config.Services", out)
 	}
@@ -178,19 +176,6 @@ func startE2E(t *testing.T) *e2e {
 	ds := ns.Start(t, e.localds, "serve", "--hostname", "ds", "--interface", "br0", "--listen", e2eRegistry, "--dir", dsDir)
 	ds.WaitLog(t, "serving registry and files", e2eWait)
 	return e
-}
-
-// unpackConfig lets containerd's transfer service (what `ctr image pull`
-// uses) unpack into localds: it unpacks only into the snapshotters listed
-// here, and a list replaces the default, so overlayfs is listed again.
-func unpackConfig() string {
-	p := platforms.Format(platforms.DefaultSpec())
-	var b strings.Builder
-	b.WriteString("[plugins.\"io.containerd.transfer.v1.local\"]\n")
-	for _, sn := range []string{"overlayfs", "localds"} {
-		fmt.Fprintf(&b, "  [[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n    platform = %q\n    snapshotter = %q\n    differ = \"walking\"\n", p, sn)
-	}
-	return b.String()
 }
 
 // notWired skips (fails under CI) when another component does not yet

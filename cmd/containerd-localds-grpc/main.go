@@ -37,13 +37,14 @@ func newCommand() *cli.Command {
 		Description: "Flags override the config file; the config file uses the flag names as TOML keys.\n" +
 			"containerd loads the socket with contrib/containerd/config.toml.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Usage: "TOML config file (keys: root, address, mirror-listen, interface, hosts-dir, snapshotter, log-level)"},
+			&cli.StringFlag{Name: "config", Usage: "TOML config file (keys: root, address, mirror-listen, interface, hosts-dir, snapshotter, prefetch, log-level)"},
 			&cli.StringFlag{Name: "root", Value: plugin.DefaultRoot, Usage: "localds root; the CAS is <root>/vault/cas"},
 			&cli.StringFlag{Name: "address", Value: plugin.DefaultAddress, Usage: "unix socket containerd connects to"},
 			&cli.StringFlag{Name: "mirror-listen", Value: plugin.DefaultMirrorListen, Usage: "address of the registry mirror, /healthz and /metrics (keep it on loopback)"},
 			&cli.StringSliceFlag{Name: "interface", Usage: "glob of bridge names to resolve .local hosts on (repeatable; default: every internal bridge)"},
 			&cli.StringFlag{Name: "hosts-dir", Usage: "containerd hosts.toml directory (e.g. /etc/containerd/certs.d), handed to the mirror"},
 			&cli.BoolFlag{Name: "snapshotter", Value: true, Usage: "also serve the localds snapshotter on the socket (needs root and overlayfs; --snapshotter=false for content only)"},
+			&cli.BoolFlag{Name: "prefetch", Value: true, Usage: "when the mirror serves an image manifest, fetch its config and layers into the CAS at once, in parallel (--prefetch=false: only what containerd asks for)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "trace, debug, info, warn or error"},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
@@ -88,8 +89,14 @@ func configFrom(cmd *cli.Command) (plugin.Config, string, error) {
 		MirrorListen: str("mirror-listen", fc.MirrorListen),
 		Interfaces:   ifaces,
 		HostsDir:     str("hosts-dir", fc.HostsDir),
-		Mirror:       plugin.RegistryMirror(mirror.Options{}),
 	}
+	prefetch := cmd.Bool("prefetch")
+	if !cmd.IsSet("prefetch") && fc.Prefetch != nil {
+		prefetch = *fc.Prefetch
+	}
+	cfg.Mirror = plugin.RegistryMirror(mirror.Options{Prefetch: prefetch})
+	// The diff service only reads the CAS; it works with any snapshotter.
+	cfg.Services = append(cfg.Services, plugin.DiffService())
 	snap := cmd.Bool("snapshotter")
 	if !cmd.IsSet("snapshotter") && fc.Snapshotter != nil {
 		snap = *fc.Snapshotter

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/containerd/platforms"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,6 +63,10 @@ type ContainerdOptions struct {
 	ContentSocket string
 	// SnapshotSocket, if set, is loaded as the proxy snapshotter "localds".
 	SnapshotSocket string
+	// DiffSocket, if set, is loaded as the proxy differ "localds-diff" and
+	// made the differ of every unpack (transfer service and client-side
+	// pulls), as contrib/containerd/config.toml does.
+	DiffSocket string
 	// Disable lists more plugins to disable.
 	Disable []string
 	// ExtraConfig is appended to the generated config.toml (more tables).
@@ -148,7 +153,29 @@ func (c *Containerd) config(opts ContainerdOptions, tmp string) string {
 	if opts.SnapshotSocket != "" {
 		fmt.Fprintf(&b, "[proxy_plugins.localds]\n  type = \"snapshot\"\n  address = %q\n\n", opts.SnapshotSocket)
 	}
+	if opts.DiffSocket != "" {
+		b.WriteString(diffConfig(opts.DiffSocket, opts.SnapshotSocket != ""))
+	}
 	b.WriteString(opts.ExtraConfig)
+	return b.String()
+}
+
+// diffConfig loads the localds differ and makes it the one containerd
+// unpacks with: the transfer service (`ctr image pull`) per snapshotter,
+// the diff service (client-side unpack, `ctr image pull --local`) first in
+// its order, with the walking differ behind it for Diff.
+func diffConfig(socket string, localdsSnapshotter bool) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "[proxy_plugins.localds-diff]\n  type = \"diff\"\n  address = %q\n\n", socket)
+	b.WriteString("[plugins.\"io.containerd.service.v1.diff-service\"]\n  default = [\"localds-diff\", \"walking\"]\n\n")
+	snapshotters := []string{"overlayfs"}
+	if localdsSnapshotter {
+		snapshotters = append(snapshotters, "localds")
+	}
+	for _, sn := range snapshotters {
+		fmt.Fprintf(&b, "[[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n  platform = %q\n  snapshotter = %q\n  differ = \"localds-diff\"\n\n",
+			platforms.DefaultString(), sn)
+	}
 	return b.String()
 }
 
