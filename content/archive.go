@@ -1,0 +1,361 @@
+package content
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/containerd/platforms"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+const (
+	// maxArchiveEntries bounds the work one archive can cause.
+	maxArchiveEntries = 100000
+	// maxArchiveJSON bounds what is held in memory: oci-layout,
+	// index.json, manifest.json, and the manifests and configs read back.
+	maxArchiveJSON = 8 << 20
+	// maxLinkHops bounds chains of links in docker save archives.
+	maxLinkHops = 8
+)
+
+// Archive formats Import understands.
+const (
+	FormatOCI    = "oci"    // OCI image layout: oci-layout, index.json, blobs/<alg>/<hex>
+	FormatDocker = "docker" // `docker save` before Docker 25: manifest.json, <id>/layer.tar
+)
+
+// ImportOptions select what Import keeps of an archive.
+type ImportOptions struct {
+	// Platform is the platform whose image must be complete in the
+	// archive and is kept, like "linux/arm64" or "linux/arm/v7"; empty
+	// means the node's own (platforms.DefaultString()). Matching is
+	// containerd's platforms.Only: arm64 also accepts arm/v8, amd64 its
+	// micro-architecture levels.
+	Platform string
+	// Name selects one image of an archive that holds several (by its
+	// io.containerd.image.name or org.opencontainers.image.ref.name
+	// annotation, or a docker RepoTag). An archive with one image is
+	// imported whatever Name is: the caller names the image record.
+	Name string
+}
+
+// Imported is what Import found and kept.
+type Imported struct {
+	// Format is FormatOCI or FormatDocker.
+	Format string
+	// Name is the archive's own name for the image ("" if it has none),
+	// normalized like docker.io/library/app:1 for docker RepoTags.
+	Name string
+	// Target is what an image record points at: an index (multi-platform)
+	// or a manifest.
+	Target ocispec.Descriptor
+	// Manifest is the manifest of the selected platform within Target.
+	Manifest ocispec.Descriptor
+	// Platform is the selected manifest's platform, from its config.
+	Platform ocispec.Platform
+	// Platforms lists every platform the archive's target names.
+	Platforms []ocispec.Platform
+	// Blobs counts the blobs read from the archive; Written those of them
+	// that were not in the store yet (bytes in WrittenBytes).
+	Blobs, Written int
+	WrittenBytes   int64
+}
+
+// Import reads an image archive (an OCI image layout tar, or a `docker
+// save` tar) from r in one streaming pass and writes its blobs into cs,
+// then checks that the selected image is complete and labels it for
+// containerd's garbage collector.
+//
+// Every blob is verified while it is written: a blobs/<alg>/<hex> entry
+// is committed only under the digest its path names (the store's Commit
+// refuses anything else), and a docker save file is committed under the
+// digest computed while streaming it. Entries with ".." or absolute
+// paths, links pointing out of the archive and special files are refused.
+// A manifest that references a blob missing from the archive (or with
+// another size) is an error.
+//
+// Import writes blobs before it knows whether the archive is whole, so
+// it must run under a containerd lease (see Leased): when it fails the
+// lease goes and containerd's GC removes whatever was written, and when
+// it succeeds the caller creates the image record (which references
+// Target) before the lease goes. Only the selected platform's blobs are
+// labeled as children of Target, so blobs of other platforms are
+// collected too.
+func Import(ctx context.Context, cs content.Store, r io.Reader, opts ImportOptions) (Imported, error) {
+	plat := opts.Platform
+	if plat == "" {
+		plat = platforms.DefaultString()
+	}
+	spec, err := platforms.Parse(plat)
+	if err != nil {
+		return Imported{}, fmt.Errorf("import: platform %q: %v: %w", plat, err, errdefs.ErrInvalidArgument)
+	}
+	want := wantPlatform{spec: spec, name: platforms.FormatAll(spec), m: platforms.Only(spec)}
+
+	a, err := scanArchive(ctx, cs, r)
+	if err != nil {
+		return Imported{}, err
+	}
+	var imp Imported
+	switch {
+	case a.ociLayout != nil:
+		imp, err = a.selectOCI(ctx, cs, opts.Name)
+	case a.dockerManifest != nil:
+		imp, err = a.selectDocker(ctx, cs, opts.Name)
+	default:
+		err = fmt.Errorf("import: the archive is neither an OCI image layout (oci-layout, index.json) nor a docker save archive (manifest.json): %w", errdefs.ErrInvalidArgument)
+	}
+	if err != nil {
+		return Imported{}, err
+	}
+	if err := completeImage(ctx, cs, &imp, want); err != nil {
+		return Imported{}, err
+	}
+	imp.Blobs, imp.Written, imp.WrittenBytes = a.blobCount, a.written, a.writtenBytes
+	log.G(ctx).WithFields(log.Fields{
+		"format": imp.Format, "target": imp.Target.Digest, "manifest": imp.Manifest.Digest,
+		"platform": platforms.FormatAll(imp.Platform), "blobs": imp.Blobs, "written": imp.Written,
+	}).Debug("archive imported")
+	return imp, nil
+}
+
+// archive is what one pass over the tar found.
+type archive struct {
+	ociLayout, index, dockerManifest []byte
+	// blobs maps an archive path to the blob written from it.
+	blobs map[string]ocispec.Descriptor
+	// links maps an archive path to the archive path it links to.
+	links map[string]string
+
+	blobCount, written int
+	writtenBytes       int64
+}
+
+// scanArchive reads the tar once: metadata files into memory, every other
+// regular file into the store.
+func scanArchive(ctx context.Context, cs content.Store, r io.Reader) (*archive, error) {
+	a := &archive{blobs: map[string]ocispec.Descriptor{}, links: map[string]string{}}
+	var id [8]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return nil, fmt.Errorf("import: %w", err)
+	}
+	refPrefix := "localds-import-" + hex.EncodeToString(id[:]) + "-"
+	tr := tar.NewReader(r)
+	for n := 0; ; n++ {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("import: %w", err)
+		}
+		if n >= maxArchiveEntries {
+			return nil, fmt.Errorf("import: the archive has more than %d entries: %w", maxArchiveEntries, errdefs.ErrInvalidArgument)
+		}
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return a, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("import: read archive after %d entries: %v: %w", n, err, errdefs.ErrInvalidArgument)
+		}
+		if h.Typeflag == tar.TypeXGlobalHeader {
+			continue
+		}
+		name, err := entryPath(h.Name)
+		if err != nil {
+			return nil, err
+		}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			continue
+		case tar.TypeSymlink, tar.TypeLink:
+			target, err := linkTarget(name, h)
+			if err != nil {
+				return nil, err
+			}
+			a.links[name] = target
+			continue
+		case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old tars still carry TypeRegA
+		default:
+			return nil, fmt.Errorf("import: archive entry %q is not a regular file, directory or link (type %q): %w", h.Name, h.Typeflag, errdefs.ErrInvalidArgument)
+		}
+		if err := a.readFile(ctx, cs, tr, h, name, refPrefix+fmt.Sprint(n)); err != nil {
+			return nil, err
+		}
+	}
+}
+
+func (a *archive) readFile(ctx context.Context, cs content.Store, r io.Reader, h *tar.Header, name, ref string) error {
+	if _, dup := a.blobs[name]; dup {
+		return fmt.Errorf("import: archive entry %q appears twice: %w", h.Name, errdefs.ErrInvalidArgument)
+	}
+	var meta *[]byte
+	switch name {
+	case ocispec.ImageLayoutFile:
+		meta = &a.ociLayout
+	case ocispec.ImageIndexFile:
+		meta = &a.index
+	case "manifest.json":
+		meta = &a.dockerManifest
+	case "repositories":
+		return nil // docker's legacy tag file; manifest.json says the same
+	}
+	if meta != nil {
+		if *meta != nil {
+			return fmt.Errorf("import: archive entry %q appears twice: %w", h.Name, errdefs.ErrInvalidArgument)
+		}
+		b, err := readSmall(r, h.Size, name)
+		if err != nil {
+			return err
+		}
+		*meta = b
+		return nil
+	}
+	if rest, ok := strings.CutPrefix(name, "blobs/"); ok {
+		d := digest.Digest(strings.Replace(rest, "/", ":", 1))
+		if err := d.Validate(); err != nil || strings.Count(rest, "/") != 1 {
+			return fmt.Errorf("import: archive entry %q under blobs/ is not named by a digest (blobs/<algorithm>/<hex>): %w", h.Name, errdefs.ErrInvalidArgument)
+		}
+		desc := ocispec.Descriptor{Digest: d, Size: h.Size}
+		return a.writeBlob(ctx, cs, name, r, desc)
+	}
+	if a.ociLayout != nil {
+		// An OCI layout keeps its content under blobs/; anything else
+		// (docker 25's manifest.json companions) is not needed.
+		return nil
+	}
+	// A docker save file (<id>/layer.tar, <id>.json): not named by its
+	// digest, so hash it while writing and commit under that hash.
+	desc, err := a.writeUnnamed(ctx, cs, ref, r, h.Size)
+	if err != nil {
+		return fmt.Errorf("import: archive entry %q: %w", h.Name, err)
+	}
+	a.blobs[name] = desc
+	return nil
+}
+
+// writeBlob writes a blob whose digest is known from its path; the store
+// commits it only if the bytes have that digest and size.
+func (a *archive) writeBlob(ctx context.Context, cs content.Store, name string, r io.Reader, desc ocispec.Descriptor) error {
+	a.blobCount++
+	a.blobs[name] = desc
+	// The ref is per digest, as containerd's fetcher names it, so two
+	// imports of one blob wait for each other instead of writing twice.
+	ref := "localds-import-" + desc.Digest.String()
+	cw, err := content.OpenWriter(ctx, cs, content.WithRef(ref), content.WithDescriptor(desc))
+	if errdefs.IsAlreadyExists(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("import: write %s: %w", name, err)
+	}
+	defer cw.Close()
+	if err := content.Copy(ctx, cw, r, desc.Size, desc.Digest); err != nil {
+		abort(ctx, cs, ref)
+		return fmt.Errorf("import: archive entry %s does not hold blob %s: %w", name, desc.Digest, err)
+	}
+	a.written++
+	a.writtenBytes += desc.Size
+	return nil
+}
+
+// writeUnnamed writes a file of unknown digest and returns its descriptor.
+func (a *archive) writeUnnamed(ctx context.Context, cs content.Store, ref string, r io.Reader, size int64) (ocispec.Descriptor, error) {
+	a.blobCount++
+	cw, err := content.OpenWriter(ctx, cs, content.WithRef(ref), content.WithDescriptor(ocispec.Descriptor{Size: size}))
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	defer cw.Close()
+	h := digest.Canonical.Digester()
+	n, err := io.Copy(cw, io.TeeReader(r, h.Hash()))
+	if err == nil && n != size {
+		err = fmt.Errorf("read %d of %d bytes: %w", n, size, io.ErrUnexpectedEOF)
+	}
+	desc := ocispec.Descriptor{Digest: h.Digest(), Size: size}
+	if err == nil {
+		// The store hashes too and refuses a mismatch: what is committed
+		// is what was read.
+		err = cw.Commit(ctx, size, desc.Digest)
+		if errdefs.IsAlreadyExists(err) {
+			return desc, nil
+		}
+	}
+	if err != nil {
+		abort(ctx, cs, ref)
+		return ocispec.Descriptor{}, err
+	}
+	a.written++
+	a.writtenBytes += size
+	return desc, nil
+}
+
+// abort drops a failed ingest so no partial data stays behind.
+func abort(ctx context.Context, cs content.Store, ref string) {
+	if err := cs.Abort(context.WithoutCancel(ctx), ref); err != nil && !errdefs.IsNotFound(err) {
+		log.G(ctx).WithError(err).WithField("ref", ref).Warn("import: cannot abort ingest")
+	}
+}
+
+func readSmall(r io.Reader, size int64, name string) ([]byte, error) {
+	if size > maxArchiveJSON {
+		return nil, fmt.Errorf("import: %s is %d bytes, more than the %d allowed: %w", name, size, maxArchiveJSON, errdefs.ErrInvalidArgument)
+	}
+	b := make([]byte, size)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, fmt.Errorf("import: read %s: %v: %w", name, err, errdefs.ErrInvalidArgument)
+	}
+	return b, nil
+}
+
+// entryPath cleans an archive entry name and refuses one that could name
+// anything outside the archive.
+func entryPath(name string) (string, error) {
+	if name == "" || strings.HasPrefix(name, "/") || strings.ContainsRune(name, 0) {
+		return "", fmt.Errorf("import: archive entry %q has an absolute or empty path: %w", name, errdefs.ErrInvalidArgument)
+	}
+	for _, part := range strings.Split(name, "/") {
+		if part == ".." {
+			return "", fmt.Errorf("import: archive entry %q has a \"..\" path element: %w", name, errdefs.ErrInvalidArgument)
+		}
+	}
+	return path.Clean(name), nil
+}
+
+// linkTarget resolves a link entry to the archive path it names, refusing
+// a link that points outside the archive.
+func linkTarget(name string, h *tar.Header) (string, error) {
+	t := h.Linkname
+	if h.Typeflag == tar.TypeSymlink && !strings.HasPrefix(t, "/") {
+		t = path.Join(path.Dir(name), t)
+	}
+	t = path.Clean(t)
+	if t == "" || strings.HasPrefix(t, "/") || t == ".." || strings.HasPrefix(t, "../") || t == "." {
+		return "", fmt.Errorf("import: archive entry %q links to %q, outside the archive: %w", h.Name, h.Linkname, errdefs.ErrInvalidArgument)
+	}
+	return t, nil
+}
+
+// blob finds the blob an archive path names, following links.
+func (a *archive) blob(name string) (ocispec.Descriptor, bool) {
+	name = path.Clean(name)
+	for range maxLinkHops {
+		if d, ok := a.blobs[name]; ok {
+			return d, true
+		}
+		t, ok := a.links[name]
+		if !ok {
+			return ocispec.Descriptor{}, false
+		}
+		name = t
+	}
+	return ocispec.Descriptor{}, false
+}
