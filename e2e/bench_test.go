@@ -241,7 +241,9 @@ func (s *site) benchLocaldsPull(b *testing.B, p pushed, ref, label string, daemo
 	b.StopTimer()
 	peak = peakRSS(b, s.daemon.Pid())
 	s.checkBlobs(b, p)
-	b.Logf("%s: %s; gRPC calls on the plugin socket: %s", label, mirrorStats(s.metrics(b)), s.grpcCalls(b))
+	m := s.metrics(b)
+	b.Logf("%s: %s; gRPC calls on the plugin socket: %s; layer applies took %.2fs in all",
+		label, mirrorStats(m), s.grpcCalls(b), m["localds_layer_apply_seconds_sum"])
 	stopAll(b, s.ctrd.Proc, s.daemon)
 	return sec, peak
 }

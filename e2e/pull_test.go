@@ -70,8 +70,8 @@ func TestCtrPullLocal(t *testing.T) {
 	if m["localds_mirror_not_local_total"] != before+1 {
 		t.Errorf("not_local_total %g -> %g, want one more", before, m["localds_mirror_not_local_total"])
 	}
-	if m["localds_mirror_verify_failures_total"] != 0 || m["localds_mirror_manifests_served_total"] < 2 || m["localds_mirror_blobs_served_total"] < 8 {
-		t.Errorf("mirror counters after two pulls of 4 blobs + manifest each: %s", mirrorStats(m))
+	if m["localds_mirror_verify_failures_total"] != 0 || m["localds_mirror_manifests_served_total"] < 2 || m["localds_mirror_blobs_served_total"]+m["localds_mirror_prefetched_total"] < 8 {
+		t.Errorf("mirror counters after two pulls of 4 blobs + manifest each (served or prefetched): %s", mirrorStats(m))
 	}
 	t.Logf("mirror: %s", mirrorStats(m))
 }
@@ -116,14 +116,15 @@ func TestCtrPullCorruptBlob(t *testing.T) {
 		t.Fatalf("ctr image pull of an image with a corrupt layer succeeded:\n%s", out)
 	}
 	t.Logf("ctr image pull %s failed after %v as it must:\n%s", bad.Ref, time.Since(start).Round(time.Millisecond), tail(out, 2000))
-	// The mirror verifies while streaming and, on a mismatch, cuts the
-	// response before its last bytes and remembers the failure; the Range
-	// retry containerd sends at once is refused from memory. containerd
-	// 2.4.2 drops the error of that re-open (httpReadSeeker) and reports a
-	// short read, so the first pull's words are a cut body (or a digest
-	// error should containerd ever pass them on).
+	// With prefetch (the daemon's default) the mirror has usually found
+	// the mismatch before containerd asks and refuses the blob with it
+	// (502, digest mismatch). Otherwise it verifies while streaming, cuts
+	// the response before its last bytes and remembers the failure; the
+	// Range retry containerd sends at once is refused from memory, but
+	// containerd 2.4.2 drops the error of that re-open (httpReadSeeker) and
+	// reports a short read. So the first pull's words are either.
 	lastErr := lastLines(out, 1)
-	if l := strings.ToLower(lastErr); !strings.Contains(l, "digest") && !strings.Contains(l, "failed precondition") &&
+	if l := strings.ToLower(lastErr); !strings.Contains(l, "digest") && !strings.Contains(l, "failed precondition") && !strings.Contains(l, "502 bad gateway") &&
 		!strings.Contains(l, "short read") && !strings.Contains(l, "unexpected eof") {
 		t.Errorf("ctr's error is neither a digest error nor a cut body: %q", lastErr)
 	}

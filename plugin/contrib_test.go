@@ -39,6 +39,9 @@ func TestContribContainerdConfig(t *testing.T) {
 			Transfer struct {
 				UnpackConfig []unpack `toml:"unpack_config"`
 			} `toml:"io.containerd.transfer.v1.local"`
+			DiffService struct {
+				Default []string `toml:"default"`
+			} `toml:"io.containerd.service.v1.diff-service"`
 		} `toml:"plugins"`
 	}
 	if err := toml.NewDecoder(strings.NewReader(string(b))).DisallowUnknownFields().Decode(&cfg); err != nil {
@@ -47,17 +50,25 @@ func TestContribContainerdConfig(t *testing.T) {
 	want := map[string]proxy{
 		"localds-cas":          {"content", plugin.DefaultAddress},
 		plugin.SnapshotterName: {"snapshot", plugin.DefaultAddress},
+		plugin.DifferName:      {"diff", plugin.DefaultAddress},
 	}
 	if cfg.Version != 3 || !reflect.DeepEqual(cfg.DisabledPlugins, []string{"io.containerd.content.v1.content"}) || !reflect.DeepEqual(cfg.ProxyPlugins, want) {
 		t.Fatalf("%s: %+v", path, cfg)
 	}
-	// ctr image pull unpacks only into listed snapshotters: localds must be one.
+	// ctr image pull unpacks only into listed snapshotters: localds must be
+	// one, and every unpack goes through the localds differ.
 	var unpacksToLocalds bool
 	for _, u := range cfg.Plugins.Transfer.UnpackConfig {
 		unpacksToLocalds = unpacksToLocalds || u.Snapshotter == plugin.SnapshotterName
+		if u.Differ != plugin.DifferName {
+			t.Errorf("%s: unpack_config for %s uses differ %q, want %q", path, u.Snapshotter, u.Differ, plugin.DifferName)
+		}
 	}
 	if !unpacksToLocalds {
 		t.Fatalf("%s: no unpack_config for the %s snapshotter", path, plugin.SnapshotterName)
+	}
+	if want := []string{plugin.DifferName, "walking"}; !reflect.DeepEqual(cfg.Plugins.DiffService.Default, want) {
+		t.Fatalf("%s: diff-service order %q, want %q", path, cfg.Plugins.DiffService.Default, want)
 	}
 
 	if testing.Short() {
@@ -77,6 +88,7 @@ func TestContribContainerdConfig(t *testing.T) {
 		"[proxy_plugins.localds-cas]", "[proxy_plugins.localds]",
 		"type = 'content'", "type = 'snapshot'", "address = '" + plugin.DefaultAddress + "'",
 		"snapshotter = 'localds'",
+		"[proxy_plugins.localds-diff]", "type = 'diff'", "differ = 'localds-diff'",
 	} {
 		if !strings.Contains(dump, want) {
 			t.Errorf("containerd's view of %s lacks %q:\n%s", path, want, dump)
@@ -93,7 +105,7 @@ func TestContribDaemonConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	if fc.Root != plugin.DefaultRoot || fc.Address != plugin.DefaultAddress || fc.MirrorListen != plugin.DefaultMirrorListen ||
-		fc.Snapshotter == nil || !*fc.Snapshotter || fc.LogLevel != "info" || fc.Interface != nil || fc.HostsDir != "" {
+		fc.Snapshotter == nil || !*fc.Snapshotter || fc.Prefetch == nil || !*fc.Prefetch || fc.LogLevel != "info" || fc.Interface != nil || fc.HostsDir != "" {
 		t.Fatalf("example config does not show the defaults: %+v", fc)
 	}
 	unit, err := os.ReadFile(filepath.Join(contribDir, "systemd", "containerd-localds-grpc.service"))

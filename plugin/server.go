@@ -177,7 +177,9 @@ func Serve(ctx context.Context, cfg Config) error {
 		grpc.ChainUnaryInterceptor(s.metrics.unary),
 		grpc.ChainStreamInterceptor(s.metrics.stream),
 	)
-	contentapi.RegisterContentServer(s.grpc, contentserver.New(store))
+	// containerd's view of the store; see prefetchAwareStore.
+	served := &prefetchAwareStore{Store: store}
+	contentapi.RegisterContentServer(s.grpc, contentserver.New(served))
 	for _, build := range cfg.Services {
 		svc, err := build(ctx, deps)
 		if err != nil {
@@ -202,6 +204,9 @@ func Serve(ctx context.Context, cfg Config) error {
 		}
 		if h != nil {
 			mirror = h
+		}
+		if r, ok := h.(prefetchReporter); ok {
+			served.reporter.Store(&r)
 		}
 	}
 	s.http = &http.Server{

@@ -139,11 +139,16 @@ disabled_plugins = ["io.containerd.content.v1.content", "io.containerd.grpc.v1.c
 [proxy_plugins.localds]
   type = "snapshot"
   address = "$sock"
+[proxy_plugins.localds-diff]
+  type = "diff"
+  address = "$sock"
+[plugins."io.containerd.service.v1.diff-service"]
+  default = ["localds-diff", "walking"]
 [plugins."io.containerd.transfer.v1.local"]
   [[plugins."io.containerd.transfer.v1.local".unpack_config]]
     platform = "linux/$(go env GOARCH)"
     snapshotter = "localds"
-    differ = "walking"
+    differ = "localds-diff"
 TOML
 ip netns exec "$node" "$BIN/containerd" --config "$work/containerd/config.toml" >"$work/containerd.log" 2>&1 &
 pids+=($!)

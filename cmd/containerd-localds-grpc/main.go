@@ -90,18 +90,10 @@ func configFrom(cmd *cli.Command) (plugin.Config, string, error) {
 		Interfaces:   ifaces,
 		HostsDir:     str("hosts-dir", fc.HostsDir),
 	}
-	prefetch := cmd.Bool("prefetch")
-	if !cmd.IsSet("prefetch") && fc.Prefetch != nil {
-		prefetch = *fc.Prefetch
-	}
-	cfg.Mirror = plugin.RegistryMirror(mirror.Options{Prefetch: prefetch})
+	cfg.Mirror = plugin.RegistryMirror(mirror.Options{Prefetch: boolSetting(cmd, "prefetch", fc.Prefetch)})
 	// The diff service only reads the CAS; it works with any snapshotter.
 	cfg.Services = append(cfg.Services, plugin.DiffService())
-	snap := cmd.Bool("snapshotter")
-	if !cmd.IsSet("snapshotter") && fc.Snapshotter != nil {
-		snap = *fc.Snapshotter
-	}
-	if snap {
+	if boolSetting(cmd, "snapshotter", fc.Snapshotter) {
 		cfg.Services = append(cfg.Services, plugin.SnapshotService())
 	}
 	for name, v := range map[string]string{"root": cfg.Root, "address": cfg.Address, "mirror-listen": cfg.MirrorListen} {
@@ -110,4 +102,13 @@ func configFrom(cmd *cli.Command) (plugin.Config, string, error) {
 		}
 	}
 	return cfg, str("log-level", fc.LogLevel), nil
+}
+
+// boolSetting is the flag if given, else the config file's value if set,
+// else the flag's default.
+func boolSetting(cmd *cli.Command, flag string, file *bool) bool {
+	if !cmd.IsSet(flag) && file != nil {
+		return *file
+	}
+	return cmd.Bool(flag)
 }

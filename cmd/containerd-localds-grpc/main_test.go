@@ -180,19 +180,20 @@ func TestConfigPrecedence(t *testing.T) {
 	}
 	cfg, level := run()
 	if cfg.Root != plugin.DefaultRoot || cfg.Address != plugin.DefaultAddress || cfg.MirrorListen != plugin.DefaultMirrorListen ||
-		cfg.Interfaces != nil || cfg.HostsDir != "" || level != "info" || cfg.Mirror == nil || len(cfg.Services) != 1 {
+		cfg.Interfaces != nil || cfg.HostsDir != "" || level != "info" || cfg.Mirror == nil || len(cfg.Services) != 2 {
 		t.Fatalf("defaults: %+v %q", cfg, level)
 	}
 	cfg, level = run("--config", cfgFile)
 	if cfg.Root != "/file-root" || cfg.HostsDir != "/file-hosts" || !reflect.DeepEqual(cfg.Interfaces, []string{"br*"}) || level != "debug" ||
-		cfg.Address != plugin.DefaultAddress || len(cfg.Services) != 0 {
+		cfg.Address != plugin.DefaultAddress || len(cfg.Services) != 1 {
 		t.Fatalf("from file: %+v %q", cfg, level)
 	}
 	cfg, level = run("--config", cfgFile, "--root", "/flag-root", "--interface", "bn1", "--interface", "bn2", "--log-level", "warn", "--snapshotter")
-	if cfg.Root != "/flag-root" || !reflect.DeepEqual(cfg.Interfaces, []string{"bn1", "bn2"}) || level != "warn" || cfg.HostsDir != "/file-hosts" || len(cfg.Services) != 1 {
+	if cfg.Root != "/flag-root" || !reflect.DeepEqual(cfg.Interfaces, []string{"bn1", "bn2"}) || level != "warn" || cfg.HostsDir != "/file-hosts" || len(cfg.Services) != 2 {
 		t.Fatalf("flags over file: %+v %q", cfg, level)
 	}
-	if cfg, _ = run("--snapshotter=false"); len(cfg.Services) != 0 {
-		t.Fatalf("--snapshotter=false still serves %d services", len(cfg.Services))
+	// The diff service is always served; the snapshotter can be left out.
+	if cfg, _ = run("--snapshotter=false"); len(cfg.Services) != 1 {
+		t.Fatalf("--snapshotter=false still serves %d services, want only the differ", len(cfg.Services))
 	}
 }

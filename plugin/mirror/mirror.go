@@ -68,6 +68,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/localds/localds/resolver"
 )
@@ -185,6 +186,16 @@ func (m *Mirror) Close() error {
 	}
 	m.up.transport.CloseIdleConnections()
 	return nil
+}
+
+// Prefetching returns a channel that is closed when the running prefetch
+// of dgst ends, or nil if dgst is not being prefetched (always nil without
+// Options.Prefetch).
+func (m *Mirror) Prefetching(dgst digest.Digest) <-chan struct{} {
+	if m.prefetch == nil {
+		return nil
+	}
+	return m.prefetch.running(dgst)
 }
 
 // ServeHTTP serves the registry API subset containerd pulls with.

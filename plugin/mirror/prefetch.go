@@ -141,6 +141,16 @@ func (p *prefetcher) start(ctx context.Context, t target, hdr http.Header, desc 
 	}()
 }
 
+// running returns the done channel of dgst's prefetch, nil if none runs.
+func (p *prefetcher) running(dgst digest.Digest) <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if job := p.jobs[dgst]; job != nil {
+		return job.done
+	}
+	return nil
+}
+
 // wait blocks while dgst is being prefetched (or until ctx ends), so the
 // request can then be answered from the store.
 func (p *prefetcher) wait(ctx context.Context, dgst digest.Digest) {
