@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/localds/localds/internal/testnet"
 )
 
