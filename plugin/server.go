@@ -58,7 +58,8 @@ type Config struct {
 	// Interfaces are the globs of bridges .local names are resolved on
 	// (resolver.Options.Interfaces); empty means every internal bridge.
 	Interfaces []string
-	// HostsDir is containerd's hosts.toml directory, passed to the mirror.
+	// HostsDir is containerd's hosts.toml directory, given to the mirror
+	// builder in Deps (RegistryMirror does not use it yet).
 	HostsDir string
 	// Mirror builds the /v2/ handler; nil (or a nil handler) serves 404 for
 	// every /v2/ path (containerd then goes to the upstream itself).
