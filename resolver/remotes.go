@@ -27,6 +27,12 @@ type RemoteOptions struct {
 	PlainHTTP bool
 	// Headers are sent with every request.
 	Headers http.Header
+	// Transport, if set, wraps each registry host's transport after the
+	// localds dialer is in place and inside the .local HTTPS-to-HTTP
+	// fallback, so it sees the scheme a request really goes out with
+	// (e.g. to add a token for one host, or to refuse credentials over
+	// plain HTTP).
+	Transport func(http.RoundTripper) http.RoundTripper
 }
 
 // New returns a containerd remotes.Resolver that pulls from .local
@@ -48,11 +54,17 @@ func New(ctx context.Context, opts RemoteOptions) (remotes.Resolver, error) {
 		Credentials: opts.Credentials,
 		DefaultTLS:  opts.TLS,
 		UpdateClient: func(c *http.Client) error {
+			if _, ok := c.Transport.(wrappedTransport); ok {
+				return nil // a copy of a client set up already (hosts.toml header)
+			}
 			tr, ok := c.Transport.(*http.Transport)
 			if !ok {
 				return fmt.Errorf("registry client transport is %T, not *http.Transport", c.Transport)
 			}
 			tr.DialContext = dialer.DialContext
+			if opts.Transport != nil {
+				c.Transport = wrappedTransport{opts.Transport(tr)}
+			}
 			return nil
 		},
 	}
@@ -85,3 +97,6 @@ func New(ctx context.Context, opts RemoteOptions) (remotes.Resolver, error) {
 	}
 	return docker.NewResolver(docker.ResolverOptions{Hosts: hosts, Headers: opts.Headers}), nil
 }
+
+// wrappedTransport marks a transport RemoteOptions.Transport wrapped.
+type wrappedTransport struct{ http.RoundTripper }
