@@ -4,19 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"sort"
 	"text/tabwriter"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
-	"github.com/opencontainers/image-spec/identity"
 	"github.com/urfave/cli/v3"
 
 	"github.com/localds/localds/snapshot"
@@ -25,9 +22,6 @@ import (
 // labelGCRoot keeps a volume from containerd's garbage collector: a volume
 // is referenced by no image or container until one is created on it.
 const labelGCRoot = "containerd.io/gc.root"
-
-// unpackPoll is how often the progress display looks for finished layers.
-const unpackPoll = 100 * time.Millisecond
 
 func volumeCommand() *cli.Command {
 	return &cli.Command{
@@ -108,88 +102,23 @@ func volumeCreate(ctx context.Context, cmd *cli.Command) error {
 		return fmt.Errorf("image %s: %w", ref, err)
 	}
 	sn := c.SnapshotService(snName)
-	diffIDs, err := img.RootFS(ctx)
-	if err != nil {
-		return fmt.Errorf("layers of %s: %w", ref, err)
-	}
-	chain := identity.ChainID(diffIDs).String()
-	if _, err := sn.Stat(ctx, chain); errdefs.IsNotFound(err) {
-		if err := unpack(ctx, w, img, sn, snName, diffIDs); err != nil {
-			return err
-		}
-	} else if err != nil {
-		return fmt.Errorf("snapshotter %s: %w", snName, err)
-	}
-
-	labels := map[string]string{
-		snapshot.LabelImage:          img.Name(),
-		snapshot.LabelImageInherited: img.Name(),
-		labelGCRoot:                  time.Now().UTC().Format(time.RFC3339),
-	}
 	place := "vault"
 	if cmd.Bool("novault") {
-		// Both labels: containerd passes only the containerd.io/snapshot/
-		// one on to the snapshotter; the other is for people reading labels.
-		labels[snapshot.LabelNovault] = "true"
-		labels[snapshot.LabelNovaultInherited] = "true"
 		place = "novault"
 	}
-	start := time.Now()
-	if _, err := sn.Prepare(ctx, key, chain, snapshots.WithLabels(labels)); err != nil {
-		if errdefs.IsAlreadyExists(err) {
-			return fmt.Errorf("volume %s already exists (remove it with `localds volume rm`, or create the next generation): %w", key, err)
+	start, announced := time.Now(), false
+	layers, err := createVolume(ctx, img, sn, snName, key, cmd.Bool("novault"), func(ev layerEvent) {
+		if !announced {
+			fmt.Fprintf(w, "unpacking %s into snapshotter %s (%d layers)\n", img.Name(), snName, ev.count)
+			announced = true
 		}
-		return fmt.Errorf("create volume %s: %w", key, err)
+		fmt.Fprintf(w, "  layer %d/%d %s %8s  %s\n", ev.index, ev.count, short(ev.diffID), humanSize(ev.size), ev.took.Round(time.Millisecond))
+	})
+	if err != nil {
+		return err
 	}
-	fmt.Fprintf(w, "volume %s created from %s (%s, %d layers) in %s\n", key, img.Name(), place, len(diffIDs), time.Since(start).Round(time.Microsecond))
+	fmt.Fprintf(w, "volume %s created from %s (%s, %d layers) in %s\n", key, img.Name(), place, layers, time.Since(start).Round(time.Microsecond))
 	return nil
-}
-
-// unpack unpacks img into the snapshotter with containerd's own unpacker
-// and prints each layer as it lands. containerd reports no progress over
-// its API, so the display watches the snapshotter for each layer's chain.
-func unpack(ctx context.Context, w io.Writer, img containerd.Image, sn snapshots.Snapshotter, snName string, diffIDs []digest.Digest) error {
-	sizes := map[int]int64{}
-	if m, err := images.Manifest(ctx, img.ContentStore(), img.Target(), img.Platform()); err == nil && len(m.Layers) == len(diffIDs) {
-		for i, l := range m.Layers {
-			sizes[i] = l.Size
-		}
-	}
-	chains := make([]string, len(diffIDs))
-	for i := range diffIDs {
-		chains[i] = identity.ChainID(diffIDs[:i+1]).String()
-	}
-	fmt.Fprintf(w, "unpacking %s into snapshotter %s (%d layers)\n", img.Name(), snName, len(diffIDs))
-	start := time.Now()
-	done := make(chan error, 1)
-	go func() { done <- img.Unpack(ctx, snName) }()
-
-	next, last := 0, start // next layer not yet shown as present
-	show := func() {
-		for ; next < len(chains); next++ {
-			if _, err := sn.Stat(ctx, chains[next]); err != nil {
-				return
-			}
-			now := time.Now()
-			fmt.Fprintf(w, "  layer %d/%d %s %8s  %s\n", next+1, len(chains), short(diffIDs[next]), humanSize(sizes[next]), now.Sub(last).Round(time.Millisecond))
-			last = now
-		}
-	}
-	tick := time.NewTicker(unpackPoll)
-	defer tick.Stop()
-	for {
-		select {
-		case err := <-done:
-			if err != nil {
-				return fmt.Errorf("unpack %s into %s: %w", img.Name(), snName, err)
-			}
-			show()
-			fmt.Fprintf(w, "unpacked in %s\n", time.Since(start).Round(time.Millisecond))
-			return nil
-		case <-tick.C:
-			show()
-		}
-	}
 }
 
 func short(d digest.Digest) string {
