@@ -46,6 +46,7 @@ func newApp() *cli.Command {
 			fsckCommand(),
 			hostsCommand(),
 			volumeCommand(),
+			pullCommand(),
 		},
 	}
 }

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+
+	"github.com/localds/localds/content"
+	"github.com/localds/localds/datastore"
+	"github.com/localds/localds/resolver"
+)
+
+// pullArchive downloads an image archive into the downloader area (resumable,
+// verified against the sha256), imports it through containerd's content
+// store (the localds CAS) under a lease, and creates the image record. A
+// failure anywhere leaves no blob or record behind: the lease goes and
+// containerd collects what the import wrote.
+func pullArchive(ctx context.Context, c *containerd.Client, disc *resolver.Discoverer, spec *pullSpec, root string, prog *progress) (images.Image, error) {
+	dl, err := datastore.New(datastore.Options{
+		Root:     root,
+		Dial:     resolver.NewDialer(disc).DialContext,
+		Progress: func(p datastore.Progress) { prog.Update(string(p.Phase), p.Done, p.Total) },
+	})
+	if err != nil {
+		return images.Image{}, err
+	}
+	file, err := dl.Fetch(ctx, datastore.Source{URL: spec.url, SHA256: spec.sha256, Datastore: spec.ds})
+	if err != nil {
+		return images.Image{}, fmt.Errorf("pull %s: %w", spec.url.Redacted(), err)
+	}
+	prog.Done()
+	prog.Printf("downloaded %s: %s, %s\n", spec.url.Redacted(), humanSize(file.Size), file.Digest)
+
+	var rec images.Image
+	err = content.Leased(ctx, c.LeasesService(), func(ctx context.Context) error {
+		f, err := os.Open(file.Path)
+		if err != nil {
+			return fmt.Errorf("open download: %w", err)
+		}
+		defer f.Close()
+		r := &countingReader{r: f, total: file.Size, phase: string(datastore.PhaseImport), p: prog}
+		imp, err := content.Import(ctx, c.ContentStore(), r, content.ImportOptions{Platform: spec.platform, Name: spec.name})
+		if err != nil {
+			return err
+		}
+		name := spec.name
+		if name == "" {
+			name = imp.Name
+		}
+		if name == "" {
+			return fmt.Errorf("the archive does not name its image; give a NAME: %w", errdefs.ErrInvalidArgument)
+		}
+		rec, err = putImage(ctx, c.ImageService(), images.Image{Name: name, Target: imp.Target})
+		return err
+	})
+	if err != nil {
+		// A bad archive stays bad: drop it. Anything else (containerd
+		// away, Ctrl-C) keeps the verified download for the next try.
+		if errdefs.IsInvalidArgument(err) || errdefs.IsNotFound(err) || errdefs.IsFailedPrecondition(err) {
+			removeDownload(ctx, file)
+		}
+		return images.Image{}, fmt.Errorf("import %s (%s): %w", spec.url.Redacted(), file.Digest, err)
+	}
+	// The content is in the CAS now; the verified archive is not needed.
+	removeDownload(ctx, file)
+	return rec, nil
+}
+
+func removeDownload(ctx context.Context, file *datastore.Download) {
+	if err := file.Remove(); err != nil {
+		log.G(ctx).WithError(err).WithField("path", file.Path).Warn("cannot remove the downloaded archive")
+	}
+}
