@@ -2,6 +2,8 @@ package plugin
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -20,6 +22,7 @@ import (
 //	mirror-listen = "127.0.0.1:5151"
 //	interface = ["br*", "bn1"]
 //	hosts-dir = "/etc/containerd/certs.d"
+//	datastore-ca = "/etc/localds/datastore-ca.pem"
 //	snapshotter = true
 //	prefetch = true
 //	log-level = "info"
@@ -29,6 +32,7 @@ type FileConfig struct {
 	MirrorListen string   `toml:"mirror-listen"`
 	Interface    []string `toml:"interface"`
 	HostsDir     string   `toml:"hosts-dir"`
+	DatastoreCA  string   `toml:"datastore-ca"`
 	Snapshotter  *bool    `toml:"snapshotter"` // nil: the flag's default
 	Prefetch     *bool    `toml:"prefetch"`    // nil: the flag's default
 	LogLevel     string   `toml:"log-level"`
@@ -64,7 +68,7 @@ func LoadConfigFile(path string) (FileConfig, error) {
 		var serr *toml.StrictMissingError
 		switch {
 		case errors.As(err, &serr):
-			return fc, fmt.Errorf("config file %s: unknown key: %w (valid keys: root, address, mirror-listen, interface, hosts-dir, snapshotter, prefetch, log-level)\n%s",
+			return fc, fmt.Errorf("config file %s: unknown key: %w (valid keys: root, address, mirror-listen, interface, hosts-dir, datastore-ca, snapshotter, prefetch, log-level)\n%s",
 				path, errdefs.ErrInvalidArgument, strings.TrimRight(serr.String(), "\n"))
 		case errors.As(err, &derr):
 			row, col := derr.Position()
@@ -74,4 +78,33 @@ func LoadConfigFile(path string) (FileConfig, error) {
 		}
 	}
 	return fc, nil
+}
+
+// maxCAFileSize bounds a CA bundle: a few certificates, not megabytes.
+const maxCAFileSize = 1 << 20
+
+// DatastoreTLS is the mirror's TLS client configuration for HTTPS
+// datastores: the system's CAs plus the PEM certificates in caFile (a
+// private CA of the datastores, e.g. one made for their .local names).
+// Certificates are still verified against the .local name.
+func DatastoreTLS(caFile string) (*tls.Config, error) {
+	st, err := os.Stat(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("datastore CA file: %w", err)
+	}
+	if st.IsDir() || st.Size() > maxCAFileSize {
+		return nil, fmt.Errorf("datastore CA file %s: not a PEM bundle (directory or over %d bytes): %w", caFile, maxCAFileSize, errdefs.ErrInvalidArgument)
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("datastore CA file: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("datastore CA file %s holds no PEM certificate: %w", caFile, errdefs.ErrInvalidArgument)
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }

@@ -37,12 +37,13 @@ func newCommand() *cli.Command {
 		Description: "Flags override the config file; the config file uses the flag names as TOML keys.\n" +
 			"containerd loads the socket with contrib/containerd/config.toml.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Usage: "TOML config file (keys: root, address, mirror-listen, interface, hosts-dir, snapshotter, prefetch, log-level)"},
+			&cli.StringFlag{Name: "config", Usage: "TOML config file (keys: root, address, mirror-listen, interface, hosts-dir, datastore-ca, snapshotter, prefetch, log-level)"},
 			&cli.StringFlag{Name: "root", Value: plugin.DefaultRoot, Usage: "localds root; the CAS is <root>/vault/cas"},
 			&cli.StringFlag{Name: "address", Value: plugin.DefaultAddress, Usage: "unix socket containerd connects to"},
 			&cli.StringFlag{Name: "mirror-listen", Value: plugin.DefaultMirrorListen, Usage: "address of the registry mirror, /healthz and /metrics (keep it on loopback)"},
 			&cli.StringSliceFlag{Name: "interface", Usage: "glob of bridge names to resolve .local hosts on (repeatable; default: every internal bridge)"},
-			&cli.StringFlag{Name: "hosts-dir", Usage: "containerd hosts.toml directory (e.g. /etc/containerd/certs.d); accepted, not used by the mirror yet (it trusts the system CAs)"},
+			&cli.StringFlag{Name: "hosts-dir", Usage: "containerd hosts.toml directory (e.g. /etc/containerd/certs.d); accepted, not used by the mirror yet (see --datastore-ca)"},
+			&cli.StringFlag{Name: "datastore-ca", Usage: "PEM file of CA certificates trusted, besides the system's, for HTTPS .local datastores (verified against the .local name)"},
 			&cli.BoolFlag{Name: "snapshotter", Value: true, Usage: "also serve the localds snapshotter on the socket (needs root and overlayfs; --snapshotter=false for content only)"},
 			&cli.BoolFlag{Name: "prefetch", Value: true, Usage: "when the mirror serves an image manifest, fetch its config and layers into the CAS at once, in parallel (--prefetch=false: only what containerd asks for)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "trace, debug, info, warn or error"},
@@ -90,7 +91,15 @@ func configFrom(cmd *cli.Command) (plugin.Config, string, error) {
 		Interfaces:   ifaces,
 		HostsDir:     str("hosts-dir", fc.HostsDir),
 	}
-	cfg.Mirror = plugin.RegistryMirror(mirror.Options{Prefetch: boolSetting(cmd, "prefetch", fc.Prefetch)})
+	mopts := mirror.Options{Prefetch: boolSetting(cmd, "prefetch", fc.Prefetch)}
+	if ca := str("datastore-ca", fc.DatastoreCA); ca != "" {
+		tlsConf, err := plugin.DatastoreTLS(ca)
+		if err != nil {
+			return plugin.Config{}, "", err
+		}
+		mopts.TLS = tlsConf
+	}
+	cfg.Mirror = plugin.RegistryMirror(mopts)
 	// The diff service only reads the CAS; it works with any snapshotter.
 	cfg.Services = append(cfg.Services, plugin.DiffService())
 	if boolSetting(cmd, "snapshotter", fc.Snapshotter) {
