@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -25,7 +26,10 @@ const (
 // (the .local resolver), verifies TLS against the URL's host name with
 // the datastore's chain, follows redirects only on the same host, and adds
 // credentials only to requests for the datastore's own host:port.
-func newClient(src Source, dial func(ctx context.Context, network, addr string) (net.Conn, error)) (*http.Client, *http.Transport, error) {
+//
+// dialed is told the remote address of every new connection, so errors
+// can name the address tried even when TLS fails before any request.
+func newClient(src Source, dial func(ctx context.Context, network, addr string) (net.Conn, error), dialed func(addr string)) (*http.Client, *http.Transport, error) {
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if src.Datastore != nil {
 		var err error
@@ -36,6 +40,14 @@ func newClient(src Source, dial func(ctx context.Context, network, addr string) 
 	if dial == nil {
 		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 		dial = d.DialContext
+	}
+	base := dial
+	dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := base(ctx, network, addr)
+		if err == nil {
+			dialed(conn.RemoteAddr().String())
+		}
+		return conn, err
 	}
 	tr := &http.Transport{
 		// No proxy from the environment: a .local datastore is on the
@@ -168,6 +180,12 @@ func isPermanent(err error) bool {
 // timeouts and refused connects are not (the datastore may be restarting
 // or have moved, and the dialer re-resolves).
 func classify(err error) error {
+	// net/http's *url.Error repeats the method and URL the caller already
+	// names; keep what went wrong.
+	var uerr *url.Error
+	if errors.As(err, &uerr) && uerr.Err != nil {
+		err = uerr.Err
+	}
 	var certErr *tls.CertificateVerificationError
 	var recErr tls.RecordHeaderError
 	var alert tls.AlertError

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -202,8 +203,8 @@ type fetch struct {
 	f      *os.File // the partial file, exclusively locked
 	st     state
 	h      hash.Hash
-	offset int64  // bytes in f, all of them hashed into h
-	addr   string // remote address of the last connection, for errors
+	offset int64        // bytes in f, all of them hashed into h
+	addr   atomic.Value // string: remote address of the last connection, for errors
 
 	client    *http.Client
 	transport *http.Transport
@@ -392,8 +393,9 @@ func (f *fetch) download(ctx context.Context, statePath string) error {
 
 // via names the address of the last connection, for errors.
 func (f *fetch) via() string {
-	if f.addr == "" {
+	addr, _ := f.addr.Load().(string)
+	if addr == "" {
 		return ""
 	}
-	return " via " + f.addr
+	return " via " + addr
 }

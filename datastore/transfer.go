@@ -23,7 +23,7 @@ var errStalled = errors.New("no data received within the stall timeout")
 // the running hash. It returns nil when the file is complete.
 func (f *fetch) attempt(ctx context.Context, statePath string) error {
 	if f.client == nil {
-		client, tr, err := newClient(f.src, f.d.opts.Dial)
+		client, tr, err := newClient(f.src, f.d.opts.Dial, func(addr string) { f.addr.Store(addr) })
 		if err != nil {
 			return permanent(err)
 		}
@@ -32,7 +32,7 @@ func (f *fetch) attempt(ctx context.Context, statePath string) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-		GotConn: func(ci httptrace.GotConnInfo) { f.addr = ci.Conn.RemoteAddr().String() },
+		GotConn: func(ci httptrace.GotConnInfo) { f.addr.Store(ci.Conn.RemoteAddr().String()) },
 	})
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.urlStr, nil)
 	if err != nil {
@@ -110,7 +110,10 @@ func (f *fetch) attempt(ctx context.Context, statePath string) error {
 }
 
 // copyBody appends the body to the partial file and the hash, cutting the
-// connection when it stalls, and checks the length when it is known.
+// connection when it stalls, and checks the length when it is known. Each
+// chunk goes to disk first and to the hash after, so the hash only ever
+// covers bytes that are on disk; hashing runs on its own goroutine so it
+// overlaps receiving and writing the next chunk.
 func (f *fetch) copyBody(ctx context.Context, resp *http.Response, cancel context.CancelCauseFunc) error {
 	if _, err := f.f.Seek(f.offset, io.SeekStart); err != nil {
 		return permanent(fmt.Errorf("seek %s: %w", f.f.Name(), err))
@@ -118,19 +121,37 @@ func (f *fetch) copyBody(ctx context.Context, resp *http.Response, cancel contex
 	stall := f.d.opts.StallTimeout
 	timer := time.AfterFunc(stall, func() { cancel(errStalled) })
 	defer timer.Stop()
-	start := f.offset
-	w := &sink{f: f}
 	body := &stallReader{r: resp.Body, timer: timer, d: stall}
-	buf := make([]byte, copyBufferSize)
-	_, err := io.CopyBuffer(w, body, buf)
-	if w.err != nil {
-		return permanent(w.err) // the disk, not the network
-	}
-	if err != nil {
-		if cause := context.Cause(ctx); errors.Is(cause, errStalled) {
-			return fmt.Errorf("after %d bytes: %w", f.offset-start, errStalled)
+	pipe := newHashPipe(f.h, hashPipeDepth, copyBufferSize)
+	defer pipe.close() // f.h is complete before the caller looks at it
+	start, flushed := f.offset, f.offset
+	for {
+		buf := pipe.buffer()
+		n, rerr := fill(body, buf)
+		if n > 0 {
+			w, werr := f.f.Write(buf[:n])
+			pipe.submit(buf[:w])
+			f.offset += int64(w)
+			if werr != nil {
+				return permanent(fmt.Errorf("write %s: %w", f.f.Name(), werr)) // the disk, not the network
+			}
+			if f.offset-flushed >= writebackChunk {
+				startWriteback(f.f, flushed, f.offset-flushed)
+				flushed = f.offset
+			}
+			f.progress(PhaseDownload, f.offset, f.st.Size)
+		} else {
+			pipe.release(buf)
 		}
-		return fmt.Errorf("after %d bytes: %w", f.offset-start, err)
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			if cause := context.Cause(ctx); errors.Is(cause, errStalled) {
+				return fmt.Errorf("after %d bytes: %w", f.offset-start, errStalled)
+			}
+			return fmt.Errorf("after %d bytes: %w", f.offset-start, rerr)
+		}
 	}
 	if resp.ContentLength >= 0 && f.offset-start != resp.ContentLength {
 		return fmt.Errorf("body ended after %d of %d bytes: %w", f.offset-start, resp.ContentLength, io.ErrUnexpectedEOF)
@@ -141,21 +162,19 @@ func (f *fetch) copyBody(ctx context.Context, resp *http.Response, cancel contex
 	return nil
 }
 
-// sink writes to the partial file first and then into the hash, so the
-// hash only ever covers bytes that are on disk.
-type sink struct {
-	f   *fetch
-	err error
-}
+// writebackChunk is how much written data may pile up before the kernel
+// is asked to start writing it to disk.
+const writebackChunk = 8 << 20
 
-func (s *sink) Write(p []byte) (int, error) {
-	n, err := s.f.f.Write(p)
-	s.f.h.Write(p[:n])
-	s.f.offset += int64(n)
-	s.f.progress(PhaseDownload, s.f.offset, s.f.st.Size)
-	if err != nil {
-		s.err = fmt.Errorf("write %s: %w", s.f.f.Name(), err)
-		return n, s.err
+// fill reads until buf is full or r fails; io.EOF means a clean end.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
 	}
 	return n, nil
 }
