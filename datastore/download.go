@@ -157,7 +157,7 @@ func (d *Downloader) Fetch(ctx context.Context, src Source) (*Download, error) {
 	if err := checkSource(&src); err != nil {
 		return nil, fmt.Errorf("%s: %w", who, err)
 	}
-	f := &fetch{d: d, src: src, who: who, urlStr: src.URL.String()}
+	f := &fetch{d: d, src: src, urlStr: src.URL.String()}
 	dl, err := f.run(ctx)
 	if f.transport != nil {
 		f.transport.CloseIdleConnections()
@@ -197,7 +197,6 @@ func checkSource(src *Source) error {
 type fetch struct {
 	d      *Downloader
 	src    Source
-	who    string
 	urlStr string
 
 	f      *os.File // the partial file, exclusively locked

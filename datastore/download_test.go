@@ -27,11 +27,12 @@ type fileServer struct {
 	mu          sync.Mutex
 	content     []byte
 	etag        string
-	ignoreRange bool  // answer 200 with the whole file to a Range request
-	cutAfter    int64 // abort the connection after this many body bytes (per request); 0: never
-	cutTimes    int   // how many requests are cut (then cutAfter stops applying); <0: all
-	status      int   // answer every request with this status
-	stallAfter  int64 // send this many bytes, then nothing until the client gives up
+	ignoreRange bool      // answer 200 with the whole file to a Range request
+	cutAfter    int64     // abort the connection after this many body bytes (per request); 0: never
+	cutTimes    int       // how many requests are cut (then cutAfter stops applying); <0: all
+	status      int       // answer every request with this status
+	modTime     time.Time // Last-Modified, if not zero
+	stallAfter  int64     // send this many bytes, then nothing until the client gives up
 	stallTimes  int
 
 	sent     int64 // body bytes sent, all requests
@@ -71,7 +72,7 @@ func (fs *fileServer) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	fs.requests++
 	fs.ranges = append(fs.ranges, req.Header.Get("Range"))
 	fs.auths = append(fs.auths, req.Header.Get("Authorization"))
-	content, etag, status := fs.content, fs.etag, fs.status
+	content, etag, status, modTime := fs.content, fs.etag, fs.status, fs.modTime
 	if fs.ignoreRange {
 		req.Header.Del("Range")
 	}
@@ -89,8 +90,10 @@ func (fs *fileServer) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, http.StatusText(status), status)
 		return
 	}
-	w.Header().Set("ETag", etag)
-	http.ServeContent(cw, req, "f", time.Time{}, bytes.NewReader(content))
+	if etag != "" {
+		w.Header().Set("ETag", etag)
+	}
+	http.ServeContent(cw, req, "f", modTime, bytes.NewReader(content))
 }
 
 // countingWriter counts body bytes and aborts (or stalls) the response
@@ -301,6 +304,62 @@ func TestResume(t *testing.T) {
 				t.Errorf("resume asked Range %q", r)
 			}
 		})
+	}
+}
+
+// TestResumeLastModified: without an ETag, If-Range carries
+// Last-Modified; unchanged, the resume continues, changed, it restarts.
+func TestResumeLastModified(t *testing.T) {
+	content := randomBytes(2 << 20)
+	mtime := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, changed := range []bool{false, true} {
+		fs := newFileServer(t, content)
+		fs.set(func(fs *fileServer) { fs.etag, fs.modTime = "", mtime })
+		root := t.TempDir()
+		src := Source{URL: mustURL(t, fs.srv.URL+"/x.tar")}
+		interrupted(t, fs, root, src, 1<<20)
+		if changed {
+			fs.set(func(fs *fileServer) { fs.modTime = mtime.Add(time.Hour) })
+		}
+		sent0, _ := fs.stats()
+		d := newDownloader(t, root, Options{})
+		dl, err := d.Fetch(context.Background(), src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkDownload(t, d, dl, content)
+		want := int64(len(content)) - 1<<20
+		if changed {
+			want = int64(len(content))
+		}
+		if sent, _ := fs.stats(); sent-sent0 != want {
+			t.Errorf("changed=%v: fetched %d bytes, want %d", changed, sent-sent0, want)
+		}
+		if ir := fs.ranges[len(fs.ranges)-1]; ir != "bytes=1048576-" {
+			t.Errorf("changed=%v: Range %q", changed, ir)
+		}
+	}
+}
+
+// TestResumeOtherURL: a partial of the same sha256 fetched from another
+// URL is not continued (its validators belong to another server).
+func TestResumeOtherURL(t *testing.T) {
+	content := randomBytes(2 << 20)
+	fs := newFileServer(t, content)
+	root := t.TempDir()
+	interrupted(t, fs, root, Source{URL: mustURL(t, fs.srv.URL+"/a.tar"), SHA256: hexOf(content)}, 1<<20)
+	sent0, _ := fs.stats()
+	d := newDownloader(t, root, Options{})
+	dl, err := d.Fetch(context.Background(), Source{URL: mustURL(t, fs.srv.URL+"/b.tar"), SHA256: hexOf(content)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkDownload(t, d, dl, content)
+	if sent, _ := fs.stats(); sent-sent0 != int64(len(content)) {
+		t.Errorf("fetched %d bytes, want the whole %d", sent-sent0, len(content))
+	}
+	if r := fs.ranges[len(fs.ranges)-1]; r != "" {
+		t.Errorf("asked Range %q of another URL", r)
 	}
 }
 
