@@ -41,7 +41,7 @@ const (
 // behind it (eth0 at appIP), writes a datastore directory holding
 // images/x.tar (size random bytes) and returns the env a RunTest child
 // needs to run `localds serve` in the app and fetch from the node.
-func newSite(t *testing.T, size int) (node *testnet.Namespace, env map[string]string) {
+func newSite(t *testing.T, size int) (node, app *testnet.Namespace, env map[string]string) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("integration test: needs root and network namespaces (skipped by -short)")
@@ -49,7 +49,7 @@ func newSite(t *testing.T, size int) (node *testnet.Namespace, env map[string]st
 	testnet.RequireRoot(t)
 	n := testnet.New(t)
 	node = n.Namespace("node")
-	app := n.Namespace("app")
+	app = n.Namespace("app")
 	n.Bridge(node, "br0", bridgeIP+"/24")
 	n.Connect(node, "br0", app, "eth0", appIP+"/24")
 	dir := t.TempDir()
@@ -60,7 +60,7 @@ func newSite(t *testing.T, size int) (node *testnet.Namespace, env map[string]st
 	if err := os.WriteFile(filepath.Join(dir, "images", "x.tar"), content, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return node, map[string]string{
+	return node, app, map[string]string{
 		"APP":    app.Name,
 		"BIN":    testnet.Binary(t, "localds"),
 		"DIR":    dir,
@@ -194,8 +194,47 @@ sha256 = "` + testnet.ChildEnv("SHA256") + `"
 		}
 		return
 	}
-	node, env := newSite(t, 8<<20+123)
+	node, _, env := newSite(t, 8<<20+123)
 	node.RunTest(t, env)
+}
+
+// TestIntegrationAvahi: the EVE-OS setup, the real avahi-daemon announcing
+// the datastore (host name and _http._tcp) in front of a file server.
+// `localds serve` serves the files, its own mDNS under another name and on
+// a spare veth inside the app, so only Avahi can answer for the name on
+// eth0. The file is fetched by .local name and verified.
+func TestIntegrationAvahi(t *testing.T) {
+	if testnet.IsChild(t) {
+		dial := newCountingDial()
+		d := newDownloader(t, t.TempDir(), Options{Dial: dial.DialContext})
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		ds := &Datastore{Name: "eve", Type: "http", FQDN: dsHost, Path: "images"}
+		dl, err := d.Fetch(ctx, childSource(t, ds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if dl.Size != childSize(t) || dl.Digest.Encoded() != testnet.ChildEnv("SHA256") {
+			t.Fatalf("Download %s/%d", dl.Digest, dl.Size)
+		}
+		return
+	}
+	testnet.RequireAvahi(t)
+	node, app, env := newSite(t, 4<<20)
+	app.Run(t, "ip", "link", "add", "mdns0", "type", "veth", "peer", "name", "mdns1")
+	app.Run(t, "ip", "addr", "add", "10.99.0.1/24", "dev", "mdns0")
+	app.Run(t, "ip", "link", "set", "mdns0", "up", "multicast", "on")
+	p := app.Start(t, env["BIN"], "serve", "--hostname", "not-"+dsName, "--interface", "mdns0", "--listen", ":80", "--dir", env["DIR"])
+	p.WaitLog(t, "serving registry and files", serveWait)
+	testnet.StartAvahi(t, app, testnet.AvahiConfig{
+		HostName:        dsName,
+		AllowInterfaces: []string{"eth0"},
+		Services:        map[string]string{"http": testnet.AvahiService("_http._tcp", 80)},
+	})
+	node.RunTest(t, env)
+	if !strings.Contains(p.Log(), "path=/images/x.tar") {
+		t.Errorf("serve did not serve the file:\n%s", p.Log())
+	}
 }
 
 // TestIntegrationResume: the datastore is killed 8 MiB into a 48 MiB
@@ -266,7 +305,7 @@ func TestIntegrationResume(t *testing.T) {
 		t.Logf("resumed at byte %s from %s; %d bytes read in all", m[1], appIP2, dial.read.Load())
 		return
 	}
-	node, env := newSite(t, 48<<20)
+	node, _, env := newSite(t, 48<<20)
 	node.RunTest(t, env)
 }
 
@@ -342,7 +381,7 @@ func TestIntegrationHTTPS(t *testing.T) {
 		}
 		return
 	}
-	node, env := newSite(t, 2<<20)
+	node, _, env := newSite(t, 2<<20)
 	node.RunTest(t, env)
 }
 
