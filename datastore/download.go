@@ -68,6 +68,10 @@ type Options struct {
 	// datastore whose address vanished never sends a reset), so the
 	// transfer resumes from a fresh connection; default 30 s.
 	StallTimeout time.Duration
+	// MaxSize is the largest file accepted, 0 for no limit. A datastore
+	// that announces or sends more is refused and what it sent is
+	// dropped, so it cannot fill the disk under /persist.
+	MaxSize int64
 }
 
 // Source is one file to fetch.
@@ -239,6 +243,9 @@ func (f *fetch) run(ctx context.Context) (*Download, error) {
 		return nil, err
 	}
 	if err := f.download(ctx, statePath); err != nil {
+		if errors.Is(err, errTooBig) {
+			removeQuiet(partial, statePath)
+		}
 		return nil, err
 	}
 	got := hex.EncodeToString(f.h.Sum(nil))

@@ -511,6 +511,36 @@ func TestBoundedRetries(t *testing.T) {
 	}
 }
 
+// TestMaxSize: a file over the limit is refused whether the server says
+// so up front (Content-Length) or just keeps sending (chunked), and
+// nothing of it is kept.
+func TestMaxSize(t *testing.T) {
+	content := randomBytes(3 << 20)
+	fs := newFileServer(t, content)
+	chunked := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		for i := 0; i < 3; i++ { // no Content-Length: chunked, size unknown
+			w.Write(content[i<<20 : (i+1)<<20])
+			w.(http.Flusher).Flush()
+		}
+	}))
+	defer chunked.Close()
+	d := newDownloader(t, t.TempDir(), Options{MaxSize: 2 << 20})
+	for _, u := range []string{fs.srv.URL + "/x.tar", chunked.URL + "/x.tar"} {
+		_, err := d.Fetch(context.Background(), Source{URL: mustURL(t, u), SHA256: hexOf(content)})
+		if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "more than the limit of 2097152") {
+			t.Errorf("%s: %v, want a clear too-big error", u, err)
+		}
+		if files := areaFiles(t, d); len(files) != 0 {
+			t.Errorf("%s: a refused download left %v", u, files)
+		}
+	}
+	// Within the limit it is fine.
+	d = newDownloader(t, t.TempDir(), Options{MaxSize: 3 << 20})
+	if _, err := d.Fetch(context.Background(), Source{URL: mustURL(t, chunked.URL+"/x.tar"), SHA256: hexOf(content)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestNotFoundIsFinal(t *testing.T) {
 	fs := newFileServer(t, nil)
 	fs.set(func(fs *fileServer) { fs.status = http.StatusNotFound })

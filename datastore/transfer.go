@@ -18,6 +18,17 @@ import (
 // errStalled cancels an attempt whose body stopped delivering bytes.
 var errStalled = errors.New("no data received within the stall timeout")
 
+// errTooBig marks a file over Options.MaxSize; what was fetched is dropped.
+var errTooBig = errors.New("file too big")
+
+// checkSize refuses a size over the limit (n < 0: unknown, allowed).
+func (f *fetch) checkSize(n int64) error {
+	if max := f.d.opts.MaxSize; max > 0 && n > max {
+		return permanent(fmt.Errorf("%w: %d bytes, more than the limit of %d: %w", errTooBig, n, max, errdefs.ErrFailedPrecondition))
+	}
+	return nil
+}
+
 // attempt is one GET: from the current offset with Range/If-Range when
 // there are bytes already, appending what arrives to the partial file and
 // the running hash. It returns nil when the file is complete.
@@ -106,6 +117,9 @@ func (f *fetch) attempt(ctx context.Context, statePath string) error {
 	default:
 		return statusError(resp)
 	}
+	if err := f.checkSize(f.st.Size); err != nil {
+		return err
+	}
 	return f.copyBody(ctx, resp, cancel)
 }
 
@@ -134,6 +148,9 @@ func (f *fetch) copyBody(ctx context.Context, resp *http.Response, cancel contex
 			f.offset += int64(w)
 			if werr != nil {
 				return permanent(fmt.Errorf("write %s: %w", f.f.Name(), werr)) // the disk, not the network
+			}
+			if err := f.checkSize(f.offset); err != nil {
+				return err
 			}
 			if f.offset-flushed >= writebackChunk {
 				startWriteback(f.f, flushed, f.offset-flushed)
