@@ -51,7 +51,8 @@ bench: deps build
 	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'ResolveLatency' -benchtime 300x ./resolver/
 	$(GO) test -run '^$$' -bench 'ResolveCached' -benchmem ./resolver/
 	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'BlobServe' -benchtime 5x ./serve/
-	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench Pull -benchtime 1x ./e2e/
+	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench Pull -benchtime 3x ./e2e/
+	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'Download' -benchtime 5x ./datastore/
 	$(GO) test -run '^$$' -bench 'VolumeCreate|Unpack' -benchtime 5x ./snapshot/
 
 fuzz:
