@@ -27,6 +27,9 @@ const (
 	maxArchiveJSON = 8 << 20
 	// maxLinkHops bounds chains of links in docker save archives.
 	maxLinkHops = 8
+	// importChunk is the size of one write into the content store (see
+	// copyBlob); containerd's and the daemon's gRPC take up to 16 MiB.
+	importChunk = 8 << 20
 )
 
 // Archive formats Import understands.
@@ -48,6 +51,20 @@ type ImportOptions struct {
 	// annotation, or a docker RepoTag). An archive with one image is
 	// imported whatever Name is: the caller names the image record.
 	Name string
+	// Local, if set, is the store that backs cs (the localds CAS at
+	// <root>/vault/cas, from Open, while cs is containerd's content store
+	// in front of the localds daemon). Blobs are then written into Local
+	// directly, a file write instead of a stream through containerd and
+	// the daemon, and registered with cs, which finds them in its backend
+	// and takes no data (containerd's shared content policy, its
+	// default). Import first checks with a probe blob that cs really sees
+	// Local's blobs; if not, or if a blob vanishes before it is
+	// registered (a GC sweep in between), the data goes through cs after
+	// all, read again from the archive: r must then be an io.ReaderAt
+	// (an *os.File).
+	Local content.Store
+	// Progress, if set, is told how many bytes of the archive were read.
+	Progress func(read int64)
 }
 
 // Imported is what Import found and kept.
@@ -70,6 +87,9 @@ type Imported struct {
 	// that were not in the store yet (bytes in WrittenBytes).
 	Blobs, Written int
 	WrittenBytes   int64
+	// Direct tells whether the blobs were written into ImportOptions.Local
+	// directly.
+	Direct bool
 }
 
 // Import reads an image archive (an OCI image layout tar, or a `docker
@@ -103,8 +123,13 @@ func Import(ctx context.Context, cs content.Store, r io.Reader, opts ImportOptio
 	}
 	want := wantPlatform{spec: spec, name: platforms.FormatAll(spec), m: platforms.Only(spec)}
 
-	a, err := scanArchive(ctx, cs, r)
-	if err != nil {
+	a := &archive{cs: cs, blobs: map[string]ocispec.Descriptor{}, links: map[string]string{}, progress: opts.Progress}
+	if opts.Local != nil {
+		if err := a.useLocal(ctx, opts.Local, r); err != nil {
+			return Imported{}, err
+		}
+	}
+	if err := a.scan(ctx, r); err != nil {
 		return Imported{}, err
 	}
 	var imp Imported
@@ -122,16 +147,26 @@ func Import(ctx context.Context, cs content.Store, r io.Reader, opts ImportOptio
 	if err := completeImage(ctx, cs, &imp, want); err != nil {
 		return Imported{}, err
 	}
-	imp.Blobs, imp.Written, imp.WrittenBytes = a.blobCount, a.written, a.writtenBytes
+	imp.Blobs, imp.Written, imp.WrittenBytes, imp.Direct = a.blobCount, a.written, a.writtenBytes, a.local != nil
 	log.G(ctx).WithFields(log.Fields{
 		"format": imp.Format, "target": imp.Target.Digest, "manifest": imp.Manifest.Digest,
-		"platform": platforms.FormatAll(imp.Platform), "blobs": imp.Blobs, "written": imp.Written,
+		"platform": platforms.FormatAll(imp.Platform), "blobs": imp.Blobs, "written": imp.Written, "direct": imp.Direct,
 	}).Debug("archive imported")
 	return imp, nil
 }
 
-// archive is what one pass over the tar found.
+// archive is one import: where it writes, and what one pass over the tar
+// found.
 type archive struct {
+	cs content.Store
+	// local and ra are set when blobs go into the backing store directly
+	// (see ImportOptions.Local); ra re-reads a blob from the archive.
+	local    content.Store
+	ra       io.ReaderAt
+	progress func(int64)
+	// refPrefix makes this import's ingest refs unique.
+	refPrefix string
+
 	ociLayout, index, dockerManifest []byte
 	// blobs maps an archive path to the blob written from it.
 	blobs map[string]ocispec.Descriptor
@@ -140,38 +175,41 @@ type archive struct {
 
 	blobCount, written int
 	writtenBytes       int64
+	buf                []byte // copyBlob's, reused for every blob
 }
 
-// scanArchive reads the tar once: metadata files into memory, every other
+// scan reads the tar once: metadata files into memory, every other
 // regular file into the store.
-func scanArchive(ctx context.Context, cs content.Store, r io.Reader) (*archive, error) {
-	a := &archive{blobs: map[string]ocispec.Descriptor{}, links: map[string]string{}}
+func (a *archive) scan(ctx context.Context, r io.Reader) error {
 	var id [8]byte
 	if _, err := rand.Read(id[:]); err != nil {
-		return nil, fmt.Errorf("import: %w", err)
+		return fmt.Errorf("import: %w", err)
 	}
-	refPrefix := "localds-import-" + hex.EncodeToString(id[:]) + "-"
-	tr := tar.NewReader(r)
+	a.refPrefix = "localds-import-" + hex.EncodeToString(id[:]) + "-"
+	// Counting below the tar reader gives each entry's offset in the
+	// archive (the tar reader reads no further ahead than a header).
+	or := &offsetReader{r: r, progress: a.progress}
+	tr := tar.NewReader(or)
 	for n := 0; ; n++ {
 		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("import: %w", err)
+			return fmt.Errorf("import: %w", err)
 		}
 		if n >= maxArchiveEntries {
-			return nil, fmt.Errorf("import: the archive has more than %d entries: %w", maxArchiveEntries, errdefs.ErrInvalidArgument)
+			return fmt.Errorf("import: the archive has more than %d entries: %w", maxArchiveEntries, errdefs.ErrInvalidArgument)
 		}
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
-			return a, nil
+			return nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("import: read archive after %d entries: %v: %w", n, err, errdefs.ErrInvalidArgument)
+			return fmt.Errorf("import: read archive after %d entries: %v: %w", n, err, errdefs.ErrInvalidArgument)
 		}
 		if h.Typeflag == tar.TypeXGlobalHeader {
 			continue
 		}
 		name, err := entryPath(h.Name)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		switch h.Typeflag {
 		case tar.TypeDir:
@@ -179,21 +217,23 @@ func scanArchive(ctx context.Context, cs content.Store, r io.Reader) (*archive, 
 		case tar.TypeSymlink, tar.TypeLink:
 			target, err := linkTarget(name, h)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			a.links[name] = target
 			continue
 		case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old tars still carry TypeRegA
 		default:
-			return nil, fmt.Errorf("import: archive entry %q is not a regular file, directory or link (type %q): %w", h.Name, h.Typeflag, errdefs.ErrInvalidArgument)
+			return fmt.Errorf("import: archive entry %q is not a regular file, directory or link (type %q): %w", h.Name, h.Typeflag, errdefs.ErrInvalidArgument)
 		}
-		if err := a.readFile(ctx, cs, tr, h, name, refPrefix+fmt.Sprint(n)); err != nil {
-			return nil, err
+		if err := a.readFile(ctx, tr, h, name, a.refPrefix+fmt.Sprint(n), or.n); err != nil {
+			return err
 		}
 	}
 }
 
-func (a *archive) readFile(ctx context.Context, cs content.Store, r io.Reader, h *tar.Header, name, ref string) error {
+// readFile takes one regular file of the archive; off is where its data
+// starts in the archive.
+func (a *archive) readFile(ctx context.Context, r io.Reader, h *tar.Header, name, ref string, off int64) error {
 	if _, dup := a.blobs[name]; dup {
 		return fmt.Errorf("import: archive entry %q appears twice: %w", h.Name, errdefs.ErrInvalidArgument)
 	}
@@ -225,7 +265,7 @@ func (a *archive) readFile(ctx context.Context, cs content.Store, r io.Reader, h
 			return fmt.Errorf("import: archive entry %q under blobs/ is not named by a digest (blobs/<algorithm>/<hex>): %w", h.Name, errdefs.ErrInvalidArgument)
 		}
 		desc := ocispec.Descriptor{Digest: d, Size: h.Size}
-		return a.writeBlob(ctx, cs, name, r, desc)
+		return a.writeBlob(ctx, name, r, desc, off)
 	}
 	if a.ociLayout != nil {
 		// An OCI layout keeps its content under blobs/; anything else
@@ -234,7 +274,7 @@ func (a *archive) readFile(ctx context.Context, cs content.Store, r io.Reader, h
 	}
 	// A docker save file (<id>/layer.tar, <id>.json): not named by its
 	// digest, so hash it while writing and commit under that hash.
-	desc, err := a.writeUnnamed(ctx, cs, ref, r, h.Size)
+	desc, err := a.writeUnnamed(ctx, ref, r, h.Size, off)
 	if err != nil {
 		return fmt.Errorf("import: archive entry %q: %w", h.Name, err)
 	}
@@ -244,9 +284,16 @@ func (a *archive) readFile(ctx context.Context, cs content.Store, r io.Reader, h
 
 // writeBlob writes a blob whose digest is known from its path; the store
 // commits it only if the bytes have that digest and size.
-func (a *archive) writeBlob(ctx context.Context, cs content.Store, name string, r io.Reader, desc ocispec.Descriptor) error {
+func (a *archive) writeBlob(ctx context.Context, name string, r io.Reader, desc ocispec.Descriptor, off int64) error {
 	a.blobCount++
 	a.blobs[name] = desc
+	if a.local != nil {
+		if err := a.writeDirect(ctx, r, desc, off); err != nil {
+			return fmt.Errorf("import: archive entry %s does not hold blob %s: %w", name, desc.Digest, err)
+		}
+		return nil
+	}
+	cs := a.cs
 	// The ref is per digest, as containerd's fetcher names it, so two
 	// imports of one blob wait for each other instead of writing twice.
 	ref := "localds-import-" + desc.Digest.String()
@@ -258,7 +305,7 @@ func (a *archive) writeBlob(ctx context.Context, cs content.Store, name string, 
 		return fmt.Errorf("import: write %s: %w", name, err)
 	}
 	defer cw.Close()
-	if err := content.Copy(ctx, cw, r, desc.Size, desc.Digest); err != nil {
+	if err := a.copyBlob(ctx, cw, r, desc); err != nil {
 		abort(ctx, cs, ref)
 		return fmt.Errorf("import: archive entry %s does not hold blob %s: %w", name, desc.Digest, err)
 	}
@@ -267,9 +314,63 @@ func (a *archive) writeBlob(ctx context.Context, cs content.Store, name string, 
 	return nil
 }
 
+// copyBlob streams desc.Size bytes from r into cw in large writes and
+// commits them under desc.Digest (the store refuses other bytes).
+//
+// Large writes matter: through containerd's content API (and on to the
+// localds daemon behind it) every Write is a synchronous round trip per
+// hop, so containerd's own 1 MiB copy makes a 256 MiB import latency
+// bound.
+func (a *archive) copyBlob(ctx context.Context, cw content.Writer, r io.Reader, desc ocispec.Descriptor) error {
+	st, err := cw.Status()
+	if err != nil {
+		return err
+	}
+	off := st.Offset
+	if off > desc.Size {
+		if err := cw.Truncate(0); err != nil {
+			return err
+		}
+		off = 0
+	}
+	// An earlier, interrupted import left off bytes: they were verified
+	// as far as the hash goes only at commit, like these.
+	if off > 0 {
+		if _, err := io.CopyN(io.Discard, r, off); err != nil {
+			return fmt.Errorf("skip %d bytes already written: %w", off, err)
+		}
+	}
+	if a.buf == nil {
+		a.buf = make([]byte, importChunk)
+	}
+	for left := desc.Size - off; left > 0; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n, err := io.ReadFull(r, a.buf[:min(int64(len(a.buf)), left)])
+		if n > 0 {
+			if _, werr := cw.Write(a.buf[:n]); werr != nil {
+				return werr
+			}
+			left -= int64(n)
+		}
+		if err != nil {
+			return fmt.Errorf("read %d of %d bytes: %w", desc.Size-left, desc.Size, io.ErrUnexpectedEOF)
+		}
+	}
+	if err := cw.Commit(ctx, desc.Size, desc.Digest); err != nil && !errdefs.IsAlreadyExists(err) {
+		return err
+	}
+	return nil
+}
+
 // writeUnnamed writes a file of unknown digest and returns its descriptor.
-func (a *archive) writeUnnamed(ctx context.Context, cs content.Store, ref string, r io.Reader, size int64) (ocispec.Descriptor, error) {
+func (a *archive) writeUnnamed(ctx context.Context, ref string, r io.Reader, size, off int64) (ocispec.Descriptor, error) {
 	a.blobCount++
+	if a.local != nil {
+		return a.writeUnnamedDirect(ctx, ref, r, size, off)
+	}
+	cs := a.cs
 	cw, err := content.OpenWriter(ctx, cs, content.WithRef(ref), content.WithDescriptor(ocispec.Descriptor{Size: size}))
 	if err != nil {
 		return ocispec.Descriptor{}, err

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"testing"
 
+	ccontent "github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/metadata"
@@ -37,14 +39,25 @@ import (
 // records, GC) over the localds store at root, as in the daemon, but in
 // process.
 type importEnv struct {
-	ctx    context.Context
-	root   string
-	db     *metadata.DB
-	leases leases.Manager
-	images images.Store
+	ctx     context.Context
+	root    string
+	backend ccontent.Store // the localds store under the metadata
+	db      *metadata.DB
+	leases  leases.Manager
+	images  images.Store
+	// direct makes importAs write into backend directly
+	// (ImportOptions.Local), as localds pull does on a node.
+	direct bool
 }
 
-func newImportEnv(t *testing.T) *importEnv {
+// modes runs fn once through containerd's content store only and once
+// writing into the backing store directly.
+func modes(t *testing.T, fn func(t *testing.T, direct bool)) {
+	t.Run("through-containerd", func(t *testing.T) { fn(t, false) })
+	t.Run("direct", func(t *testing.T) { fn(t, true) })
+}
+
+func newImportEnv(t testing.TB) *importEnv {
 	t.Helper()
 	ctx := namespaces.WithNamespace(context.Background(), "test")
 	root := t.TempDir()
@@ -61,7 +74,7 @@ func newImportEnv(t *testing.T) *importEnv {
 	if err := db.Init(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return &importEnv{ctx: ctx, root: root, db: db, leases: metadata.NewLeaseManager(db), images: metadata.NewImageStore(db)}
+	return &importEnv{ctx: ctx, root: root, backend: backend, db: db, leases: metadata.NewLeaseManager(db), images: metadata.NewImageStore(db)}
 }
 
 // importAs imports the archive under a lease and, if that works, creates
@@ -70,9 +83,15 @@ func newImportEnv(t *testing.T) *importEnv {
 func (e *importEnv) importAs(t *testing.T, archive []byte, ref string, opts content.ImportOptions) (content.Imported, error) {
 	t.Helper()
 	var imp content.Imported
+	if e.direct {
+		opts.Local = e.backend
+	}
 	err := content.Leased(e.ctx, e.leases, func(ctx context.Context) error {
 		var err error
 		imp, err = content.Import(ctx, e.db.ContentStore(), bytes.NewReader(archive), opts)
+		if err == nil && imp.Direct != e.direct {
+			return fmt.Errorf("imported directly: %v, want %v", imp.Direct, e.direct)
+		}
 		if err != nil {
 			return err
 		}
@@ -83,7 +102,7 @@ func (e *importEnv) importAs(t *testing.T, archive []byte, ref string, opts cont
 	return imp, err
 }
 
-func (e *importEnv) gc(t *testing.T) {
+func (e *importEnv) gc(t testing.TB) {
 	t.Helper()
 	if _, err := e.db.GarbageCollect(e.ctx); err != nil {
 		t.Fatal(err)
@@ -187,7 +206,7 @@ func randomImage(t *testing.T, layers int64, platform string) v1.Image {
 }
 
 // ociArchive writes idx as an OCI image layout and packs it into a tar.
-func ociArchive(t *testing.T, idx v1.ImageIndex) []byte {
+func ociArchive(t testing.TB, idx v1.ImageIndex) []byte {
 	t.Helper()
 	dir := t.TempDir()
 	if _, err := layout.Write(dir, idx); err != nil {
@@ -260,8 +279,11 @@ func tarEntries(t *testing.T, archive []byte) []tarEntry {
 	}
 }
 
-func TestImportOCILayout(t *testing.T) {
+func TestImportOCILayout(t *testing.T) { modes(t, testImportOCILayout) }
+
+func testImportOCILayout(t *testing.T, direct bool) {
 	e := newImportEnv(t)
+	e.direct = direct
 	img := randomImage(t, 3, "linux/amd64")
 	archive := ociArchive(t, namedIndex(img, "app:1"))
 
@@ -295,8 +317,11 @@ func TestImportOCILayout(t *testing.T) {
 	}
 }
 
-func TestImportDockerSave(t *testing.T) {
+func TestImportDockerSave(t *testing.T) { modes(t, testImportDockerSave) }
+
+func testImportDockerSave(t *testing.T, direct bool) {
 	e := newImportEnv(t)
+	e.direct = direct
 	img := randomImage(t, 2, "linux/amd64")
 	tag, err := name.NewTag("tool:1.0")
 	if err != nil {
@@ -332,7 +357,9 @@ func TestImportDockerSave(t *testing.T) {
 	}
 }
 
-func TestImportMultiArch(t *testing.T) {
+func TestImportMultiArch(t *testing.T) { modes(t, testImportMultiArch) }
+
+func testImportMultiArch(t *testing.T, direct bool) {
 	plats := []string{"linux/amd64", "linux/arm/v7", "linux/arm64"}
 	idx := v1.ImageIndex(empty.Index)
 	imgs := map[string]v1.Image{}
@@ -351,6 +378,7 @@ func TestImportMultiArch(t *testing.T) {
 	for _, p := range plats {
 		t.Run(strings.ReplaceAll(p, "/", "-"), func(t *testing.T) {
 			e := newImportEnv(t)
+			e.direct = direct
 			imp, err := e.importAs(t, archive, "multi:1", content.ImportOptions{Platform: p})
 			if err != nil {
 				t.Fatal(err)
@@ -372,6 +400,7 @@ func TestImportMultiArch(t *testing.T) {
 	}
 	t.Run("no-match", func(t *testing.T) {
 		e := newImportEnv(t)
+		e.direct = direct
 		_, err := e.importAs(t, archive, "multi:1", content.ImportOptions{Platform: "linux/s390x"})
 		if !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), "linux/amd64, linux/arm/v7, linux/arm64") || !strings.Contains(err.Error(), "linux/s390x") {
 			t.Fatalf("import for s390x: %v; want not found naming the available platforms", err)
@@ -453,7 +482,9 @@ func TestImportRefusesEscapes(t *testing.T) {
 	}
 }
 
-func TestImportMissingBlob(t *testing.T) {
+func TestImportMissingBlob(t *testing.T) { modes(t, testImportMissingBlob) }
+
+func testImportMissingBlob(t *testing.T, direct bool) {
 	img := randomImage(t, 3, "linux/amd64")
 	want := imageDigests(t, img)
 	full := tarEntries(t, ociArchive(t, namedIndex(img, "app:1")))
@@ -472,6 +503,7 @@ func TestImportMissingBlob(t *testing.T) {
 				t.Fatalf("blob %s not found in the archive", missing.d)
 			}
 			e := newImportEnv(t)
+			e.direct = direct
 			_, err := e.importAs(t, rawTar(t, kept...), "app:1", content.ImportOptions{Platform: "linux/amd64"})
 			if !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), missing.d.String()) || !strings.Contains(err.Error(), "not in the archive") {
 				t.Fatalf("import without %s: %v; want not found naming %s", missing.what, err, missing.d)
@@ -481,7 +513,9 @@ func TestImportMissingBlob(t *testing.T) {
 	}
 }
 
-func TestImportCorruptOrTruncated(t *testing.T) {
+func TestImportCorruptOrTruncated(t *testing.T) { modes(t, testImportCorruptOrTruncated) }
+
+func testImportCorruptOrTruncated(t *testing.T, direct bool) {
 	img := randomImage(t, 2, "linux/amd64")
 	want := imageDigests(t, img)
 	archive := ociArchive(t, namedIndex(img, "app:1"))
@@ -494,6 +528,7 @@ func TestImportCorruptOrTruncated(t *testing.T) {
 		}
 	}
 	e := newImportEnv(t)
+	e.direct = direct
 	_, err := e.importAs(t, rawTar(t, entries...), "app:1", content.ImportOptions{Platform: "linux/amd64"})
 	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), want[2].String()) {
 		t.Fatalf("corrupt layer: %v; want failed precondition naming %s", err, want[2])
