@@ -85,6 +85,14 @@ func (p *progress) Done() {
 	p.phase = ""
 }
 
+// Abort ends the current phase without a summary (it failed).
+func (p *progress) Abort() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.clearLocked()
+	p.phase = ""
+}
+
 // Printf prints a line of its own, keeping the bar intact below it.
 func (p *progress) Printf(format string, args ...any) {
 	p.mu.Lock()
@@ -133,6 +141,9 @@ func (p *progress) lineLocked(now time.Time, final bool) string {
 	if s := el.Seconds(); s > 0 && p.done > 0 {
 		rate = humanSize(int64(float64(p.done)/s)) + "/s"
 	}
+	if final && p.done == 0 {
+		return fmt.Sprintf("%-8s  done in %s", p.phase, el.Round(time.Millisecond))
+	}
 	if final {
 		s := fmt.Sprintf("%-8s  %s in %s", p.phase, humanSize(p.done), el.Round(time.Millisecond))
 		if rate != "" {
@@ -150,20 +161,4 @@ func (p *progress) lineLocked(now time.Time, final bool) string {
 		bar += ">" + strings.Repeat(" ", barWidth-fill-1)
 	}
 	return fmt.Sprintf("%-8s  [%s] %3.0f%%  %s / %s  %s", p.phase, bar, frac*100, humanSize(p.done), humanSize(p.total), rate)
-}
-
-// countingReader reports bytes read to a progress phase.
-type countingReader struct {
-	r     io.Reader
-	n     int64
-	total int64
-	phase string
-	p     *progress
-}
-
-func (c *countingReader) Read(b []byte) (int, error) {
-	n, err := c.r.Read(b)
-	c.n += int64(n)
-	c.p.Update(c.phase, c.n, c.total)
-	return n, err
 }

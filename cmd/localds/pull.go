@@ -226,7 +226,7 @@ func (s *pullSpec) pin() error {
 	return nil
 }
 
-func pullAction(ctx context.Context, cmd *cli.Command) error {
+func pullAction(ctx context.Context, cmd *cli.Command) (err error) {
 	spec, err := parsePullSpec(cmd)
 	if err != nil {
 		return err
@@ -238,7 +238,11 @@ func pullAction(ctx context.Context, cmd *cli.Command) error {
 	defer c.Close()
 	stderr, stdout := cmd.Root().ErrWriter, cmd.Root().Writer
 	prog := newProgress(stderr, isTerminal(stderr))
-	defer prog.Done()
+	defer func() {
+		if err != nil {
+			prog.Abort() // the error says what happened, not a summary
+		}
+	}()
 	if spec.sha256 == "" && spec.kind == sourceArchive {
 		prog.Printf("localds: warning: %s is not verified against a configured sha256 (use --sha256)\n", spec.source())
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	ccontent "github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -31,11 +32,19 @@ func pullArchive(ctx context.Context, c *containerd.Client, disc *resolver.Disco
 	}
 	file, err := dl.Fetch(ctx, datastore.Source{URL: spec.url, SHA256: spec.sha256, Datastore: spec.ds})
 	if err != nil {
-		return images.Image{}, fmt.Errorf("pull %s: %w", spec.url.Redacted(), err)
+		return images.Image{}, err // names the datastore, the URL and why
 	}
 	prog.Done()
 	prog.Printf("downloaded %s: %s, %s\n", spec.url.Redacted(), humanSize(file.Size), file.Digest)
 
+	// On a node the CAS behind containerd is <root>/vault/cas: write there
+	// directly (Import checks that containerd really sees it).
+	var local ccontent.Store
+	if st, err := os.Stat(content.Dir(root)); err == nil && st.IsDir() {
+		if local, err = content.Open(ctx, root); err != nil {
+			return images.Image{}, err
+		}
+	}
 	var rec images.Image
 	err = content.Leased(ctx, c.LeasesService(), func(ctx context.Context) error {
 		f, err := os.Open(file.Path)
@@ -43,11 +52,21 @@ func pullArchive(ctx context.Context, c *containerd.Client, disc *resolver.Disco
 			return fmt.Errorf("open download: %w", err)
 		}
 		defer f.Close()
-		r := &countingReader{r: f, total: file.Size, phase: string(datastore.PhaseImport), p: prog}
-		imp, err := content.Import(ctx, c.ContentStore(), r, content.ImportOptions{Platform: spec.platform, Name: spec.name})
+		imp, err := content.Import(ctx, c.ContentStore(), f, content.ImportOptions{
+			Platform: spec.platform,
+			Name:     spec.name,
+			Local:    local,
+			Progress: func(n int64) { prog.Update(string(datastore.PhaseImport), n, file.Size) },
+		})
 		if err != nil {
 			return err
 		}
+		prog.Done()
+		into := "containerd's content store"
+		if imp.Direct {
+			into = content.Dir(root)
+		}
+		prog.Printf("imported %d blobs (%d new, %s) into %s\n", imp.Blobs, imp.Written, humanSize(imp.WrittenBytes), into)
 		name := spec.name
 		if name == "" {
 			name = imp.Name
@@ -64,7 +83,7 @@ func pullArchive(ctx context.Context, c *containerd.Client, disc *resolver.Disco
 		if errdefs.IsInvalidArgument(err) || errdefs.IsNotFound(err) || errdefs.IsFailedPrecondition(err) {
 			removeDownload(ctx, file)
 		}
-		return images.Image{}, fmt.Errorf("import %s (%s): %w", spec.url.Redacted(), file.Digest, err)
+		return images.Image{}, fmt.Errorf("%s (%s): %w", spec.url.Redacted(), file.Digest, err)
 	}
 	// The content is in the CAS now; the verified archive is not needed.
 	removeDownload(ctx, file)
