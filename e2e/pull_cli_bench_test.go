@@ -1,0 +1,176 @@
+//go:build linux
+
+package e2e
+
+import (
+	"archive/tar"
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+
+	"github.com/localds/localds/internal/testnet"
+)
+
+// BenchmarkLocaldsPullArchive: the issue's figure. One 256 MiB OCI layout
+// archive (4×64 MiB uncompressed random layers) served by `localds serve`
+// over the test bridge, in the same run:
+//
+//   - curl-s: `curl -o FILE` of the archive by its .local name (address
+//     given with --resolve), the plain download;
+//   - pull-s: `localds pull --unpack=false --sha256 H URL`: resolve,
+//     download + sha256 + fsync into <root>/vault/downloader, then import
+//     into the CAS through containerd and containerd-localds-grpc (every
+//     blob verified on commit), image record;
+//   - pull/curl: the ratio (goal: at most 1.3);
+//   - download-s, import-s: the two halves of pull-s, from its progress.
+//
+// Between iterations the image is removed and containerd collects its
+// blobs, so every import writes all 256 MiB again.
+func BenchmarkLocaldsPullArchive(b *testing.B) {
+	requireE2E(b)
+	if _, err := os.Stat("/usr/bin/curl"); err != nil {
+		b.Skip("no curl")
+	}
+	s := newBareSite(b)
+	dir := b.TempDir()
+	archive := filepath.Join(dir, "images", "bench.oci.tar")
+	sum, size := writeBenchArchive(b, archive)
+	p := s.app.Start(b, testnet.Binary(b, "localds"), "serve", "--hostname", dsName, "--interface", "eth0", "--listen", ":80", "--dir", dir)
+	p.WaitLog(b, "mdns: answering", e2eWait)
+	s.startDaemon(b)
+	s.startContainerd(b)
+	url := "http://" + dsLocal + "/images/bench.oci.tar"
+	out := filepath.Join(filepath.Dir(s.root), "curl.tar") // the file system the pull writes to
+	// Warm the server's page cache, so both sides read it from memory.
+	s.benchCurl(b, url, out)
+
+	var curlSec, pullSec, dlSec, impSec float64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		curlSec += s.benchCurl(b, url, out)
+		sec, phases := s.benchPull(b, url, sum)
+		pullSec += sec
+		dlSec += phases["download"] + phases["verify"]
+		impSec += phases["import"]
+		b.StopTimer()
+		s.ctrd.Ctr(b, "image", "rm", "--sync", "bench:1")
+		b.StartTimer()
+	}
+	n := float64(b.N)
+	b.ReportMetric(curlSec/n, "curl-s")
+	b.ReportMetric(pullSec/n, "pull-s")
+	b.ReportMetric(pullSec/curlSec, "pull/curl")
+	b.ReportMetric(dlSec/n, "download-s")
+	b.ReportMetric(impSec/n, "import-s")
+	b.Logf("%d MiB archive: curl %.2fs (%.0f MiB/s), localds pull %.2fs (%.0f MiB/s; download+verify %.2fs, import %.2fs), ratio %.2f",
+		size>>20, curlSec/n, float64(size>>20)/(curlSec/n), pullSec/n, float64(size>>20)/(pullSec/n), dlSec/n, impSec/n, pullSec/curlSec)
+}
+
+// writeBenchArchive writes the benchmark image as an OCI layout tar at
+// path, streaming, and returns its sha256 and size.
+func writeBenchArchive(b *testing.B, path string) (string, int64) {
+	b.Helper()
+	img, err := buildImage(benchLayers)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tmp := b.TempDir()
+	if _, err := layout.Write(tmp, mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: img})); err != nil {
+		b.Fatal(err)
+	}
+	img = nil
+	runtime.GC()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		b.Fatal(err)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	bw := bufio.NewWriterSize(io.MultiWriter(f, h), 1<<20)
+	tw := tar.NewWriter(bw)
+	if err := tw.AddFS(os.DirFS(tmp)); err != nil {
+		b.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if err := bw.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), st.Size()
+}
+
+// benchCurl times `curl -o out url` in the node namespace (the address
+// from --resolve, as curl does no mDNS), then removes out.
+func (s *site) benchCurl(b *testing.B, url, out string) float64 {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), localdsPullTimeout)
+	defer cancel()
+	start := time.Now()
+	o, err := s.node.Command(ctx, "curl", "-sS", "--fail", "--noproxy", "*", "--resolve", dsLocal+":80:"+appIP, "-o", out, url).CombinedOutput()
+	sec := time.Since(start).Seconds()
+	if err != nil {
+		b.Fatalf("curl %s: %v\n%s", url, err, o)
+	}
+	b.StopTimer()
+	if err := os.Remove(out); err != nil {
+		b.Fatal(err)
+	}
+	b.StartTimer()
+	return sec
+}
+
+var phaseLine = regexp.MustCompile(`(?m)^(\w+)\s+\S+ \S+ in ([0-9.]+)(ms|s|µs)`)
+
+// benchPull times `localds pull --unpack=false` of url and returns the
+// seconds of each phase from its (plain) progress lines.
+func (s *site) benchPull(b *testing.B, url, sum string) (float64, map[string]float64) {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), localdsPullTimeout)
+	defer cancel()
+	cmd := s.node.Command(ctx, testnet.Binary(b, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root, "--interface", "br0",
+		"--unpack=false", "--sha256", sum, url, "bench:1")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	start := time.Now()
+	err := cmd.Run()
+	sec := time.Since(start).Seconds()
+	if err != nil {
+		b.Fatalf("localds pull %s: %v\n%s", url, err, stderr.String())
+	}
+	phases := map[string]float64{}
+	for _, m := range phaseLine.FindAllStringSubmatch(stderr.String(), -1) {
+		v, _ := strconv.ParseFloat(m[2], 64)
+		switch m[3] {
+		case "ms":
+			v /= 1e3
+		case "µs":
+			v /= 1e6
+		}
+		phases[m[1]] += v
+	}
+	b.Logf("localds pull: %.2fs %s", sec, fmt.Sprint(phases))
+	return sec, phases
+}
