@@ -22,9 +22,10 @@ import (
 )
 
 const (
-	cliVolume  = "3c1f5e9a-7b2d-4e8f-a1c3-5d7e9f0b2a4c#1"
-	cliVolume2 = "3c1f5e9a-7b2d-4e8f-a1c3-5d7e9f0b2a4c#2"
-	authPort   = 5000
+	cliVolume   = "3c1f5e9a-7b2d-4e8f-a1c3-5d7e9f0b2a4c#1"
+	cliVolume2  = "3c1f5e9a-7b2d-4e8f-a1c3-5d7e9f0b2a4c#2"
+	authPort    = 5000
+	authTLSPort = 5443
 )
 
 // TestLocaldsPull: `localds pull` as an EVE-OS user runs it, on a node
@@ -43,7 +44,9 @@ const (
 //   - a multi-arch index (amd64, arm/v7, arm64) from the registry: only
 //     the asked platform's blobs are fetched;
 //   - a registry that requires credentials: refused without them, refused
-//     over plain HTTP unless the datastore allows it, pulled with them.
+//     over plain HTTP unless the datastore allows it, pulled with them;
+//     and over HTTPS with a self-made CA (cert_chain) and a certificate
+//     for the .local name.
 func TestLocaldsPull(t *testing.T) {
 	if testnet.IsChild(t) {
 		authPushChild(t)
@@ -74,11 +77,16 @@ func TestLocaldsPull(t *testing.T) {
 
 	srv := startServe(t, s, dir)
 	srv.WaitLog(t, "import: archive loaded", e2eWait)
-	startAuthRegistry(t, s.app, authPort, t.TempDir())
+	tlsDir := t.TempDir()
+	writeTLS(t, tlsDir, dsLocal)
+	startAuthRegistry(t, s.app, authPort, t.TempDir(), "")
+	startAuthRegistry(t, s.app, authTLSPort, t.TempDir(), tlsDir)
 	s.startDaemon(t)
 	s.startContainerd(t)
 	private := newCLIImage(t, "private", "", 64<<10, 48<<10)
-	s.pushAuth(t, dsLocal+":5000/secret/app:1", private.img)
+	privateTLS := newCLIImage(t, "private-tls", "", 32<<10, 24<<10)
+	s.pushAuth(t, dsLocal+":5000/secret/app:1", private.img, "")
+	s.pushAuth(t, dsLocal+":5443/secret/app:1", privateTLS.img, filepath.Join(tlsDir, "ca.pem"))
 	t.Logf("site, serve, registries, daemon and containerd ready in %v", time.Since(start).Round(time.Millisecond))
 
 	t.Run("archive-url-volume", func(t *testing.T) {
@@ -229,6 +237,19 @@ username = "`+authUser+`"
 password = "not-it"
 allow_plain_http_credentials = true
 
+[[datastore]]
+name = "tls"
+type = "oci"
+fqdn = "`+dsLocal+`:5443"
+username = "`+authUser+`"
+password = "`+authPassword+`"
+cert_chain = "`+filepath.Join(tlsDir, "ca.pem")+`"
+
+[[image]]
+name = "tlspriv"
+datastore = "tls"
+path = "secret/app:1"
+
 [[image]]
 name = "anon"
 datastore = "anonymous"
@@ -268,6 +289,13 @@ path = "secret/app:1"
 			t.Fatalf("priv -> %q, want %s", got, private.pushed.Manifest.Digest)
 		}
 		s.checkBlobs(t, private.pushed)
+		// The recommended way: HTTPS verified against the .local name with
+		// the configured CA, credentials inside it.
+		s.mustLocaldsPull(t, "--datastore", cfg, "--image", "tlspriv")
+		if got := s.imageTarget(t, "tlspriv"); got != privateTLS.pushed.Manifest.Digest.String() {
+			t.Fatalf("tlspriv -> %q, want %s", got, privateTLS.pushed.Manifest.Digest)
+		}
+		s.checkBlobs(t, privateTLS.pushed)
 	})
 
 	if out := s.fsck(t); !strings.Contains(out, " 0 bad") {

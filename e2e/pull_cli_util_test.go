@@ -6,12 +6,19 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -291,8 +298,9 @@ const (
 )
 
 // startAuthRegistry runs docker-registry in ns on port with htpasswd
-// basic auth and filesystem storage in dir.
-func startAuthRegistry(t *testing.T, ns *testnet.Namespace, port int, dir string) *testnet.Process {
+// basic auth and filesystem storage in dir, over TLS with cert.pem and
+// key.pem from tlsDir if that is not empty.
+func startAuthRegistry(t *testing.T, ns *testnet.Namespace, port int, dir, tlsDir string) *testnet.Process {
 	t.Helper()
 	tmp := t.TempDir()
 	htpasswd := filepath.Join(tmp, "htpasswd")
@@ -315,16 +323,23 @@ http:
   addr: :%d
   secret: localds-e2e
 `, dir, htpasswd, port))
+	if tlsDir != "" {
+		b, err := os.ReadFile(conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, conf, fmt.Appendf(b, "  tls:\n    certificate: %s\n    key: %s\n", filepath.Join(tlsDir, "cert.pem"), filepath.Join(tlsDir, "key.pem")))
+	}
 	p := ns.Start(t, "docker-registry", "serve", conf)
 	p.WaitLog(t, "listening on", e2eWait)
 	return p
 }
 
 // pushAuth pushes img to ref with the registry account, from a RunTest
-// child in the node namespace (by .local name over resolver.NewDialer).
-// The calling test must run authPushChild when testnet.IsChild and
-// AUTHPUSH is set.
-func (s *site) pushAuth(t *testing.T, ref string, img v1.Image) {
+// child in the node namespace (by .local name over resolver.NewDialer),
+// over HTTPS trusting ca if it is not empty. The calling test must run
+// authPushChild when testnet.IsChild.
+func (s *site) pushAuth(t *testing.T, ref string, img v1.Image, ca string) {
 	t.Helper()
 	// The image travels as an OCI layout: the child reads back exactly
 	// these digests.
@@ -336,7 +351,7 @@ func (s *site) pushAuth(t *testing.T, ref string, img v1.Image) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.node.RunTestTimeout(t, map[string]string{"AUTHPUSH": ref, "LAYOUT": dir, "DIGEST": d.String()}, 2*time.Minute)
+	s.node.RunTestTimeout(t, map[string]string{"AUTHPUSH": ref, "LAYOUT": dir, "DIGEST": d.String(), "CA": ca}, 2*time.Minute)
 }
 
 // authPushChild is the child side of pushAuth.
@@ -354,7 +369,18 @@ func authPushChild(t *testing.T) {
 	d := resolver.NewDiscoverer(resolver.Options{Interfaces: []string{"br0"}, Timeout: 5 * time.Second})
 	tr := &http.Transport{Proxy: nil, DialContext: resolver.NewDialer(d).DialContext}
 	defer tr.CloseIdleConnections()
-	ref, err := name.ParseReference(testnet.ChildEnv("AUTHPUSH"), name.Insecure)
+	opts := []name.Option{name.Insecure}
+	if ca := testnet.ChildEnv("CA"); ca != "" {
+		b, err := os.ReadFile(ca)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(b)
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool}
+		opts = nil
+	}
+	ref, err := name.ParseReference(testnet.ChildEnv("AUTHPUSH"), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,4 +423,52 @@ func dropEntry(t *testing.T, archive []byte, name string) []byte {
 		t.Fatalf("the archive has no entry %s", name)
 	}
 	return out.Bytes()
+}
+
+// writeTLS writes ca.pem, and cert.pem and key.pem for a server named
+// host signed by it, into dir.
+func writeTLS(t *testing.T, dir, host string) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localds e2e CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: host},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		DNSNames: []string{host}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		KeyUsage: x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for file, block := range map[string]*pem.Block{
+		"ca.pem":   {Type: "CERTIFICATE", Bytes: caDER},
+		"cert.pem": {Type: "CERTIFICATE", Bytes: der},
+		"key.pem":  {Type: "EC PRIVATE KEY", Bytes: keyDER},
+	} {
+		writeFile(t, filepath.Join(dir, file), pem.EncodeToMemory(block))
+	}
 }
