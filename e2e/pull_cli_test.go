@@ -118,6 +118,9 @@ func TestLocaldsPull(t *testing.T) {
 		if strings.Contains(errOut, "\r") {
 			t.Errorf("progress redraws on a non-terminal:\n%q", errOut)
 		}
+		if strings.Contains(errOut, "level=") {
+			t.Errorf("log noise on stderr:\n%s", errOut)
+		}
 		// The verified archive was removed once imported.
 		if left := downloaderFiles(t, s.root); len(left) != 0 {
 			t.Errorf("downloader area after a successful pull: %v", left)

@@ -41,7 +41,7 @@ func pullArchive(ctx context.Context, c *containerd.Client, disc *resolver.Disco
 	// directly (Import checks that containerd really sees it).
 	var local ccontent.Store
 	if st, err := os.Stat(content.Dir(root)); err == nil && st.IsDir() {
-		if local, err = content.Open(ctx, root); err != nil {
+		if local, err = openQuiet(ctx, root); err != nil {
 			return images.Image{}, err
 		}
 	}
@@ -94,4 +94,16 @@ func removeDownload(ctx context.Context, file *datastore.Download) {
 	if err := file.Remove(); err != nil {
 		log.G(ctx).WithError(err).WithField("path", file.Path).Warn("cannot remove the downloaded archive")
 	}
+}
+
+// openQuiet opens the CAS without containerd's local store warning, on
+// every open, that the file system has no fsverity (most have none): on
+// a command line that is noise. --debug shows it.
+func openQuiet(ctx context.Context, root string) (ccontent.Store, error) {
+	if lvl := log.GetLevel(); lvl < log.DebugLevel {
+		if err := log.SetLevel(log.ErrorLevel.String()); err == nil {
+			defer log.SetLevel(lvl.String()) //nolint:errcheck // it was valid a moment ago
+		}
+	}
+	return content.Open(ctx, root)
 }
