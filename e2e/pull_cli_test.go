@@ -78,7 +78,7 @@ func TestLocaldsPull(t *testing.T) {
 	srv := startServe(t, s, dir)
 	srv.WaitLog(t, "import: archive loaded", e2eWait)
 	tlsDir := t.TempDir()
-	writeTLS(t, tlsDir, dsLocal)
+	testnet.WriteTLS(t, tlsDir, dsLocal)
 	startAuthRegistry(t, s.app, authPort, t.TempDir(), "")
 	startAuthRegistry(t, s.app, authTLSPort, t.TempDir(), tlsDir)
 	s.startDaemon(t)

@@ -2,16 +2,10 @@ package resolver_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -161,7 +155,7 @@ func TestHTTPSKeepsLocalName(t *testing.T) {
 	nd.avahi(t, "br0", dsName, nil)
 	nd.avahi(t, "bn1", "other-datastore", nil)
 	dir := t.TempDir()
-	writeTLS(t, dir, dsHost)
+	testnet.WriteTLS(t, dir, dsHost)
 	for _, br := range []string{"br0", "bn1"} {
 		cmd := nd.apps[br].Command(context.Background(), os.Args[0])
 		cmd.Env = append(os.Environ(), envTLS+"="+dir)
@@ -170,44 +164,4 @@ func TestHTTPSKeepsLocalName(t *testing.T) {
 	ca := filepath.Join(dir, "ca.pem")
 	nd.ns.RunTest(t, map[string]string{"CA": ca, "HOST": dsHost, "WANT": "ok"})
 	nd.ns.RunTest(t, map[string]string{"CA": ca, "HOST": "other-datastore.local", "WANT": "refused"})
-}
-
-// writeTLS writes ca.pem, cert.pem and key.pem for a server named host.
-func writeTLS(t *testing.T, dir, host string) {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localds test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: host},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		DNSNames: []string{host}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		KeyUsage: x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for file, block := range map[string]*pem.Block{
-		"ca.pem":   {Type: "CERTIFICATE", Bytes: caDER},
-		"cert.pem": {Type: "CERTIFICATE", Bytes: der},
-		"key.pem":  {Type: "EC PRIVATE KEY", Bytes: keyDER},
-	} {
-		if err := os.WriteFile(filepath.Join(dir, file), pem.EncodeToMemory(block), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
 }
