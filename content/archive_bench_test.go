@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 
 	"github.com/localds/localds/content"
+	"github.com/localds/localds/internal/testimage"
 )
 
 // BenchmarkImport imports a 4×32 MiB OCI layout archive from a file (in
@@ -35,7 +36,7 @@ func BenchmarkImport(b *testing.B) {
 			cf.OS, cf.Architecture = "linux", "amd64"
 			img, _ = mutate.ConfigFile(img, cf)
 			path := filepath.Join(b.TempDir(), "a.tar")
-			if err := os.WriteFile(path, ociArchive(b, namedIndex(img, "a:1")), 0o644); err != nil {
+			if err := os.WriteFile(path, testimage.OCILayoutTar(b, testimage.NamedIndex(img, "a:1")), 0o644); err != nil {
 				b.Fatal(err)
 			}
 			st, _ := os.Stat(path)

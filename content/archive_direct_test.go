@@ -10,6 +10,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/localds/localds/content"
+	"github.com/localds/localds/internal/testimage"
 )
 
 // TestImportLocalNotBackend: a Local store that is not containerd's
@@ -24,7 +25,7 @@ func TestImportLocalNotBackend(t *testing.T) {
 	img := randomImage(t, 2, "linux/amd64")
 	var imp content.Imported
 	err = content.Leased(e.ctx, e.leases, func(ctx context.Context) error {
-		imp, err = content.Import(ctx, e.db.ContentStore(), bytes.NewReader(ociArchive(t, namedIndex(img, "a:1"))), content.ImportOptions{Platform: "linux/amd64", Local: other})
+		imp, err = content.Import(ctx, e.db.ContentStore(), bytes.NewReader(testimage.OCILayoutTar(t, testimage.NamedIndex(img, "a:1"))), content.ImportOptions{Platform: "linux/amd64", Local: other})
 		if err != nil {
 			return err
 		}
@@ -82,7 +83,7 @@ func TestImportBlobVanishes(t *testing.T) {
 	var imp content.Imported
 	err := content.Leased(e.ctx, e.leases, func(ctx context.Context) error {
 		var err error
-		imp, err = content.Import(ctx, e.db.ContentStore(), bytes.NewReader(ociArchive(t, namedIndex(img, "a:1"))), content.ImportOptions{Platform: "linux/amd64", Local: vanishing{e.backend}})
+		imp, err = content.Import(ctx, e.db.ContentStore(), bytes.NewReader(testimage.OCILayoutTar(t, testimage.NamedIndex(img, "a:1"))), content.ImportOptions{Platform: "linux/amd64", Local: vanishing{e.backend}})
 		if err != nil {
 			return err
 		}

@@ -24,7 +24,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
@@ -33,6 +32,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/localds/localds/content"
+	"github.com/localds/localds/internal/testimage"
 )
 
 // importEnv is containerd's metadata layer (namespaces, leases, image
@@ -205,31 +205,6 @@ func randomImage(t *testing.T, layers int64, platform string) v1.Image {
 	return img
 }
 
-// ociArchive writes idx as an OCI image layout and packs it into a tar.
-func ociArchive(t testing.TB, idx v1.ImageIndex) []byte {
-	t.Helper()
-	dir := t.TempDir()
-	if _, err := layout.Write(dir, idx); err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	if err := tw.AddFS(os.DirFS(dir)); err != nil {
-		t.Fatal(err)
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
-func namedIndex(img v1.Image, ref string) v1.ImageIndex {
-	return mutate.AppendManifests(empty.Index, mutate.IndexAddendum{
-		Add:        img,
-		Descriptor: v1.Descriptor{Annotations: map[string]string{ocispec.AnnotationRefName: ref}},
-	})
-}
-
 type tarEntry struct {
 	name, link string
 	typ        byte
@@ -285,7 +260,7 @@ func testImportOCILayout(t *testing.T, direct bool) {
 	e := newImportEnv(t)
 	e.direct = direct
 	img := randomImage(t, 3, "linux/amd64")
-	archive := ociArchive(t, namedIndex(img, "app:1"))
+	archive := testimage.OCILayoutTar(t, testimage.NamedIndex(img, "app:1"))
 
 	imp, err := e.importAs(t, archive, "app:1", content.ImportOptions{Platform: "linux/amd64"})
 	if err != nil {
@@ -373,7 +348,7 @@ func testImportMultiArch(t *testing.T, direct bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	archive := ociArchive(t, mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: idx}))
+	archive := testimage.OCILayoutTar(t, mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: idx}))
 
 	for _, p := range plats {
 		t.Run(strings.ReplaceAll(p, "/", "-"), func(t *testing.T) {
@@ -419,7 +394,7 @@ func platformString(p ocispec.Platform) string {
 
 func TestImportLoneManifestPlatform(t *testing.T) {
 	e := newImportEnv(t)
-	archive := ociArchive(t, namedIndex(randomImage(t, 1, "linux/arm64"), "a:1"))
+	archive := testimage.OCILayoutTar(t, testimage.NamedIndex(randomImage(t, 1, "linux/arm64"), "a:1"))
 	_, err := e.importAs(t, archive, "a:1", content.ImportOptions{Platform: "linux/amd64"})
 	if !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), "linux/arm64") {
 		t.Fatalf("arm64 image on amd64: %v; want not found naming linux/arm64", err)
@@ -437,7 +412,7 @@ func TestImportSelectsByName(t *testing.T) {
 		mutate.IndexAddendum{Add: a, Descriptor: v1.Descriptor{Annotations: map[string]string{images.AnnotationImageName: "docker.io/library/web:1"}}},
 		mutate.IndexAddendum{Add: b, Descriptor: v1.Descriptor{Annotations: map[string]string{images.AnnotationImageName: "docker.io/library/db:2"}}},
 	)
-	archive := ociArchive(t, idx)
+	archive := testimage.OCILayoutTar(t, idx)
 	_, err := e.importAs(t, archive, "x", content.ImportOptions{Platform: "linux/amd64"})
 	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "web:1") || !strings.Contains(err.Error(), "db:2") {
 		t.Fatalf("unnamed import of two images: %v; want an error listing both", err)
@@ -487,7 +462,7 @@ func TestImportMissingBlob(t *testing.T) { modes(t, testImportMissingBlob) }
 func testImportMissingBlob(t *testing.T, direct bool) {
 	img := randomImage(t, 3, "linux/amd64")
 	want := imageDigests(t, img)
-	full := tarEntries(t, ociArchive(t, namedIndex(img, "app:1")))
+	full := tarEntries(t, testimage.OCILayoutTar(t, testimage.NamedIndex(img, "app:1")))
 	for _, missing := range []struct {
 		what string
 		d    digest.Digest
@@ -518,7 +493,7 @@ func TestImportCorruptOrTruncated(t *testing.T) { modes(t, testImportCorruptOrTr
 func testImportCorruptOrTruncated(t *testing.T, direct bool) {
 	img := randomImage(t, 2, "linux/amd64")
 	want := imageDigests(t, img)
-	archive := ociArchive(t, namedIndex(img, "app:1"))
+	archive := testimage.OCILayoutTar(t, testimage.NamedIndex(img, "app:1"))
 	entries := tarEntries(t, archive)
 	for i := range entries {
 		if entries[i].name == "blobs/sha256/"+want[2].Encoded() {

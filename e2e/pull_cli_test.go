@@ -16,6 +16,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/localds/localds/content"
+	"github.com/localds/localds/internal/testimage"
 	"github.com/localds/localds/internal/testnet"
 	"github.com/localds/localds/serve"
 	"github.com/localds/localds/snapshot"
@@ -71,7 +72,7 @@ func TestLocaldsPull(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "images", "broken.oci.tar"), brokenTar)
 	// The registry side of serve loads this index at start as multi:1.
 	idx, multi := multiArch(t, "multi", "linux/amd64", "linux/arm/v7", "linux/arm64")
-	writeFile(t, filepath.Join(dir, serve.ImportDir, "multi.tar"), ociLayoutTar(t, mutate.AppendManifests(empty.Index, mutate.IndexAddendum{
+	writeFile(t, filepath.Join(dir, serve.ImportDir, "multi.tar"), testimage.OCILayoutTar(t, mutate.AppendManifests(empty.Index, mutate.IndexAddendum{
 		Add: idx, Descriptor: v1.Descriptor{Annotations: map[string]string{ocispec.AnnotationRefName: "1"}},
 	})))
 

@@ -33,9 +33,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/localds/localds/content"
+	"github.com/localds/localds/internal/testimage"
 	"github.com/localds/localds/internal/testnet"
 	"github.com/localds/localds/resolver"
 )
@@ -107,31 +107,10 @@ func newCLIImage(t *testing.T, tag, platform string, sizes ...int64) cliImage {
 	return ci
 }
 
-// ociLayoutTar is idx written as an OCI image layout, packed into a tar.
-func ociLayoutTar(t *testing.T, idx v1.ImageIndex) []byte {
-	t.Helper()
-	dir := t.TempDir()
-	if _, err := layout.Write(dir, idx); err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	if err := tw.AddFS(os.DirFS(dir)); err != nil {
-		t.Fatal(err)
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
 // namedLayout is an OCI layout tar holding img under the ref name.
 func namedLayout(t *testing.T, img v1.Image, ref string) []byte {
 	t.Helper()
-	return ociLayoutTar(t, mutate.AppendManifests(empty.Index, mutate.IndexAddendum{
-		Add:        img,
-		Descriptor: v1.Descriptor{Annotations: map[string]string{ocispec.AnnotationRefName: ref}},
-	}))
+	return testimage.OCILayoutTar(t, testimage.NamedIndex(img, ref))
 }
 
 // dockerSaveTar is img as `docker save` writes it (manifest.json).
