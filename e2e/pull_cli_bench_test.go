@@ -129,11 +129,13 @@ func (s *site) benchCurl(b *testing.B, url, out string) float64 {
 	ctx, cancel := context.WithTimeout(context.Background(), localdsPullTimeout)
 	defer cancel()
 	start := time.Now()
-	o, err := s.node.Command(ctx, "curl", "-sS", "--fail", "--noproxy", "*", "--resolve", dsLocal+":80:"+appIP, "-o", out, url).CombinedOutput()
+	cmd := s.node.Command(ctx, "curl", "-sS", "--fail", "--noproxy", "*", "--resolve", dsLocal+":80:"+appIP, "-o", out, url)
+	o, err := cmd.CombinedOutput()
 	sec := time.Since(start).Seconds()
 	if err != nil {
 		b.Fatalf("curl %s: %v\n%s", url, err, o)
 	}
+	b.Logf("curl: %.2fs (cpu user %.2fs sys %.2fs)", sec, cmd.ProcessState.UserTime().Seconds(), cmd.ProcessState.SystemTime().Seconds())
 	b.StopTimer()
 	if err := os.Remove(out); err != nil {
 		b.Fatal(err)
@@ -171,6 +173,6 @@ func (s *site) benchPull(b *testing.B, url, sum string) (float64, map[string]flo
 		}
 		phases[m[1]] += v
 	}
-	b.Logf("localds pull: %.2fs %s", sec, fmt.Sprint(phases))
+	b.Logf("localds pull: %.2fs (cpu user %.2fs sys %.2fs) %s", sec, cmd.ProcessState.UserTime().Seconds(), cmd.ProcessState.SystemTime().Seconds(), fmt.Sprint(phases))
 	return sec, phases
 }
