@@ -36,6 +36,10 @@ type Service struct {
 	applier diff.Applier
 	// observe, if set, is told about every Apply (for metrics).
 	observe func(ok bool, d time.Duration)
+	// staging, if set, holds layers extracted while they were prefetched;
+	// staged is told whether an Apply took one.
+	staging *Staging
+	staged  func(taken bool)
 }
 
 // Option configures a Service.
@@ -44,6 +48,13 @@ type Option func(*Service)
 // WithObserver calls fn after each Apply with its outcome and duration.
 func WithObserver(fn func(ok bool, d time.Duration)) Option {
 	return func(s *Service) { s.observe = fn }
+}
+
+// WithStaging lets Apply move layers staged in st (see Staging) onto
+// the snapshot instead of extracting them; fn, if set, is told after each
+// Apply of an uncompressed layer whether it took a staged tree.
+func WithStaging(st *Staging, fn func(taken bool)) Option {
+	return func(s *Service) { s.staging, s.staged = st, fn }
 }
 
 // New returns the diff service applying layers read from store (the CAS).
@@ -89,8 +100,14 @@ func (s *Service) Apply(ctx context.Context, req *diffapi.ApplyRequest) (*diffap
 	}
 
 	start := time.Now()
-	applied, err := s.applier.Apply(ctx, desc, mounts, opts...)
+	applied, taken, err := s.applyStaged(ctx, desc, mounts, len(req.Payloads), req.SyncFs)
+	if !taken && err == nil {
+		applied, err = s.applier.Apply(ctx, desc, mounts, opts...)
+	}
 	took := time.Since(start)
+	if s.staged != nil && s.staging != nil && stageableMediaType(desc.MediaType) {
+		s.staged(taken)
+	}
 	if s.observe != nil {
 		s.observe(err == nil, took)
 	}
@@ -98,7 +115,7 @@ func (s *Service) Apply(ctx context.Context, req *diffapi.ApplyRequest) (*diffap
 		log.G(ctx).WithError(err).WithField("digest", desc.Digest).Warn("layer apply failed")
 		return nil, errgrpc.ToGRPC(fmt.Errorf("apply layer %s: %w", desc.Digest, err))
 	}
-	log.G(ctx).WithFields(log.Fields{"digest": desc.Digest, "diffID": applied.Digest, "size": desc.Size, "took": took}).Debug("layer applied")
+	log.G(ctx).WithFields(log.Fields{"digest": desc.Digest, "diffID": applied.Digest, "size": desc.Size, "took": took, "staged": taken}).Debug("layer applied")
 	return &diffapi.ApplyResponse{Applied: oci.DescriptorToProto(applied)}, nil
 }
 

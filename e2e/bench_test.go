@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -73,12 +74,16 @@ func BenchmarkPull(b *testing.B) {
 
 		// stock containerd, by IP
 		stock := s.node.StartContainerd(b, testnet.ContainerdOptions{})
+		cpu0 := cpuSeconds(b, stock.Proc.Pid())
+		quiesce()
 		b.StartTimer()
 		sec := timedPull(b, stock, stock.Root, stockRef, "--plain-http")
 		b.StopTimer()
+		b.Logf("stock: CPU during the pull: containerd %.2fs", cpuSeconds(b, stock.Proc.Pid())-cpu0)
 		stockSec += sec
 		checkStockBlobs(b, stock, p)
 		stopAll(b, stock.Proc)
+		removeAll(b, stock.Root)
 
 		// localds, by .local name through the mirror; then the same
 		// without prefetching.
@@ -165,6 +170,45 @@ func checkStockBlobs(b testing.TB, c *testnet.Containerd, p pushed) {
 	}
 }
 
+// removeAll deletes a finished pull's stores at once rather than at the
+// end of the benchmark, so the page cache of later rounds reuses that
+// memory instead of growing (on a VM, memory touched first is slower).
+func removeAll(b testing.TB, dirs ...string) {
+	b.Helper()
+	for _, d := range dirs {
+		if err := os.RemoveAll(d); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// quiesce writes back what earlier pulls left dirty in the page cache,
+// so that no pull pays for (or is throttled by) the writeback of another:
+// every pull then starts from the same state, and the order of the sides
+// in a round does not favour one.
+func quiesce() { syscall.Sync() }
+
+// cpuSeconds is the user+system CPU time pid has used so far.
+func cpuSeconds(b testing.TB, pid int) float64 {
+	b.Helper()
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the command name (which may hold spaces, in parens):
+	// state is field 3, utime 14, stime 15 (proc(5)).
+	f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
+	if len(f) < 13 {
+		b.Fatalf("/proc/%d/stat: %q", pid, st)
+	}
+	utime, err1 := strconv.ParseFloat(f[11], 64)
+	stime, err2 := strconv.ParseFloat(f[12], 64)
+	if err1 != nil || err2 != nil {
+		b.Fatalf("/proc/%d/stat: %q", pid, st)
+	}
+	return (utime + stime) / 100 // USER_HZ is 100 on Linux
+}
+
 // peakRSS is VmHWM of pid in MiB.
 func peakRSS(b testing.TB, pid int) float64 {
 	b.Helper()
@@ -233,16 +277,28 @@ func writeFsync(b testing.TB, n int64) float64 {
 // the daemon's peak RSS, after checking every blob landed in the CAS.
 func (s *site) benchLocaldsPull(b *testing.B, p pushed, ref, label string, daemonFlags ...string) (sec, peak float64) {
 	s.freshRoot(b)
+	if os.Getenv("LOCALDS_BENCH_LOG") != "" {
+		daemonFlags = append(daemonFlags, "--log-level", "debug")
+	}
 	s.startDaemon(b, daemonFlags...)
 	s.startContainerd(b)
+	cpu0, ccpu0 := cpuSeconds(b, s.daemon.Pid()), cpuSeconds(b, s.ctrd.Proc.Pid())
+	quiesce()
 	b.StartTimer()
 	sec = timedPull(b, s.ctrd, s.root, ref, "--hosts-dir", s.hostsDir)
 	b.StopTimer()
 	peak = peakRSS(b, s.daemon.Pid())
+	b.Logf("%s: CPU during the pull: daemon %.2fs, containerd %.2fs", label, cpuSeconds(b, s.daemon.Pid())-cpu0, cpuSeconds(b, s.ctrd.Proc.Pid())-ccpu0)
 	s.checkBlobs(b, p)
+	if os.Getenv("LOCALDS_BENCH_LOG") != "" {
+		dir := os.Getenv("LOCALDS_BENCH_LOG")
+		os.WriteFile(filepath.Join(dir, fmt.Sprintf("daemon-%d.log", time.Now().UnixNano())), []byte(s.daemon.Log()), 0o644)
+		os.WriteFile(filepath.Join(dir, fmt.Sprintf("containerd-%d.log", time.Now().UnixNano())), []byte(s.ctrd.Proc.Log()), 0o644)
+	}
 	m := s.metrics(b)
 	b.Logf("%s: %s; gRPC calls on the plugin socket: %s; layer applies took %.2fs in all",
 		label, mirrorStats(m), s.grpcCalls(b), m["localds_layer_apply_seconds_sum"])
 	stopAll(b, s.ctrd.Proc, s.daemon)
+	removeAll(b, s.ctrd.Root, s.root)
 	return sec, peak
 }

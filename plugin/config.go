@@ -25,6 +25,7 @@ import (
 //	datastore-ca = "/etc/localds/datastore-ca.pem"
 //	snapshotter = true
 //	prefetch = true
+//	stage-layers = true
 //	log-level = "info"
 type FileConfig struct {
 	Root         string   `toml:"root"`
@@ -35,6 +36,7 @@ type FileConfig struct {
 	DatastoreCA  string   `toml:"datastore-ca"`
 	Snapshotter  *bool    `toml:"snapshotter"` // nil: the flag's default
 	Prefetch     *bool    `toml:"prefetch"`    // nil: the flag's default
+	StageLayers  *bool    `toml:"stage-layers"`
 	LogLevel     string   `toml:"log-level"`
 }
 

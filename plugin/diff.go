@@ -28,8 +28,12 @@ func DiffService() ServiceFunc {
 			Help:    "Time to apply one layer onto a snapshot.",
 			Buckets: prometheus.ExponentialBuckets(0.01, 4, 8),
 		})
+		staged := prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "localds_layer_staged_applies_total",
+			Help: "Applies of uncompressed layers, by whether they moved a tree extracted during the prefetch (taken) or extracted the layer (extracted).",
+		}, []string{"how"})
 		if d.Metrics != nil {
-			for _, c := range []prometheus.Collector{applies, seconds} {
+			for _, c := range []prometheus.Collector{applies, seconds, staged} {
 				if err := d.Metrics.Register(c); err != nil {
 					return nil, fmt.Errorf("diff service metrics: %w", err)
 				}
@@ -42,6 +46,12 @@ func DiffService() ServiceFunc {
 			}
 			applies.WithLabelValues(result).Inc()
 			seconds.Observe(took.Seconds())
+		}), differ.WithStaging(d.Staging, func(taken bool) {
+			how := "extracted"
+			if taken {
+				how = "taken"
+			}
+			staged.WithLabelValues(how).Inc()
 		})), nil
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/http"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/localds/localds/plugin/mirror"
 )
 
@@ -19,6 +21,15 @@ func RegistryMirror(opts mirror.Options) MirrorFunc {
 		}
 		if opts.Store == nil {
 			opts.Store = d.Store
+		}
+		if opts.StageLayer == nil && opts.Prefetch && d.Staging != nil {
+			// Layers are extracted while prefetched, for the diff service.
+			opts.StageLayer = func(ctx context.Context, desc ocispec.Descriptor) mirror.LayerStage {
+				if st := d.Staging.Begin(ctx, desc); st != nil {
+					return st
+				}
+				return nil // not a nil *differ.Stage in the interface
+			}
 		}
 		m, err := mirror.New(opts)
 		if err != nil {

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/localds/localds/content"
+	"github.com/localds/localds/differ"
 	"github.com/localds/localds/resolver"
 )
 
@@ -64,6 +65,11 @@ type Config struct {
 	// Mirror builds the /v2/ handler; nil (or a nil handler) serves 404 for
 	// every /v2/ path (containerd then goes to the upstream itself).
 	Mirror MirrorFunc
+	// StageLayers extracts uncompressed layers while the mirror
+	// prefetches them, into <Root>/vault/staging, for the diff service to
+	// move onto the snapshot (differ.Staging). Without it Deps.Staging is
+	// nil and layers are extracted at apply.
+	StageLayers bool
 	// Services are more gRPC APIs for the same socket (the snapshotter).
 	Services []ServiceFunc
 	// ShutdownTimeout bounds the graceful shutdown: in-flight requests
@@ -87,6 +93,10 @@ type Deps struct {
 	HostsDir   string
 	// Metrics registers collectors on the daemon's /metrics.
 	Metrics prometheus.Registerer
+	// Staging is where the mirror's prefetch extracts layers for the diff
+	// service to take (<Root>/vault/staging, swept at start); nil unless
+	// Config.StageLayers.
+	Staging *differ.Staging
 }
 
 // MirrorFunc builds the registry mirror handler served under /v2/.
@@ -162,9 +172,18 @@ func Serve(ctx context.Context, cfg Config) error {
 	}
 	closers = append(closers, unlock)
 
+	var staging *differ.Staging
+	if cfg.StageLayers {
+		if staging, err = differ.NewStaging(ctx, cfg.Root); err != nil {
+			return err
+		}
+		closers = append(closers, staging.Close)
+	}
+
 	reg := prometheus.NewRegistry()
 	s.metrics = newMetrics(reg)
 	deps := Deps{
+		Staging:    staging,
 		Root:       cfg.Root,
 		Store:      store,
 		Discoverer: resolver.NewDiscoverer(resolver.Options{Interfaces: cfg.Interfaces}),

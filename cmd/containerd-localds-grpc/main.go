@@ -37,7 +37,7 @@ func newCommand() *cli.Command {
 		Description: "Flags override the config file; the config file uses the flag names as TOML keys.\n" +
 			"containerd loads the socket with contrib/containerd/config.toml.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Usage: "TOML config file (keys: root, address, mirror-listen, interface, hosts-dir, datastore-ca, snapshotter, prefetch, log-level)"},
+			&cli.StringFlag{Name: "config", Usage: "TOML config file (keys: root, address, mirror-listen, interface, hosts-dir, datastore-ca, snapshotter, prefetch, stage-layers, log-level)"},
 			&cli.StringFlag{Name: "root", Value: plugin.DefaultRoot, Usage: "localds root; the CAS is <root>/vault/cas"},
 			&cli.StringFlag{Name: "address", Value: plugin.DefaultAddress, Usage: "unix socket containerd connects to"},
 			&cli.StringFlag{Name: "mirror-listen", Value: plugin.DefaultMirrorListen, Usage: "address of the registry mirror, /healthz and /metrics (keep it on loopback)"},
@@ -46,6 +46,7 @@ func newCommand() *cli.Command {
 			&cli.StringFlag{Name: "datastore-ca", Usage: "PEM file of CA certificates trusted, besides the system's, for HTTPS .local datastores (verified against the .local name)"},
 			&cli.BoolFlag{Name: "snapshotter", Value: true, Usage: "also serve the localds snapshotter on the socket (needs root and overlayfs; --snapshotter=false for content only)"},
 			&cli.BoolFlag{Name: "prefetch", Value: true, Usage: "when the mirror serves an image manifest, fetch its config and layers into the CAS at once, in parallel (--prefetch=false: only what containerd asks for)"},
+			&cli.BoolFlag{Name: "stage-layers", Value: true, Usage: "extract uncompressed layers while they are prefetched (into <root>/vault/staging), so that applying one onto a snapshot is a rename (--stage-layers=false: extract at apply)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "trace, debug, info, warn or error"},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
@@ -58,6 +59,11 @@ func newCommand() *cli.Command {
 			}
 			if err := log.SetLevel(level); err != nil {
 				return fmt.Errorf("--log-level %q: %w", level, err)
+			}
+			// containerd's own format (nanosecond timestamps), so the two
+			// logs line up.
+			if err := log.SetFormat(log.TextFormat); err != nil {
+				return fmt.Errorf("log format: %w", err)
 			}
 			return plugin.Serve(ctx, cfg)
 		},
@@ -92,6 +98,8 @@ func configFrom(cmd *cli.Command) (plugin.Config, string, error) {
 		HostsDir:     str("hosts-dir", fc.HostsDir),
 	}
 	mopts := mirror.Options{Prefetch: boolSetting(cmd, "prefetch", fc.Prefetch)}
+	// Staging needs the prefetch: the layers are extracted as it fetches.
+	cfg.StageLayers = mopts.Prefetch && boolSetting(cmd, "stage-layers", fc.StageLayers)
 	if ca := str("datastore-ca", fc.DatastoreCA); ca != "" {
 		tlsConf, err := plugin.DatastoreTLS(ca)
 		if err != nil {

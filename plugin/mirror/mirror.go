@@ -69,6 +69,7 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/localds/localds/resolver"
 )
@@ -119,6 +120,20 @@ type Options struct {
 	// PrefetchTimeout bounds one prefetched blob; 0 means
 	// DefaultPrefetchTimeout.
 	PrefetchTimeout time.Duration
+	// StageLayer, if set, is offered every prefetched blob: a non-nil
+	// LayerStage gets the blob's bytes as they are fetched (the daemon
+	// extracts layers with it while they download, see differ.Staging).
+	StageLayer func(ctx context.Context, desc ocispec.Descriptor) LayerStage
+}
+
+// LayerStage receives one prefetched blob as it is fetched. Write must
+// not fail the fetch (it is one writer of an io.MultiWriter). Commit is
+// called once the blob is verified as the given digest and stored, Abort
+// when the fetch fails; exactly one of them is called.
+type LayerStage interface {
+	io.Writer
+	Commit(verified digest.Digest)
+	Abort()
 }
 
 // Mirror is the http.Handler for /v2/. It is safe for concurrent use.

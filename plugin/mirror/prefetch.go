@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net/http"
 	"sync"
@@ -199,6 +200,7 @@ func (p *prefetcher) fetch(ctx context.Context, t target, hdr http.Header, desc 
 		return fmt.Errorf("open store writer: %w", err)
 	}
 	committed := false
+	var onCommit func()
 	defer func() {
 		cw.Close()
 		if !committed {
@@ -214,12 +216,40 @@ func (p *prefetcher) fetch(ctx context.Context, t target, hdr http.Header, desc 
 	if err := cw.Truncate(0); err != nil {
 		return fmt.Errorf("reset store writer: %w", err)
 	}
-	h := desc.Digest.Algorithm().Hash()
-	n, err := io.CopyBuffer(io.MultiWriter(cw, h), s, make([]byte, copyBufSize))
+	// The store's writer hashes what it writes (containerd's local store
+	// does, to check the digest at Commit): its running digest is used
+	// instead of hashing every byte a second time. A writer that does not
+	// show the digest of nothing after the reset gets a hash of our own.
+	var h hash.Hash
+	dst := io.Writer(cw)
+	if cw.Digest() != desc.Digest.Algorithm().FromBytes(nil) {
+		h = desc.Digest.Algorithm().Hash()
+		dst = io.MultiWriter(cw, h)
+	}
+	if p.m.opts.StageLayer != nil {
+		if stage := p.m.opts.StageLayer(ctx, desc); stage != nil {
+			staged := false
+			defer func() {
+				if !staged {
+					stage.Abort()
+				}
+			}()
+			// Published only once the blob is verified and committed,
+			// before the prefetch counts as done (containerd's Apply
+			// comes after that).
+			onCommit = func() { staged = true; stage.Commit(desc.Digest) }
+			dst = io.MultiWriter(dst, stage)
+		}
+	}
+	n, err := io.CopyBuffer(dst, s, make([]byte, copyBufSize))
 	if err != nil {
 		return fmt.Errorf("after %d bytes: %w", n, err)
 	}
-	if got := digest.NewDigest(desc.Digest.Algorithm(), h); n != desc.Size || got != desc.Digest {
+	got := cw.Digest()
+	if h != nil {
+		got = digest.NewDigest(desc.Digest.Algorithm(), h)
+	}
+	if n != desc.Size || got != desc.Digest {
 		p.m.stats.verifyFailures.Add(1)
 		return fmt.Errorf("%w: datastore sent %d bytes with digest %s, want %d bytes %s", errDigestMismatch, n, got, desc.Size, desc.Digest)
 	}
@@ -227,6 +257,9 @@ func (p *prefetcher) fetch(ctx context.Context, t target, hdr http.Header, desc 
 		return fmt.Errorf("commit: %w", err)
 	}
 	committed = true
+	if onCommit != nil {
+		onCommit()
+	}
 	log.G(ctx).WithFields(log.Fields{"digest": desc.Digest, "bytes": n, "resumes": s.resumes}).Debug("blob prefetched into the store")
 	return nil
 }
