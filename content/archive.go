@@ -30,6 +30,10 @@ const (
 	// importChunk is the size of one write into the content store (see
 	// copyBlob); containerd's and the daemon's gRPC take up to 16 MiB.
 	importChunk = 8 << 20
+	// localChunk is the size of one write into the local store: small
+	// enough that a chunk stays in the CPU cache from the read through
+	// the hash to the write (8 MiB chunks made the writes ~5x dearer).
+	localChunk = 1 << 20
 )
 
 // Archive formats Import understands.
@@ -113,17 +117,11 @@ type Imported struct {
 // labeled as children of Target, so blobs of other platforms are
 // collected too.
 func Import(ctx context.Context, cs content.Store, r io.Reader, opts ImportOptions) (Imported, error) {
-	plat := opts.Platform
-	if plat == "" {
-		plat = platforms.DefaultString()
-	}
-	spec, err := platforms.Parse(plat)
+	want, err := parseWant(opts.Platform)
 	if err != nil {
-		return Imported{}, fmt.Errorf("import: platform %q: %v: %w", plat, err, errdefs.ErrInvalidArgument)
+		return Imported{}, err
 	}
-	want := wantPlatform{spec: spec, name: platforms.FormatAll(spec), m: platforms.Only(spec)}
-
-	a := &archive{cs: cs, blobs: map[string]ocispec.Descriptor{}, links: map[string]string{}, progress: opts.Progress}
+	a := newArchive(cs, opts.Progress)
 	if opts.Local != nil {
 		if err := a.useLocal(ctx, opts.Local, r); err != nil {
 			return Imported{}, err
@@ -132,12 +130,36 @@ func Import(ctx context.Context, cs content.Store, r io.Reader, opts ImportOptio
 	if err := a.scan(ctx, r); err != nil {
 		return Imported{}, err
 	}
+	return a.finish(ctx, opts.Name, want)
+}
+
+// parseWant parses ImportOptions.Platform.
+func parseWant(plat string) (wantPlatform, error) {
+	if plat == "" {
+		plat = platforms.DefaultString()
+	}
+	spec, err := platforms.Parse(plat)
+	if err != nil {
+		return wantPlatform{}, fmt.Errorf("import: platform %q: %v: %w", plat, err, errdefs.ErrInvalidArgument)
+	}
+	return wantPlatform{spec: spec, name: platforms.FormatAll(spec), m: platforms.Only(spec)}, nil
+}
+
+func newArchive(cs content.Store, progress func(int64)) *archive {
+	return &archive{cs: cs, blobs: map[string]ocispec.Descriptor{}, links: map[string]string{}, progress: progress}
+}
+
+// finish picks the image of a scanned archive, checks it is complete and
+// labels it.
+func (a *archive) finish(ctx context.Context, name string, want wantPlatform) (Imported, error) {
+	cs := a.cs
 	var imp Imported
+	var err error
 	switch {
 	case a.ociLayout != nil:
-		imp, err = a.selectOCI(ctx, cs, opts.Name)
+		imp, err = a.selectOCI(ctx, cs, name)
 	case a.dockerManifest != nil:
-		imp, err = a.selectDocker(ctx, cs, opts.Name)
+		imp, err = a.selectDocker(ctx, cs, name)
 	default:
 		err = fmt.Errorf("import: the archive is neither an OCI image layout (oci-layout, index.json) nor a docker save archive (manifest.json): %w", errdefs.ErrInvalidArgument)
 	}
@@ -173,36 +195,73 @@ type archive struct {
 	// links maps an archive path to the archive path it links to.
 	links map[string]string
 
+	entries            int // tar entries read so far
 	blobCount, written int
 	writtenBytes       int64
 	buf                []byte // copyBlob's, reused for every blob
+
+	// stream is set for a StreamImport: written blobs wait in pending
+	// for their commit until the whole archive is verified.
+	stream  *StreamImport
+	pending []pendingBlob
 }
 
 // scan reads the tar once: metadata files into memory, every other
 // regular file into the store.
 func (a *archive) scan(ctx context.Context, r io.Reader) error {
+	if err := a.newRefPrefix(); err != nil {
+		return err
+	}
+	// Counting below the tar reader gives each entry's offset in the
+	// archive (the tar reader reads no further ahead than a header).
+	return a.scanTar(ctx, &offsetReader{r: r, progress: a.progress})
+}
+
+// newRefPrefix makes this import's ingest refs unique.
+func (a *archive) newRefPrefix() error {
 	var id [8]byte
 	if _, err := rand.Read(id[:]); err != nil {
 		return fmt.Errorf("import: %w", err)
 	}
 	a.refPrefix = "localds-import-" + hex.EncodeToString(id[:]) + "-"
-	// Counting below the tar reader gives each entry's offset in the
-	// archive (the tar reader reads no further ahead than a header).
-	or := &offsetReader{r: r, progress: a.progress}
-	tr := tar.NewReader(or)
-	for n := 0; ; n++ {
+	return nil
+}
+
+// countingReader is the archive stream under the tar reader: offset is
+// how many bytes of the archive the tar reader has taken.
+type countingReader interface {
+	io.Reader
+	offset() int64
+}
+
+// scanTar reads tar entries from r until the end-of-archive marker,
+// counting entries on from a.entries. A stream import (a.stream) is told
+// of every point between two entries, where it can checkpoint.
+func (a *archive) scanTar(ctx context.Context, r countingReader) error {
+	tr := tar.NewReader(r)
+	for ; ; a.entries++ {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("import: %w", err)
 		}
-		if n >= maxArchiveEntries {
+		if a.entries >= maxArchiveEntries {
 			return fmt.Errorf("import: the archive has more than %d entries: %w", maxArchiveEntries, errdefs.ErrInvalidArgument)
+		}
+		if a.stream != nil {
+			// Take the rest of the last entry, so the offset is where
+			// its data ends (the padding to the next header follows).
+			if _, err := io.Copy(io.Discard, tr); err != nil {
+				return fmt.Errorf("import: read archive after %d entries: %w", a.entries, readErr(err))
+			}
+			if err := a.stream.boundary(r.offset(), a.entries); err != nil {
+				return err
+			}
 		}
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("import: read archive after %d entries: %v: %w", n, err, errdefs.ErrInvalidArgument)
+			return fmt.Errorf("import: read archive after %d entries: %w", a.entries, readErr(err))
 		}
 		if h.Typeflag == tar.TypeXGlobalHeader {
 			continue
@@ -225,10 +284,19 @@ func (a *archive) scan(ctx context.Context, r io.Reader) error {
 		default:
 			return fmt.Errorf("import: archive entry %q is not a regular file, directory or link (type %q): %w", h.Name, h.Typeflag, errdefs.ErrInvalidArgument)
 		}
-		if err := a.readFile(ctx, tr, h, name, a.refPrefix+fmt.Sprint(n), or.n); err != nil {
+		if err := a.readFile(ctx, tr, h, name, a.refPrefix+fmt.Sprint(a.entries), r.offset()); err != nil {
 			return err
 		}
 	}
+}
+
+// readErr keeps an interrupted stream's error (the download broke, see
+// StreamImport) and calls anything else a malformed archive.
+func readErr(err error) error {
+	if streamEnded(err) {
+		return err
+	}
+	return fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
 }
 
 // readFile takes one regular file of the archive; off is where its data
@@ -274,7 +342,7 @@ func (a *archive) readFile(ctx context.Context, r io.Reader, h *tar.Header, name
 	}
 	// A docker save file (<id>/layer.tar, <id>.json): not named by its
 	// digest, so hash it while writing and commit under that hash.
-	desc, err := a.writeUnnamed(ctx, ref, r, h.Size, off)
+	desc, err := a.writeUnnamed(ctx, name, ref, r, h.Size, off)
 	if err != nil {
 		return fmt.Errorf("import: archive entry %q: %w", h.Name, err)
 	}
@@ -288,7 +356,7 @@ func (a *archive) writeBlob(ctx context.Context, name string, r io.Reader, desc 
 	a.blobCount++
 	a.blobs[name] = desc
 	if a.local != nil {
-		if err := a.writeDirect(ctx, r, desc, off); err != nil {
+		if err := a.writeDirect(ctx, name, r, desc, off); err != nil {
 			return fmt.Errorf("import: archive entry %s does not hold blob %s: %w", name, desc.Digest, err)
 		}
 		return nil
@@ -304,8 +372,13 @@ func (a *archive) writeBlob(ctx context.Context, name string, r io.Reader, desc 
 	if err != nil {
 		return fmt.Errorf("import: write %s: %w", name, err)
 	}
-	defer cw.Close()
 	if err := a.copyBlob(ctx, cw, r, desc); err != nil {
+		cw.Close()
+		abort(ctx, cs, ref)
+		return fmt.Errorf("import: archive entry %s does not hold blob %s: %w", name, desc.Digest, err)
+	}
+	defer cw.Close()
+	if err := commit(ctx, cw, desc); err != nil {
 		abort(ctx, cs, ref)
 		return fmt.Errorf("import: archive entry %s does not hold blob %s: %w", name, desc.Digest, err)
 	}
@@ -314,8 +387,8 @@ func (a *archive) writeBlob(ctx context.Context, name string, r io.Reader, desc 
 	return nil
 }
 
-// copyBlob streams desc.Size bytes from r into cw in large writes and
-// commits them under desc.Digest (the store refuses other bytes).
+// copyBlob streams desc.Size bytes from r into cw in large writes; commit
+// then commits them under desc.Digest (the store refuses other bytes).
 //
 // Large writes matter: through containerd's content API (and on to the
 // localds daemon behind it) every Write is a synchronous round trip per
@@ -340,10 +413,19 @@ func (a *archive) copyBlob(ctx context.Context, cw content.Writer, r io.Reader, 
 			return fmt.Errorf("skip %d bytes already written: %w", off, err)
 		}
 	}
+	return a.copyRest(ctx, cw, r, desc.Size, off)
+}
+
+// copyRest writes bytes off..size of a file from r, which is at off.
+func (a *archive) copyRest(ctx context.Context, cw content.Writer, r io.Reader, size, off int64) error {
 	if a.buf == nil {
-		a.buf = make([]byte, importChunk)
+		n := importChunk
+		if a.local != nil {
+			n = localChunk
+		}
+		a.buf = make([]byte, n)
 	}
-	for left := desc.Size - off; left > 0; {
+	for left := size - off; left > 0; {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -355,9 +437,27 @@ func (a *archive) copyBlob(ctx context.Context, cw content.Writer, r io.Reader, 
 			left -= int64(n)
 		}
 		if err != nil {
-			return fmt.Errorf("read %d of %d bytes: %w", desc.Size-left, desc.Size, io.ErrUnexpectedEOF)
+			if a.stream != nil {
+				a.stream.wrote(size - left)
+			}
+			return fmt.Errorf("read %d of %d bytes: %w", size-left, size, shortRead(err))
 		}
 	}
+	return nil
+}
+
+// shortRead is the error for a file that ended early: the stream's own if
+// it was interrupted, else io.ErrUnexpectedEOF.
+func shortRead(err error) error {
+	if streamEnded(err) {
+		return err
+	}
+	return io.ErrUnexpectedEOF
+}
+
+// commit commits what copyBlob wrote; a blob the store has meanwhile is
+// fine.
+func commit(ctx context.Context, cw content.Writer, desc ocispec.Descriptor) error {
 	if err := cw.Commit(ctx, desc.Size, desc.Digest); err != nil && !errdefs.IsAlreadyExists(err) {
 		return err
 	}
@@ -365,23 +465,23 @@ func (a *archive) copyBlob(ctx context.Context, cw content.Writer, r io.Reader, 
 }
 
 // writeUnnamed writes a file of unknown digest and returns its descriptor.
-func (a *archive) writeUnnamed(ctx context.Context, ref string, r io.Reader, size, off int64) (ocispec.Descriptor, error) {
+func (a *archive) writeUnnamed(ctx context.Context, name, ref string, r io.Reader, size, off int64) (ocispec.Descriptor, error) {
 	a.blobCount++
 	if a.local != nil {
-		return a.writeUnnamedDirect(ctx, ref, r, size, off)
+		return a.writeUnnamedDirect(ctx, name, ref, r, size, off)
 	}
 	cs := a.cs
 	cw, err := content.OpenWriter(ctx, cs, content.WithRef(ref), content.WithDescriptor(ocispec.Descriptor{Size: size}))
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	defer cw.Close()
 	h := digest.Canonical.Digester()
-	n, err := io.Copy(cw, io.TeeReader(r, h.Hash()))
+	n, err := io.Copy(cw, io.TeeReader(io.LimitReader(r, size), h.Hash()))
 	if err == nil && n != size {
 		err = fmt.Errorf("read %d of %d bytes: %w", n, size, io.ErrUnexpectedEOF)
 	}
 	desc := ocispec.Descriptor{Digest: h.Digest(), Size: size}
+	defer cw.Close()
 	if err == nil {
 		// The store hashes too and refuses a mismatch: what is committed
 		// is what was read.

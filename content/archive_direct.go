@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 
@@ -78,70 +79,117 @@ func sharesBackend(ctx context.Context, cs, local content.Store) (bool, error) {
 }
 
 // writeDirect writes a blob of known digest into the local store (whose
-// commit verifies it) and registers it with containerd.
-func (a *archive) writeDirect(ctx context.Context, r io.Reader, desc ocispec.Descriptor, off int64) error {
+// commit verifies it) and registers it with containerd; in a stream
+// import the commit waits in pending.
+func (a *archive) writeDirect(ctx context.Context, name string, r io.Reader, desc ocispec.Descriptor, off int64) error {
 	ref := a.refPrefix + desc.Digest.Encoded()
-	lw, err := a.local.Writer(ctx, content.WithRef(ref), content.WithDescriptor(desc))
-	created := false
-	switch {
-	case errdefs.IsAlreadyExists(err):
-		// In the store already; the tar reader skips the bytes.
-	case err != nil:
-		return err
-	default:
-		err = a.copyBlob(ctx, lw, r, desc)
-		lw.Close()
-		if err != nil {
-			abort(ctx, a.local, ref)
-			return err
-		}
-		created = true
-	}
-	if err := a.register(ctx, desc, off, created); err != nil {
+	lw, err := a.writeLocal(ctx, name, ref, r, desc, off)
+	if err != nil {
 		return err
 	}
-	if created {
-		a.written++
-		a.writtenBytes += desc.Size
+	p := pendingBlob{w: lw, ref: ref, desc: desc, name: name, off: off}
+	if a.stream != nil {
+		a.pending = append(a.pending, p)
+		return nil
 	}
-	return nil
+	return a.commitLocal(ctx, p)
 }
 
 // writeUnnamedDirect writes a file of unknown digest into the local store
 // (which computes the digest while writing) and registers it.
-func (a *archive) writeUnnamedDirect(ctx context.Context, ref string, r io.Reader, size, off int64) (ocispec.Descriptor, error) {
-	lw, err := a.local.Writer(ctx, content.WithRef(ref), content.WithDescriptor(ocispec.Descriptor{Size: size}))
+func (a *archive) writeUnnamedDirect(ctx context.Context, name, ref string, r io.Reader, size, off int64) (ocispec.Descriptor, error) {
+	lw, err := a.writeLocal(ctx, name, ref, r, ocispec.Descriptor{Size: size}, off)
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	defer lw.Close()
-	if a.buf == nil {
-		a.buf = make([]byte, importChunk)
+	p := pendingBlob{w: lw, ref: ref, desc: ocispec.Descriptor{Digest: lw.Digest(), Size: size}, name: name, off: off, unnamed: true}
+	if a.stream != nil {
+		a.pending = append(a.pending, p)
+		return p.desc, nil
 	}
-	n, err := io.CopyBuffer(writerOnly{lw}, io.LimitReader(r, size), a.buf)
-	if err == nil && n != size {
-		err = fmt.Errorf("read %d of %d bytes: %w", n, size, io.ErrUnexpectedEOF)
+	return p.desc, a.commitLocal(ctx, p)
+}
+
+// writeLocal writes the file at r (desc.Size bytes; desc.Digest empty if
+// unknown) into an ingest of the local store and returns its writer, not
+// committed, or nil if the store has the blob already (the tar reader then
+// skips the bytes). An ingest cut by an interrupted stream is kept for
+// the resume.
+func (a *archive) writeLocal(ctx context.Context, name, ref string, r io.Reader, desc ocispec.Descriptor, off int64) (content.Writer, error) {
+	lw, err := a.local.Writer(ctx, content.WithRef(ref), content.WithDescriptor(desc))
+	exists := errdefs.IsAlreadyExists(err)
+	if err != nil && !exists {
+		return nil, err
 	}
-	created := true
-	if err == nil {
-		err = lw.Commit(ctx, size, "")
-		if errdefs.IsAlreadyExists(err) {
-			created, err = false, nil
+	if a.stream != nil {
+		if err := a.stream.enter(streamEntry{Name: name, Ref: ref, Desc: desc, DataStart: off}); err != nil {
+			if lw != nil {
+				lw.Close()
+			}
+			return nil, err
 		}
 	}
-	if err != nil {
-		abort(ctx, a.local, ref)
-		return ocispec.Descriptor{}, err
+	if exists {
+		if a.stream != nil {
+			// Take the bytes now, as part of this entry, so that a
+			// checkpoint never falls between its record and its data.
+			if err := a.stream.skip(r, desc.Size); err != nil {
+				return nil, err
+			}
+			a.stream.leave()
+		}
+		return nil, nil
 	}
-	desc := ocispec.Descriptor{Digest: lw.Digest(), Size: size}
-	if err := a.register(ctx, desc, off, created); err != nil {
-		return ocispec.Descriptor{}, err
+	if a.stream != nil {
+		// An ingest of a killed run: the checkpoint does not vouch for
+		// it, and a skip over it would not be counted.
+		if st, err := lw.Status(); err != nil || st.Offset != 0 {
+			if err == nil {
+				err = lw.Truncate(0)
+			}
+			if err != nil {
+				lw.Close()
+				return nil, err
+			}
+		}
+	}
+	if err := a.copyBlob(ctx, lw, r, desc); err != nil {
+		lw.Close()
+		if !errors.Is(err, errStreamInterrupted) {
+			abort(ctx, a.local, ref)
+		}
+		return nil, err
+	}
+	if a.stream != nil {
+		a.stream.leave()
+	}
+	return lw, nil
+}
+
+// commitLocal commits a written blob (w nil: the store has it) and
+// registers it with containerd.
+func (a *archive) commitLocal(ctx context.Context, p pendingBlob) error {
+	created := false
+	if p.w != nil {
+		err := p.w.Commit(ctx, p.desc.Size, p.desc.Digest)
+		p.w.Close()
+		created = err == nil
+		if errdefs.IsAlreadyExists(err) {
+			err = nil
+		}
+		if err != nil {
+			abort(ctx, a.local, p.ref)
+			return err
+		}
+	}
+	if err := a.register(ctx, p.desc, p.off, created); err != nil {
+		return err
 	}
 	if created {
 		a.written++
-		a.writtenBytes += size
+		a.writtenBytes += p.desc.Size
 	}
-	return desc, nil
+	return nil
 }
 
 // register tells containerd about a blob that is in its backend. If the
@@ -179,7 +227,10 @@ func (a *archive) register(ctx context.Context, desc ocispec.Descriptor, off int
 		}
 		if err == nil {
 			created = false // containerd writes it now; it is its to keep
-			err = a.copyBlob(ctx, cw, io.NewSectionReader(a.ra, off, desc.Size), desc)
+			err = a.resend(ctx, cw, desc, off)
+		}
+		if err == nil {
+			err = commit(ctx, cw, desc)
 		}
 	}
 	if err != nil {
@@ -189,8 +240,14 @@ func (a *archive) register(ctx context.Context, desc ocispec.Descriptor, off int
 	return nil
 }
 
-// writerOnly hides a writer's other methods from io.CopyBuffer.
-type writerOnly struct{ io.Writer }
+// resend writes a blob through containerd from the archive; a stream
+// import has no archive to read again.
+func (a *archive) resend(ctx context.Context, cw content.Writer, desc ocispec.Descriptor, off int64) error {
+	if a.ra == nil {
+		return fmt.Errorf("blob %s left the local store before containerd recorded it; pull again: %w", desc.Digest, errdefs.ErrUnavailable)
+	}
+	return a.copyBlob(ctx, cw, io.NewSectionReader(a.ra, off, desc.Size), desc)
+}
 
 // offsetReader counts the bytes read from the archive.
 type offsetReader struct {
@@ -207,3 +264,5 @@ func (o *offsetReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+func (o *offsetReader) offset() int64 { return o.n }

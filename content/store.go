@@ -80,7 +80,7 @@ func Open(ctx context.Context, root string) (content.Store, error) {
 		return nil, fmt.Errorf("content store at %s: %w", dir, err)
 	}
 	log.G(ctx).WithField("dir", dir).Debug("content store open")
-	return &store{Store: cs, labels: ls}, nil
+	return &store{Store: cs, labels: ls, dir: dir}, nil
 }
 
 // store is the local store plus label cleanup on Delete: the local store
@@ -88,6 +88,7 @@ func Open(ctx context.Context, root string) (content.Store, error) {
 type store struct {
 	content.Store
 	labels *labelStore
+	dir    string
 }
 
 // Delete removes the labels first, then the blob: a crash in between leaves

@@ -79,11 +79,15 @@ type Source struct {
 	URL       *url.URL
 	SHA256    string     // expected hex; "" = not verified against a configured hash (CLI warns)
 	Datastore *Datastore // credentials/TLS/plain-http policy; nil for an ad-hoc URL (no credentials)
+	// Sink, if set, takes the bytes instead of a file in the downloader
+	// area, and verifies them (see Sink). Fetch's Download then has no
+	// Path and no Digest.
+	Sink Sink
 }
 
 // Download is a complete file whose sha256 has been verified.
 type Download struct {
-	Path   string        // verified file inside <Root>/vault/downloader; read-only for the caller
+	Path   string        // verified file inside <Root>/vault/downloader; read-only for the caller; "" with a Sink
 	Digest digest.Digest // sha256 of the whole file
 	Size   int64
 	// f holds a shared lock on Path while the Download lives, so a
@@ -94,6 +98,9 @@ type Download struct {
 // Remove drops the verified file, unless another Download of the same
 // content still holds it. The caller removes it after a successful import.
 func (dl *Download) Remove() error {
+	if dl.Path == "" {
+		return nil // a Sink took the bytes
+	}
 	if dl.f != nil {
 		dl.f.Close()
 		dl.f = nil
@@ -219,7 +226,11 @@ func (f *fetch) progress(p Phase, done, total int64) {
 
 func (f *fetch) run(ctx context.Context) (*Download, error) {
 	f.progress(PhaseResolve, 0, -1)
-	if f.src.SHA256 != "" {
+	if f.src.SHA256 != "" && f.src.Sink != nil {
+		if dl, err := f.feedVerified(ctx); dl != nil || err != nil {
+			return dl, err
+		}
+	} else if f.src.SHA256 != "" {
 		if dl, err := f.reuseVerified(ctx); dl != nil || err != nil {
 			return dl, err
 		}
@@ -247,6 +258,13 @@ func (f *fetch) run(ctx context.Context) (*Download, error) {
 			removeQuiet(partial, statePath)
 		}
 		return nil, err
+	}
+	if f.src.Sink != nil {
+		// The sink has every byte and verifies them; the partial file
+		// was only the lock.
+		removeQuiet(partial, statePath)
+		log.G(ctx).WithFields(log.Fields{"url": f.src.URL.Redacted(), "size": f.offset}).Debug("download handed to its sink")
+		return &Download{Size: f.offset}, nil
 	}
 	got := hex.EncodeToString(f.h.Sum(nil))
 	f.progress(PhaseVerify, f.offset, f.offset)
@@ -278,6 +296,12 @@ func (f *fetch) run(ctx context.Context) (*Download, error) {
 // dropIfEmpty removes the files of a download that got no byte: there is
 // nothing to resume, and an error should leave nothing behind.
 func (f *fetch) dropIfEmpty(partial, statePath string) {
+	if f.src.Sink != nil {
+		if f.offset == 0 { // the partial file is only a lock
+			removeQuiet(partial, statePath)
+		}
+		return
+	}
 	if st, err := f.f.Stat(); err == nil && st.Size() == 0 {
 		removeQuiet(partial, statePath)
 	}
@@ -326,6 +350,9 @@ func (f *fetch) loadPartial(ctx context.Context, statePath string) error {
 		return f.truncate()
 	}
 	f.st = st
+	if f.src.Sink != nil {
+		return f.resumeSink(ctx)
+	}
 	n, err := io.Copy(f.h, &progressReader{r: io.NewSectionReader(f.f, 0, 1<<62), report: func(done int64) {
 		f.progress(PhaseDownload, done, st.Size)
 	}})
@@ -343,8 +370,16 @@ func (f *fetch) loadPartial(ctx context.Context, statePath string) error {
 	return nil
 }
 
-// truncate empties the partial file and the hash.
+// truncate empties the partial file (or the sink) and the hash.
 func (f *fetch) truncate() error {
+	if f.src.Sink != nil {
+		if err := f.src.Sink.Restart(); err != nil {
+			return permanent(fmt.Errorf("restart %s: %w", f.src.URL.Redacted(), err))
+		}
+		f.h.Reset()
+		f.offset = 0
+		return nil
+	}
 	if err := f.f.Truncate(0); err != nil {
 		return permanent(fmt.Errorf("truncate %s: %w", f.f.Name(), err))
 	}

@@ -24,7 +24,9 @@ func newHashPipe(h hash.Hash, depth, size int) *hashPipe {
 	go func() {
 		defer close(p.done)
 		for b := range p.work {
-			p.h.Write(b)
+			if p.h != nil { // nil: only recycles the buffers
+				p.h.Write(b)
+			}
 			p.free <- b[:cap(b)]
 		}
 	}()

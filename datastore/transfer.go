@@ -136,23 +136,34 @@ func (f *fetch) copyBody(ctx context.Context, resp *http.Response, cancel contex
 	timer := time.AfterFunc(stall, func() { cancel(errStalled) })
 	defer timer.Stop()
 	body := &stallReader{r: resp.Body, timer: timer, d: stall}
-	pipe := newHashPipe(f.h, hashPipeDepth, copyBufferSize)
+	// With a sink the bytes go there, unhashed (the sink verifies them);
+	// otherwise to the partial file and the hash.
+	var dst io.Writer = f.f
+	var pipe *hashPipe
+	if f.src.Sink != nil {
+		dst, pipe = f.src.Sink, newHashPipe(nil, 1, copyBufferSize)
+	} else {
+		pipe = newHashPipe(f.h, hashPipeDepth, copyBufferSize)
+	}
 	defer pipe.close() // f.h is complete before the caller looks at it
 	start, flushed := f.offset, f.offset
 	for {
 		buf := pipe.buffer()
 		n, rerr := fill(body, buf)
 		if n > 0 {
-			w, werr := f.f.Write(buf[:n])
+			w, werr := dst.Write(buf[:n])
 			pipe.submit(buf[:w])
 			f.offset += int64(w)
+			if werr != nil && f.src.Sink != nil {
+				return permanent(fmt.Errorf("after %d bytes: %w", f.offset, werr)) // the sink refused them
+			}
 			if werr != nil {
 				return permanent(fmt.Errorf("write %s: %w", f.f.Name(), werr)) // the disk, not the network
 			}
 			if err := f.checkSize(f.offset); err != nil {
 				return err
 			}
-			if f.offset-flushed >= writebackChunk {
+			if f.offset-flushed >= writebackChunk && f.src.Sink == nil {
 				startWriteback(f.f, flushed, f.offset-flushed)
 				flushed = f.offset
 			}

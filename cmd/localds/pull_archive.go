@@ -16,11 +16,15 @@ import (
 	"github.com/localds/localds/resolver"
 )
 
-// pullArchive downloads an image archive into the downloader area (resumable,
-// verified against the sha256), imports it through containerd's content
-// store (the localds CAS) under a lease, and creates the image record. A
-// failure anywhere leaves no blob or record behind: the lease goes and
-// containerd collects what the import wrote.
+// pullArchive downloads an image archive and imports it into the CAS
+// under a lease, then creates the image record. On a node (the CAS behind
+// containerd is <root>/vault/cas) with a sha256 to check, the import runs
+// while the archive downloads (pullStreamed); otherwise the archive is
+// downloaded into the downloader area (resumable, verified against the
+// sha256) and imported from there, through containerd's content store
+// when that is not the local CAS. A failure anywhere leaves no blob or
+// record behind: the lease goes and containerd collects what the import
+// wrote.
 func pullArchive(ctx context.Context, c *containerd.Client, disc *resolver.Discoverer, spec *pullSpec, root string, prog *progress) (images.Image, error) {
 	dl, err := datastore.New(datastore.Options{
 		Root:     root,
@@ -30,13 +34,6 @@ func pullArchive(ctx context.Context, c *containerd.Client, disc *resolver.Disco
 	if err != nil {
 		return images.Image{}, err
 	}
-	file, err := dl.Fetch(ctx, datastore.Source{URL: spec.url, SHA256: spec.sha256, Datastore: spec.ds})
-	if err != nil {
-		return images.Image{}, err // names the datastore, the URL and why
-	}
-	prog.Done()
-	prog.Printf("downloaded %s: %s, %s\n", spec.url.Redacted(), humanSize(file.Size), file.Digest)
-
 	// On a node the CAS behind containerd is <root>/vault/cas: write there
 	// directly (Import checks that containerd really sees it).
 	var local ccontent.Store
@@ -45,6 +42,21 @@ func pullArchive(ctx context.Context, c *containerd.Client, disc *resolver.Disco
 			return images.Image{}, err
 		}
 	}
+	if local != nil && spec.sha256 != "" {
+		rec, err := pullStreamed(ctx, c, dl, spec, root, local, prog)
+		if !errdefs.IsNotImplemented(err) {
+			return rec, err
+		}
+		log.G(ctx).WithError(err).Debug("importing after the download instead of while it runs")
+	}
+
+	file, err := dl.Fetch(ctx, datastore.Source{URL: spec.url, SHA256: spec.sha256, Datastore: spec.ds})
+	if err != nil {
+		return images.Image{}, err // names the datastore, the URL and why
+	}
+	prog.Done()
+	prog.Printf("downloaded %s: %s, %s\n", spec.url.Redacted(), humanSize(file.Size), file.Digest)
+
 	var rec images.Image
 	err = content.Leased(ctx, c.LeasesService(), func(ctx context.Context) error {
 		f, err := os.Open(file.Path)
@@ -62,19 +74,7 @@ func pullArchive(ctx context.Context, c *containerd.Client, disc *resolver.Disco
 			return err
 		}
 		prog.Done()
-		into := "containerd's content store"
-		if imp.Direct {
-			into = content.Dir(root)
-		}
-		prog.Printf("imported %d blobs (%d new, %s) into %s\n", imp.Blobs, imp.Written, humanSize(imp.WrittenBytes), into)
-		name := spec.name
-		if name == "" {
-			name = imp.Name
-		}
-		if name == "" {
-			return fmt.Errorf("the archive does not name its image; give a NAME: %w", errdefs.ErrInvalidArgument)
-		}
-		rec, err = putImage(ctx, c.ImageService(), images.Image{Name: name, Target: imp.Target})
+		rec, err = recordImport(ctx, c, spec, imp, root, prog)
 		return err
 	})
 	if err != nil {
@@ -88,6 +88,23 @@ func pullArchive(ctx context.Context, c *containerd.Client, disc *resolver.Disco
 	// The content is in the CAS now; the verified archive is not needed.
 	removeDownload(ctx, file)
 	return rec, nil
+}
+
+// recordImport reports an import and creates the image record.
+func recordImport(ctx context.Context, c *containerd.Client, spec *pullSpec, imp content.Imported, root string, prog *progress) (images.Image, error) {
+	into := "containerd's content store"
+	if imp.Direct {
+		into = content.Dir(root)
+	}
+	prog.Printf("imported %d blobs (%d new, %s) into %s\n", imp.Blobs, imp.Written, humanSize(imp.WrittenBytes), into)
+	name := spec.name
+	if name == "" {
+		name = imp.Name
+	}
+	if name == "" {
+		return images.Image{}, fmt.Errorf("the archive does not name its image; give a NAME: %w", errdefs.ErrInvalidArgument)
+	}
+	return putImage(ctx, c.ImageService(), images.Image{Name: name, Target: imp.Target})
 }
 
 func removeDownload(ctx context.Context, file *datastore.Download) {

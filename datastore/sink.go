@@ -1,0 +1,74 @@
+package datastore
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// Sink takes a download's bytes in place of the partial file (set
+// Source.Sink): a consumer that stores what it needs itself, such as an
+// archive import that writes each blob into its ingest as it arrives, so
+// every byte is written to disk once instead of twice. The downloader
+// still does everything else: Range resumes across broken connections and
+// address changes guarded by If-Range, retries, the stall cut, size limits,
+// TLS and credentials. What it does not do then is keep or hash the file:
+// the sink verifies the sha256 (it sees every byte in order) and makes its
+// own state durable, so that Resume can continue after a restart.
+type Sink interface {
+	// Resume is called once, before the first request, when the
+	// downloader's state from an earlier run matches this URL and sha256.
+	// It returns how many bytes of the file the sink still holds (0 for
+	// none); the download continues after them.
+	Resume(ctx context.Context) (int64, error)
+	// Write takes the next bytes of the file. An error ends the download
+	// (it is not retried).
+	Write(p []byte) (int, error)
+	// Restart drops everything the sink holds: the file changed on the
+	// server, the server ignored a Range, or there is no state to resume.
+	Restart() error
+}
+
+// resumeSink asks the sink where to continue; f.st already matches.
+func (f *fetch) resumeSink(ctx context.Context) error {
+	n, err := f.src.Sink.Resume(ctx)
+	if err != nil {
+		return permanent(fmt.Errorf("fetch %s: resume: %w", f.src.URL.Redacted(), err))
+	}
+	if n < 0 || (f.st.Size >= 0 && n > f.st.Size) {
+		return f.truncate()
+	}
+	f.offset = n
+	return nil
+}
+
+// feedVerified gives the sink a verified file an earlier, non-sink fetch
+// left, instead of downloading it again. It reports whether there was one.
+func (f *fetch) feedVerified(ctx context.Context) (*Download, error) {
+	final := filepath.Join(f.d.dir, f.src.SHA256+verifiedSuffix)
+	vf, err := openLocked(final, os.O_RDONLY, syscall.LOCK_SH)
+	if err != nil {
+		return nil, nil // none (or in use): download as usual
+	}
+	defer vf.Close()
+	if err := f.src.Sink.Restart(); err != nil {
+		return nil, permanent(err)
+	}
+	n, err := io.CopyBuffer(writerOnly{f.src.Sink}, &progressReader{r: vf, report: func(done int64) {
+		f.progress(PhaseDownload, done, -1)
+	}}, make([]byte, copyBufferSize))
+	if err != nil {
+		return nil, fmt.Errorf("fetch %s: read %s: %w", f.src.URL.Redacted(), final, err)
+	}
+	// The sink verified it (or will say it does not match); it now has
+	// what it needs of the file.
+	vf.Close()
+	removeQuiet(final)
+	return &Download{Size: n}, nil
+}
+
+// writerOnly hides a writer's other methods from io.CopyBuffer.
+type writerOnly struct{ io.Writer }
