@@ -58,7 +58,7 @@ func richLayers(t *testing.T) [][]byte {
 		whiteoutE("etc/.wh.rel"),
 		linkE(tar.TypeLink, "etc/passwd2", "etc/passwd"),
 		fileE("home/user/.cache/x", "cache", 0o600, 1000, 1000), // home, home/user from the lower; .cache new
-		fileE("tmp/x", "t", 0o666, 0, 0),                         // tmp from the lower, sticky
+		fileE("tmp/x", "t", 0o666, 0, 0),                        // tmp from the lower, sticky
 		withXattr(dirE("data/", 0o750, 0, 0), "user.dir", "e"),
 		whiteoutE("data/.wh..wh..opq"),
 		fileE("data/new", "new", 0o644, 0, 0),
