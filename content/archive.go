@@ -512,7 +512,7 @@ func readSmall(r io.Reader, size int64, name string) ([]byte, error) {
 	}
 	b := make([]byte, size)
 	if _, err := io.ReadFull(r, b); err != nil {
-		return nil, fmt.Errorf("import: read %s: %v: %w", name, err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("import: read %s: %w", name, readErr(err))
 	}
 	return b, nil
 }

@@ -63,6 +63,7 @@ type StreamImport struct {
 	resumeW content.Writer
 	last    boundaryState // the last point between two entries
 	savedAt int64         // offset of the last checkpoint written
+	every   int64         // checkpointEvery
 
 	pipe     *chunkPipe
 	done     chan error
@@ -100,7 +101,7 @@ func NewStreamImport(ctx context.Context, cs content.Store, sha256hex, checkpoin
 	if !shared {
 		return nil, fmt.Errorf("import: containerd's content store is not backed by the local store: %w", errdefs.ErrNotImplemented)
 	}
-	s := &StreamImport{ctx: ctx, cs: cs, local: opts.Local, opts: opts, want: want, sha256: sha256hex, checkpoint: checkpoint}
+	s := &StreamImport{ctx: ctx, cs: cs, local: opts.Local, opts: opts, want: want, sha256: sha256hex, checkpoint: checkpoint, every: checkpointEvery}
 	if err := s.fresh(); err != nil {
 		return nil, err
 	}
@@ -321,7 +322,7 @@ func (s *StreamImport) boundary(off int64, entries int) error {
 		return err
 	}
 	s.last = boundaryState{offset: off, hash: st, entries: entries}
-	if off-s.savedAt >= checkpointEvery {
+	if off-s.savedAt >= s.every {
 		if err := s.save(); err != nil {
 			log.G(s.ctx).WithError(err).Warn("import: cannot write a checkpoint")
 		}
