@@ -259,7 +259,10 @@ func (s *StreamImport) discard() {
 // resume stopped in, then entries up to the end-of-archive marker, then
 // the stream to its end (padding), so the archive hash covers all of it.
 func (s *StreamImport) scan() error {
-	ctx, a := s.ctx, s.a
+	// Not cancelled with the pull: a stop comes through the stream (Stop
+	// ends it as interrupted), so the scan always reaches a point it can
+	// checkpoint.
+	ctx, a := context.WithoutCancel(s.ctx), s.a
 	if cur := s.current; cur != nil {
 		if err := s.finishEntry(ctx, cur); err != nil {
 			return err

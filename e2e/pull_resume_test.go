@@ -1,0 +1,119 @@
+//go:build linux
+
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/localds/localds/content"
+	"github.com/localds/localds/internal/testnet"
+)
+
+// TestLocaldsPullResume: a `localds pull` of an 80 MiB archive (two
+// 40 MiB layers) stopped mid-download continues in the next `localds
+// pull`, which fetches only the bytes after the checkpoint, and the image
+// is complete:
+//
+//   - stopped with SIGTERM (as systemd or Ctrl-C do): the checkpoint is
+//     the exact point reached, so the next pull asks for the rest of the
+//     file from there (at least 8 MiB in);
+//   - killed with SIGKILL: the next pull resumes at the last checkpoint
+//     written between entries, after the first layer (at least 32 MiB in).
+//
+// To stop the pull mid-file every time, the datastore is killed first (the
+// pull is then retrying) and started again before the next pull.
+func TestLocaldsPullResume(t *testing.T) {
+	requireE2E(t)
+	s := newBareSite(t)
+	dir := t.TempDir()
+	big := newCLIImage(t, "big", "", 40<<20, 40<<20)
+	archive := namedLayout(t, big.img, "big:1")
+	writeFile(t, filepath.Join(dir, "images", "big.oci.tar"), archive)
+	sum, size := sha256Hex(archive), int64(len(archive))
+	s.startDaemon(t)
+	s.startContainerd(t)
+	url := "http://" + dsLocal + "/images/big.oci.tar"
+	ckpt := filepath.Join(s.root, "vault", "downloader", sum+".import")
+
+	for _, tc := range []struct {
+		name      string
+		stopAt    int64 // bytes in the CAS's ingests
+		stop      func(p *testnet.Process) error
+		minResume int64
+	}{
+		{"sigterm", 8 << 20, (*testnet.Process).Stop, 8 << 20},
+		{"sigkill", 48 << 20, (*testnet.Process).Kill, 32 << 20},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := startServe(t, s, dir)
+			pull := s.node.Start(t, testnet.Binary(t, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root,
+				"--interface", "br0", "--unpack=false", "--sha256", sum, url, "big:1")
+			waitIngest(t, s.root, tc.stopAt, pull)
+			if err := srv.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.stop(pull); err != nil {
+				t.Fatal(err)
+			}
+			if done, err := pull.Exited(); !done || err == nil {
+				t.Fatalf("the stopped pull exited: %v, %v\n%s", done, err, pull.Log())
+			}
+			if _, err := os.Stat(ckpt); err != nil {
+				t.Fatalf("no checkpoint after the stop: %v\n%s", err, pull.Log())
+			}
+			srv = startServe(t, s, dir)
+			s.mustLocaldsPull(t, "--unpack=false", "--sha256", sum, url, "big:1")
+			m := regexp.MustCompile(`bytes=(\d+) .*path=/images/big.oci.tar range="?bytes=(\d+)-`).FindStringSubmatch(srv.Log())
+			if m == nil {
+				t.Fatalf("the resumed pull asked for no Range:\n%s", srv.Log())
+			}
+			sent, _ := strconv.ParseInt(m[1], 10, 64)
+			from, _ := strconv.ParseInt(m[2], 10, 64)
+			if from < tc.minResume || from >= size || sent != size-from {
+				t.Fatalf("resumed at byte %d (sent %d) of %d, want from at least %d and only the rest", from, sent, size, tc.minResume)
+			}
+			if got := s.imageTarget(t, "big:1"); got != big.pushed.Manifest.Digest.String() {
+				t.Fatalf("big:1 -> %q, want %s", got, big.pushed.Manifest.Digest)
+			}
+			s.checkBlobs(t, big.pushed)
+			s.requireNoIngest(t)
+			if left := downloaderFiles(t, s.root); len(left) != 0 {
+				t.Errorf("downloader area after the resumed pull: %v", left)
+			}
+			t.Logf("%s at %d MiB of ingests: resumed at byte %d of %d", tc.name, tc.stopAt>>20, from, size)
+			if err := srv.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			s.ctrd.Ctr(t, "image", "rm", "--sync", "big:1")
+		})
+	}
+}
+
+// waitIngest waits (bounded) until the CAS's ingests hold at least n
+// bytes, failing if the pull ends first.
+func waitIngest(t *testing.T, root string, n int64, pull *testnet.Process) {
+	t.Helper()
+	deadline := time.Now().Add(e2eWait)
+	for time.Now().Before(deadline) {
+		var have int64
+		datas, _ := filepath.Glob(filepath.Join(content.Dir(root), "ingest", "*", "data"))
+		for _, d := range datas {
+			if st, err := os.Stat(d); err == nil {
+				have += st.Size()
+			}
+		}
+		if have >= n {
+			return
+		}
+		if done, err := pull.Exited(); done {
+			t.Fatalf("the pull ended (%v) before its ingests reached %d bytes:\n%s", err, n, pull.Log())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	t.Fatalf("the ingests did not reach %d bytes within %v", n, e2eWait)
+}
