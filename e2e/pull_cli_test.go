@@ -155,6 +155,26 @@ volume = "`+cliVolume2+`"
 		s.checkVolumeFiles(t, cliVolume2, tool)
 	})
 
+	// Without a sha256 there is nothing to check a streamed import
+	// against: the archive is downloaded into the downloader area first,
+	// then imported (straight into the CAS) and removed.
+	t.Run("archive-url-without-sha256", func(t *testing.T) {
+		_, errOut := s.mustLocaldsPull(t, "--unpack=false", "http://"+dsLocal+"/images/other.oci.tar", "other:nosum")
+		if got := s.imageTarget(t, "other:nosum"); got != other.pushed.Manifest.Digest.String() {
+			t.Fatalf("other:nosum -> %q, want %s", got, other.pushed.Manifest.Digest)
+		}
+		s.checkBlobs(t, other.pushed)
+		for _, want := range []string{"is not verified against a configured sha256", "downloaded http://" + dsLocal + "/images/other.oci.tar: ", ") into " + content.Dir(s.root)} {
+			if !strings.Contains(errOut, want) {
+				t.Errorf("stderr lacks %q:\n%s", want, errOut)
+			}
+		}
+		if left := downloaderFiles(t, s.root); len(left) != 0 {
+			t.Errorf("downloader area after the pull: %v", left)
+		}
+		s.ctrd.Ctr(t, "image", "rm", "--sync", "other:nosum")
+	})
+
 	t.Run("wrong-sha256", func(t *testing.T) {
 		_, errOut, err := s.localdsPull(t, "--sha256", sha256Hex(appTar), "http://"+dsLocal+"/images/other.oci.tar", "other:1")
 		if err == nil || !strings.Contains(errOut, "sha256") || !strings.Contains(errOut, dsLocal) {
