@@ -76,11 +76,22 @@ func (r *streamRun) feed(si *content.StreamImport, from, to int64) error {
 // the image ref.
 func (r *streamRun) complete(t *testing.T, off int64, ref string) (content.Imported, error) {
 	t.Helper()
+	return r.completeAfter(t, off, ref, nil)
+}
+
+// completeAfter is complete with first run on the import before the feed.
+func (r *streamRun) completeAfter(t *testing.T, off int64, ref string, first func(*content.StreamImport) error) (content.Imported, error) {
+	t.Helper()
 	var imp content.Imported
 	err := content.Leased(r.e.ctx, r.e.leases, func(ctx context.Context) error {
 		si, got := r.open(t, ctx, 0)
 		if got != off {
 			return fmt.Errorf("resume at %d, want %d", got, off)
+		}
+		if first != nil {
+			if err := first(si); err != nil {
+				return err
+			}
 		}
 		if err := r.feed(si, off, int64(len(r.archive))); err != nil {
 			si.Stop(err)
@@ -401,31 +412,15 @@ func TestStreamImportRestart(t *testing.T) {
 	archive := testimage.OCILayoutTar(t, testimage.NamedIndex(randomImage(t, 2, "linux/amd64"), "app:1"))
 	e := newImportEnv(t)
 	r := newStreamRun(t, e, archive)
-	err := content.Leased(e.ctx, e.leases, func(ctx context.Context) error {
-		si, _ := r.open(t, ctx, 1)
+	_, err := r.completeAfter(t, 0, "app:1", func(si *content.StreamImport) error {
 		if err := r.feed(si, 0, int64(len(archive))/2); err != nil {
 			return err
 		}
-		if err := si.Restart(); err != nil {
-			return err
-		}
-		if err := r.feed(si, 0, int64(len(archive))); err != nil {
-			return err
-		}
-		if err := si.Verify(); err != nil {
-			return err
-		}
-		imp, err := si.Commit()
-		if err != nil {
-			return err
-		}
-		_, err = e.images.Create(ctx, images.Image{Name: "app:1", Target: imp.Target})
-		return err
+		return si.Restart()
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.gc(t)
 	e.blobs(t)
 	r.requireNoCheckpoint(t)
 }
