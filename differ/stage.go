@@ -13,85 +13,99 @@ import (
 )
 
 // Stage is one layer being extracted into the staging area while it is
-// fetched. The fetcher writes every byte of the blob to it, in order, then
-// calls Commit once the blob is verified and stored, or Abort. Write never
-// fails, so a Stage in an io.MultiWriter never breaks the fetch: when the
-// extraction cannot be used (an entry the shortcut does not replicate, a
-// bad tar, a full disk) the Stage stops taking data and the layer is
-// extracted the normal way at Apply.
+// fetched. The fetcher hands the blob over with Copy, then calls Commit
+// once the blob is verified and stored, or Abort. When the extraction
+// cannot be used (an entry the shortcut does not replicate, a bad tar, a
+// full disk) the fetch goes on regardless and the layer is extracted the
+// normal way at Apply.
 type Stage struct {
 	s    *Staging
 	ctx  context.Context
 	desc ocispec.Descriptor
 	dir  string
 
-	pw     *io.PipeWriter
-	n      int64 // bytes written
-	failed bool  // the extractor stopped reading
-	done   chan struct{}
-	// valid after done is closed
-	err       error
+	n         int64 // bytes copied
+	copied    bool  // Copy ran to the end of the blob
+	err       error // why the extraction is not usable
 	whiteouts bool
 	implicit  []string
 	ended     bool // Commit or Abort was called
 }
 
-// errStageStopped tells the fetcher's Write (through the pipe) that the
-// extractor has given up; the fetch goes on without it.
-var errStageStopped = errors.New("layer staging stopped")
-
 func startStage(ctx context.Context, s *Staging, desc ocispec.Descriptor, dir string) *Stage {
-	pr, pw := io.Pipe()
-	st := &Stage{s: s, ctx: ctx, desc: desc, dir: dir, pw: pw, done: make(chan struct{})}
-	go func() {
-		defer close(st.done)
-		chk := newEntryCheck()
-		// containerd's own extractor, as its overlay apply calls it; the
-		// check refuses entries whose result would depend on the target
-		// (see entryCheck), so the tree is what Apply would make.
-		_, err := archive.Apply(ctx, dir, pr,
-			archive.WithConvertWhiteout(archive.OverlayConvertWhiteout),
-			archive.WithFilter(chk.filter))
-		if err == nil {
-			// Trailing bytes after the tar's end are read (and hashed) by
-			// containerd's apply too; here the fetch hashes them.
-			_, err = io.Copy(io.Discard, pr)
-		}
-		st.err, st.whiteouts, st.implicit = err, chk.whiteouts, chk.implicit
-		pr.CloseWithError(errStageStopped)
-	}()
-	return st
+	return &Stage{s: s, ctx: ctx, desc: desc, dir: dir, err: errors.New("not copied")}
 }
 
-// Write passes p to the extractor; it always reports success (see Stage).
-func (st *Stage) Write(p []byte) (int, error) {
-	if st.failed {
-		return len(p), nil
+// Copy copies the blob from src to dst (the store's writer, which hashes
+// it) and extracts it on the way: the extractor reads the blob through a
+// reader that writes every byte it reads to dst, so each byte is read from
+// the network once and handed over without another copy or goroutine.
+// After the tar's end (or when the extraction stops) the rest is copied
+// as is. The error is the fetch's (reading src, writing dst), never the
+// extraction's.
+func (st *Stage) Copy(dst io.Writer, src io.Reader) (int64, error) {
+	tr := &teeReader{src: src, dst: dst}
+	chk := newEntryCheck()
+	// containerd's own extractor, as its overlay apply calls it; the
+	// check refuses entries whose result would depend on the target (see
+	// entryCheck), so the tree is what Apply would make.
+	_, err := archive.Apply(st.ctx, st.dir, tr,
+		archive.WithConvertWhiteout(archive.OverlayConvertWhiteout),
+		archive.WithFilter(chk.filter))
+	if tr.err != nil {
+		st.n, st.err = tr.n, tr.err
+		return tr.n, tr.err
 	}
-	n, err := st.pw.Write(p)
-	st.n += int64(n)
-	if err != nil {
-		st.failed = true
+	// Trailing bytes after the tar's end are read (and hashed) by
+	// containerd's apply too; here they go to dst like the rest.
+	rest, cerr := io.CopyBuffer(dst, src, make([]byte, 64<<10))
+	st.n = tr.n + rest
+	st.err, st.whiteouts, st.implicit = err, chk.whiteouts, chk.implicit
+	st.copied = cerr == nil
+	return st.n, cerr
+}
+
+// teeReader is io.TeeReader that tells its source's and destination's
+// errors (the fetch's) from the extractor's.
+type teeReader struct {
+	src io.Reader
+	dst io.Writer
+	n   int64
+	err error // first error of src or dst, io.EOF excluded
+}
+
+func (t *teeReader) Read(p []byte) (int, error) {
+	if t.err != nil {
+		return 0, t.err
 	}
-	return len(p), nil
+	n, err := t.src.Read(p)
+	if n > 0 {
+		if _, werr := t.dst.Write(p[:n]); werr != nil {
+			t.err = werr
+			return 0, werr
+		}
+		t.n += int64(n)
+	}
+	if err != nil && err != io.EOF {
+		t.err = err
+	}
+	return n, err
 }
 
 // Commit ends the stage after the fetch verified the blob as desc (its
-// length and digest) and committed it: it waits for the extraction to
-// finish and publishes the tree for Apply, whose diff ID for an
-// uncompressed layer is the verified blob digest. A stage that did not
-// see exactly the verified bytes, or whose extraction failed, is removed.
+// length and digest) and committed it: it publishes the tree for Apply,
+// whose diff ID for an uncompressed layer is the verified blob digest. A
+// stage that did not see exactly the verified bytes, or whose extraction
+// failed, is removed.
 func (st *Stage) Commit(verified digest.Digest) {
 	if st.ended {
 		return
 	}
 	st.ended = true
-	st.pw.Close()
-	<-st.done
 	err := st.err
 	switch {
 	case err != nil:
-	case st.failed || st.n != st.desc.Size:
+	case !st.copied || st.n != st.desc.Size:
 		err = fmt.Errorf("staged %d bytes of a %d-byte layer", st.n, st.desc.Size)
 	case verified != st.desc.Digest:
 		err = fmt.Errorf("blob verified as %s, staged as %s", verified, st.desc.Digest)
@@ -112,7 +126,5 @@ func (st *Stage) Abort() {
 		return
 	}
 	st.ended = true
-	st.pw.CloseWithError(errStageStopped)
-	<-st.done
 	st.s.discard(st.ctx, &stagedTree{dir: st.dir, size: st.desc.Size})
 }

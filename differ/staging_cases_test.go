@@ -6,9 +6,13 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/rand"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -179,10 +183,25 @@ func TestStageNeedsVerifiedBlob(t *testing.T) {
 		name string
 		run  func(st *differ.Stage)
 	}{
-		{"wrong digest", func(st *differ.Stage) { st.Write(blob); st.Commit(digest.FromString("other")) }},
-		{"truncated", func(st *differ.Stage) { st.Write(blob[:len(blob)-512]); st.Commit(desc.Digest) }},
-		{"too long", func(st *differ.Stage) { st.Write(blob); st.Write([]byte("x")); st.Commit(desc.Digest) }},
-		{"aborted", func(st *differ.Stage) { st.Write(blob); st.Abort() }},
+		{"wrong digest", func(st *differ.Stage) {
+			st.Copy(io.Discard, bytes.NewReader(blob))
+			st.Commit(digest.FromString("other"))
+		}},
+		{"truncated", func(st *differ.Stage) {
+			st.Copy(io.Discard, bytes.NewReader(blob[:len(blob)-512]))
+			st.Commit(desc.Digest)
+		}},
+		{"too long", func(st *differ.Stage) {
+			st.Copy(io.Discard, bytes.NewReader(append(slices.Clone(blob), 'x')))
+			st.Commit(desc.Digest)
+		}},
+		{"fetch failed", func(st *differ.Stage) {
+			if _, err := st.Copy(io.Discard, io.MultiReader(bytes.NewReader(blob[:1000]), iotest.ErrReader(errors.New("reset")))); err == nil {
+				t.Error("a read error is not reported")
+			}
+			st.Commit(desc.Digest)
+		}},
+		{"aborted", func(st *differ.Stage) { st.Copy(io.Discard, bytes.NewReader(blob)); st.Abort() }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := e.staging.Begin(ctx, desc)
@@ -222,7 +241,7 @@ func TestStageHostileLayer(t *testing.T) {
 		blob := buildTar(t, entries...)
 		desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: digest.FromBytes(blob), Size: int64(len(blob))}
 		st := e.staging.Begin(ctx, desc)
-		st.Write(blob)
+		st.Copy(io.Discard, bytes.NewReader(blob))
 		st.Commit(desc.Digest)
 		dir := t.TempDir()
 		e.serviceApply(ctx, desc, []mount.Mount{{Type: "bind", Source: dir, Options: []string{"rbind", "rw"}}})
@@ -276,7 +295,7 @@ func TestStagingLimits(t *testing.T) {
 	if s.Begin(ctx, other) != nil {
 		t.Fatal("staged beyond the byte bound")
 	}
-	st.Write(blob)
+	st.Copy(io.Discard, bytes.NewReader(blob))
 	st.Commit(desc.Digest)
 	deadline := time.Now().Add(5 * time.Second)
 	for {

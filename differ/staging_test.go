@@ -3,6 +3,7 @@ package differ_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -61,16 +62,22 @@ func (e *applyEnv) add(t *testing.T, blob []byte) ocispec.Descriptor {
 	if st == nil {
 		t.Fatalf("layer %s not staged", desc.Digest)
 	}
-	for rest := blob; len(rest) > 0; {
-		n := min(len(rest), 7000) // not a multiple of tar's 512-byte blocks
-		if k, err := st.Write(rest[:n]); k != n || err != nil {
-			t.Fatalf("stage write: %d, %v", k, err)
-		}
-		rest = rest[n:]
+	var got bytes.Buffer
+	// Read in pieces that are not multiples of tar's 512-byte blocks.
+	if n, err := st.Copy(&got, &pieceReader{r: bytes.NewReader(blob), max: 7000}); n != desc.Size || err != nil || !bytes.Equal(got.Bytes(), blob) {
+		t.Fatalf("stage copy: %d, %v (%d bytes reached the store)", n, err, got.Len())
 	}
 	st.Commit(desc.Digest)
 	return desc
 }
+
+// pieceReader reads at most max bytes at a time.
+type pieceReader struct {
+	r   io.Reader
+	max int
+}
+
+func (p *pieceReader) Read(b []byte) (int, error) { return p.r.Read(b[:min(len(b), p.max)]) }
 
 // serviceApply is Apply as containerd calls it over gRPC.
 func (e *applyEnv) serviceApply(ctx context.Context, desc ocispec.Descriptor, mounts []mount.Mount) (ocispec.Descriptor, error) {

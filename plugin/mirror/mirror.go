@@ -121,17 +121,18 @@ type Options struct {
 	// DefaultPrefetchTimeout.
 	PrefetchTimeout time.Duration
 	// StageLayer, if set, is offered every prefetched blob: a non-nil
-	// LayerStage gets the blob's bytes as they are fetched (the daemon
-	// extracts layers with it while they download, see differ.Staging).
+	// LayerStage copies the blob into the store itself, looking at it on
+	// the way (the daemon extracts layers while they download, see
+	// differ.Staging).
 	StageLayer func(ctx context.Context, desc ocispec.Descriptor) LayerStage
 }
 
-// LayerStage receives one prefetched blob as it is fetched. Write must
-// not fail the fetch (it is one writer of an io.MultiWriter). Commit is
-// called once the blob is verified as the given digest and stored, Abort
-// when the fetch fails; exactly one of them is called.
+// LayerStage takes over copying one prefetched blob into the store. Copy
+// copies all of src to dst and reports only src's and dst's errors.
+// Commit is called once the blob is verified as the given digest and
+// stored, Abort otherwise; exactly one of them is called.
 type LayerStage interface {
-	io.Writer
+	Copy(dst io.Writer, src io.Reader) (int64, error)
 	Commit(verified digest.Digest)
 	Abort()
 }

@@ -226,6 +226,7 @@ func (p *prefetcher) fetch(ctx context.Context, t target, hdr http.Header, desc 
 		h = desc.Digest.Algorithm().Hash()
 		dst = io.MultiWriter(cw, h)
 	}
+	copyBlob := func() (int64, error) { return io.CopyBuffer(dst, s, make([]byte, copyBufSize)) }
 	if p.m.opts.StageLayer != nil {
 		if stage := p.m.opts.StageLayer(ctx, desc); stage != nil {
 			staged := false
@@ -238,10 +239,10 @@ func (p *prefetcher) fetch(ctx context.Context, t target, hdr http.Header, desc 
 			// before the prefetch counts as done (containerd's Apply
 			// comes after that).
 			onCommit = func() { staged = true; stage.Commit(desc.Digest) }
-			dst = io.MultiWriter(dst, stage)
+			copyBlob = func() (int64, error) { return stage.Copy(dst, s) }
 		}
 	}
-	n, err := io.CopyBuffer(dst, s, make([]byte, copyBufSize))
+	n, err := copyBlob()
 	if err != nil {
 		return fmt.Errorf("after %d bytes: %w", n, err)
 	}

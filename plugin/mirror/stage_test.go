@@ -1,0 +1,74 @@
+package mirror
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"sync"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// recordingStage is a LayerStage that copies like the daemon's and
+// records what it saw and how it ended.
+type recordingStage struct {
+	mu       sync.Mutex
+	seen     bytes.Buffer
+	verified digest.Digest
+	aborted  bool
+}
+
+func (r *recordingStage) Copy(dst io.Writer, src io.Reader) (int64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return io.Copy(io.MultiWriter(dst, &r.seen), src)
+}
+
+func (r *recordingStage) Commit(d digest.Digest) { r.mu.Lock(); r.verified = d; r.mu.Unlock() }
+func (r *recordingStage) Abort()                 { r.mu.Lock(); r.aborted = true; r.mu.Unlock() }
+
+// Every prefetched blob goes through its stage; a verified one is
+// committed as its digest, the corrupt one aborted (never committed).
+func TestPrefetchStagesBlobs(t *testing.T) {
+	reg := newFakeRegistry(t)
+	_, blobs := testImage(t, reg)
+	bad := blobs[1]
+	reg.blobs[bad.Digest][10] ^= 1
+	var mu sync.Mutex
+	stages := map[digest.Digest]*recordingStage{}
+	env := newTestEnv(t, reg, Options{Store: newStore(t), Prefetch: true, StageLayer: func(ctx context.Context, desc ocispec.Descriptor) LayerStage {
+		mu.Lock()
+		defer mu.Unlock()
+		st := &recordingStage{}
+		stages[desc.Digest] = st
+		return st
+	}})
+	defer env.mirror.Close()
+
+	resp := env.do(t, http.MethodGet, env.url("/v2/app/manifests/1"), nil)
+	io.Copy(io.Discard, resp.Body)
+	waitFor(t, "all prefetches to end", func() bool {
+		s := env.mirror.Stats()
+		return s.Prefetched+s.PrefetchFailed == 3
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for _, b := range blobs {
+		st := stages[b.Digest]
+		if st == nil {
+			t.Fatalf("blob %s not offered to the stage", b.Digest)
+		}
+		st.mu.Lock()
+		if b.Digest == bad.Digest {
+			if !st.aborted || st.verified != "" {
+				t.Errorf("corrupt blob: aborted %v, committed as %q", st.aborted, st.verified)
+			}
+		} else if st.aborted || st.verified != b.Digest || digest.FromBytes(st.seen.Bytes()) != b.Digest {
+			t.Errorf("blob %s: aborted %v, committed as %q, saw %d bytes", b.Digest, st.aborted, st.verified, st.seen.Len())
+		}
+		st.mu.Unlock()
+	}
+}
