@@ -94,6 +94,49 @@ func TestLocaldsPullResume(t *testing.T) {
 	}
 }
 
+// TestLocaldsPullDatastoreMoves: the datastore is killed 8 MiB into the
+// archive and comes back at another address while the same `localds pull`
+// is retrying: it finds the new address by mDNS, continues with a Range
+// from where it was, fetches no byte twice, and the image is complete.
+func TestLocaldsPullDatastoreMoves(t *testing.T) {
+	requireE2E(t)
+	s := newBareSite(t)
+	dir := t.TempDir()
+	big := newCLIImage(t, "big", "", 40<<20, 40<<20)
+	archive := namedLayout(t, big.img, "big:1")
+	writeFile(t, filepath.Join(dir, "images", "big.oci.tar"), archive)
+	sum, size := sha256Hex(archive), int64(len(archive))
+	s.startDaemon(t)
+	s.startContainerd(t)
+	srv := startServe(t, s, dir)
+	pull := s.node.Start(t, testnet.Binary(t, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root,
+		"--interface", "br0", "--unpack=false", "--sha256", sum, "http://"+dsLocal+"/images/big.oci.tar", "big:1")
+	waitIngest(t, s.root, 8<<20, pull)
+	if err := srv.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	s.app.SetAddr(t, "eth0", appIP+"/24", appIP2+"/24")
+	srv = startServe(t, s, dir)
+	if err := pull.Wait(localdsPullTimeout); err != nil {
+		t.Fatalf("the pull did not survive the move: %v\n%s", err, pull.Log())
+	}
+	m := regexp.MustCompile(`bytes=(\d+) .*path=/images/big.oci.tar range="?bytes=(\d+)-`).FindStringSubmatch(srv.Log())
+	if m == nil {
+		t.Fatalf("the datastore at its new address got no Range request:\n%s\npull:\n%s", srv.Log(), pull.Log())
+	}
+	sent, _ := strconv.ParseInt(m[1], 10, 64)
+	from, _ := strconv.ParseInt(m[2], 10, 64)
+	if from < 8<<20 || sent != size-from {
+		t.Fatalf("resumed at byte %d (sent %d) of %d, want from at least 8 MiB and only the rest", from, sent, size)
+	}
+	if got := s.imageTarget(t, "big:1"); got != big.pushed.Manifest.Digest.String() {
+		t.Fatalf("big:1 -> %q, want %s", got, big.pushed.Manifest.Digest)
+	}
+	s.checkBlobs(t, big.pushed)
+	s.requireNoIngest(t)
+	t.Logf("the datastore moved to %s; the pull resumed at byte %d of %d", appIP2, from, size)
+}
+
 // waitIngest waits (bounded) until the CAS's ingests hold at least n
 // bytes, failing if the pull ends first.
 func waitIngest(t *testing.T, root string, n int64, pull *testnet.Process) {
