@@ -82,10 +82,10 @@ func TestStagedApplyIsExtraction(t *testing.T) {
 	// Implicit parents: with a lower directory only the mtime is "now"
 	// (owner, mode and atime are the lower's), without one both times.
 	now := []nowTimes{
-		{both: []string{"opt", "opt/app", "opt/app/bin"}},
-		{mtime: []string{"home", "home/user", "tmp"}, both: []string{"home/user/.cache", "etc/rel"}},
+		{Both: []string{"opt", "opt/app", "opt/app/bin"}},
+		{Mtime: []string{"home", "home/user", "tmp"}, Both: []string{"home/user/.cache", "etc/rel"}},
 		// opt/...: the lower's atime is its own "now" (l0's implicit).
-		{mtime: []string{"home"}, both: []string{"newdir", "home/user", "opt", "opt/app", "opt/app/bin"}},
+		{Mtime: []string{"home"}, Both: []string{"newdir", "home/user", "opt", "opt/app", "opt/app/bin"}},
 	}
 	if taken := e.applyBoth(t, richLayers(t), now, nil); !equalBools(taken, []bool{true, true, true}) {
 		t.Fatalf("staged trees taken: %v, want all", taken)
@@ -122,14 +122,14 @@ func TestStagedApplyFallbacks(t *testing.T) {
 		{name: "hard link to a lower layer's file", taken: []bool{true, false}, layers: func(t *testing.T) [][]byte {
 			return [][]byte{buildTar(t, fileE("f", "f", 0o644, 0, 0)), buildTar(t, linkE(tar.TypeLink, "g", "f"))}
 		}},
-		{name: "implicit parent whose lower directory has xattrs", taken: []bool{true, false}, now: []nowTimes{{}, {mtime: []string{"x"}}}, layers: func(t *testing.T) [][]byte {
+		{name: "implicit parent whose lower directory has xattrs", taken: []bool{true, false}, now: []nowTimes{{}, {Mtime: []string{"x"}}}, layers: func(t *testing.T) [][]byte {
 			return [][]byte{buildTar(t, withXattr(dirE("x/", 0o755, 0, 0), "user.a", "b")), buildTar(t, fileE("x/f", "f", 0o644, 0, 0))}
 		}},
-		{name: "implicit parent whose lower directory is set-group-ID", taken: []bool{true, false}, now: []nowTimes{{}, {mtime: []string{"s"}, both: []string{"s/n"}}}, layers: func(t *testing.T) [][]byte {
+		{name: "implicit parent whose lower directory is set-group-ID", taken: []bool{true, false}, now: []nowTimes{{}, {Mtime: []string{"s"}, Both: []string{"s/n"}}}, layers: func(t *testing.T) [][]byte {
 			return [][]byte{buildTar(t, dirE("s/", 0o2775, 0, 50)), buildTar(t, fileE("s/n/f", "f", 0o644, 0, 0))}
 		}},
 		// Resolving through a symlink reads it: its atime is "now".
-		{name: "path through a symlink", taken: []bool{false}, now: []nowTimes{{both: []string{"l"}}}, layers: func(t *testing.T) [][]byte {
+		{name: "path through a symlink", taken: []bool{false}, now: []nowTimes{{Both: []string{"l"}}}, layers: func(t *testing.T) [][]byte {
 			return [][]byte{buildTar(t, dirE("d/", 0o755, 0, 0), linkE(tar.TypeSymlink, "l", "d"), fileE("l/f", "f", 0o644, 0, 0))}
 		}},
 		{name: "entry twice", taken: []bool{false}, layers: func(t *testing.T) [][]byte {
@@ -138,13 +138,13 @@ func TestStagedApplyFallbacks(t *testing.T) {
 		{name: "directory named after its entries", taken: []bool{false}, layers: func(t *testing.T) [][]byte {
 			return [][]byte{buildTar(t, fileE("a/f", "f", 0o644, 0, 0), dirE("a/", 0o700, 3, 3))}
 		}},
-		{name: "opaque marker in an implicit directory", taken: []bool{true, false}, now: []nowTimes{{}, {mtime: []string{"a"}}}, layers: func(t *testing.T) [][]byte {
+		{name: "opaque marker in an implicit directory", taken: []bool{true, false}, now: []nowTimes{{}, {Mtime: []string{"a"}}}, layers: func(t *testing.T) [][]byte {
 			return [][]byte{buildTar(t, dirE("a/", 0o755, 0, 0), fileE("a/f", "f", 0o644, 0, 0)), buildTar(t, whiteoutE("a/.wh..wh..opq"))}
 		}},
 		{name: "target on another file system", taken: []bool{false}, prepare: tmpfs, layers: func(t *testing.T) [][]byte {
 			return [][]byte{buildTar(t, fileE("f", "f", 0o644, 0, 0))}
 		}},
-		{name: "target not empty", taken: []bool{false}, now: []nowTimes{{both: []string{"already"}}}, prepare: func(t *testing.T) func(int, string) {
+		{name: "target not empty", taken: []bool{false}, now: []nowTimes{{Both: []string{"already"}}}, prepare: func(t *testing.T) func(int, string) {
 			return func(i int, dir string) {
 				if err := os.WriteFile(filepath.Join(dir, "already"), []byte("here"), 0o644); err != nil {
 					t.Fatal(err)
