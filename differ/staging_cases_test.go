@@ -201,6 +201,12 @@ func TestStageNeedsVerifiedBlob(t *testing.T) {
 			}
 			st.Commit(desc.Digest)
 		}},
+		{"store write failed", func(st *differ.Stage) {
+			if _, err := st.Copy(failingWriter{}, bytes.NewReader(blob)); err == nil {
+				t.Error("a write error is not reported")
+			}
+			st.Commit(desc.Digest)
+		}},
 		{"aborted", func(st *differ.Stage) { st.Copy(io.Discard, bytes.NewReader(blob)); st.Abort() }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -256,6 +262,10 @@ func TestStageHostileLayer(t *testing.T) {
 		}
 	}
 }
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
 
 func hasPrefix(p, dir string) bool { return p == dir || len(p) > len(dir) && p[:len(dir)+1] == dir+"/" }
 
