@@ -37,7 +37,7 @@ func (s *Service) applyStaged(ctx context.Context, desc ocispec.Descriptor, moun
 	// Taken once: whatever happens, the rest of the tree goes.
 	defer s.staging.discard(ctx, t)
 	l := log.G(ctx).WithField("digest", desc.Digest)
-	if t.size != desc.Size || (t.whiteouts && !overlay) {
+	if decoded, _ := layerDecoding(desc.MediaType); t.size != desc.Size || t.decoded != decoded || (t.whiteouts && !overlay) {
 		l.Debug("staged layer does not fit this apply; extracting")
 		return ocispec.Descriptor{}, false, nil
 	}
@@ -58,7 +58,7 @@ func (s *Service) applyStaged(ctx context.Context, desc ocispec.Descriptor, moun
 			return ocispec.Descriptor{}, false, err
 		}
 	}
-	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Size: t.size, Digest: t.diffID}, true, nil
+	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Size: t.diffSize, Digest: t.diffID}, true, nil
 }
 
 // stagedTarget is the directory containerd's apply would extract into for

@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"github.com/containerd/containerd/v2/pkg/archive"
+	"github.com/containerd/containerd/v2/pkg/archive/compression"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -24,16 +25,22 @@ type Stage struct {
 	desc ocispec.Descriptor
 	dir  string
 
-	n         int64 // bytes copied
-	copied    bool  // Copy ran to the end of the blob
-	err       error // why the extraction is not usable
+	n       int64 // bytes copied
+	copied  bool  // Copy ran to the end of the blob
+	err     error // why the extraction is not usable
+	decoded bool  // read through DecompressStream (layerDecoding)
+	// diffID and diffSize of what was decompressed; empty when the blob
+	// is the tar (then the verified blob digest is the diff ID)
+	diffID    digest.Digest
+	diffSize  int64
 	whiteouts bool
 	implicit  []string
 	ended     bool // Commit or Abort was called
 }
 
 func startStage(ctx context.Context, s *Staging, desc ocispec.Descriptor, dir string) *Stage {
-	return &Stage{s: s, ctx: ctx, desc: desc, dir: dir, err: errors.New("not copied")}
+	decoded, _ := layerDecoding(desc.MediaType)
+	return &Stage{s: s, ctx: ctx, desc: desc, dir: dir, decoded: decoded, err: errors.New("not copied")}
 }
 
 // Copy copies the blob from src to dst (the store's writer, which hashes
@@ -45,12 +52,7 @@ func startStage(ctx context.Context, s *Staging, desc ocispec.Descriptor, dir st
 func (st *Stage) Copy(dst io.Writer, src io.Reader) (int64, error) {
 	tr := &teeReader{src: src, dst: dst, buf: make([]byte, teeChunk)}
 	chk := newEntryCheck()
-	// containerd's own extractor, as its overlay apply calls it; the
-	// check refuses entries whose result would depend on the target (see
-	// entryCheck), so the tree is what Apply would make.
-	_, err := archive.Apply(st.ctx, st.dir, tr,
-		archive.WithConvertWhiteout(archive.OverlayConvertWhiteout),
-		archive.WithFilter(chk.filter))
+	err := st.extract(tr, chk)
 	if tr.err != nil {
 		st.n, st.err = tr.n, tr.err
 		return tr.n, tr.err
@@ -67,6 +69,54 @@ func (st *Stage) Copy(dst io.Writer, src io.Reader) (int64, error) {
 	st.err, st.whiteouts, st.implicit = err, chk.whiteouts, chk.implicit
 	st.copied = cerr == nil
 	return st.n, cerr
+}
+
+// extract runs containerd's own extractor on the layer read from r, as
+// its overlay apply calls it (decompressed as its apply does, see
+// layerDecoding); the check refuses entries whose result would depend on
+// the target (see entryCheck), so the tree is what Apply would make. For
+// a decompressed layer it hashes all that the decompressor gives, as
+// containerd's apply does for the diff ID.
+func (st *Stage) extract(r io.Reader, chk *entryCheck) error {
+	opts := []archive.ApplyOpt{archive.WithConvertWhiteout(archive.OverlayConvertWhiteout), archive.WithFilter(chk.filter)}
+	if !st.decoded {
+		_, err := archive.Apply(st.ctx, st.dir, r, opts...)
+		return err
+	}
+	ds, err := compression.DecompressStream(r)
+	if err != nil {
+		return fmt.Errorf("decompress: %w", err)
+	}
+	defer ds.Close()
+	if ds.GetCompression() == compression.Uncompressed {
+		// The blob is the tar (a docker tar type): no second hash.
+		if _, err := archive.Apply(st.ctx, st.dir, ds, opts...); err != nil {
+			return err
+		}
+		_, err := io.Copy(io.Discard, ds)
+		return err
+	}
+	h := digest.Canonical.Digester()
+	cr := &countingReader{r: io.TeeReader(ds, h.Hash())}
+	if _, err := archive.Apply(st.ctx, st.dir, cr, opts...); err != nil {
+		return err
+	}
+	if _, err := io.Copy(io.Discard, cr); err != nil {
+		return fmt.Errorf("decompress: %w", err)
+	}
+	st.diffID, st.diffSize = h.Digest(), cr.n
+	return nil
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // teeChunk is how much teeReader reads ahead and writes to the store at
@@ -151,7 +201,11 @@ func (st *Stage) Commit(verified digest.Digest) {
 	case verified != st.desc.Digest:
 		err = fmt.Errorf("blob verified as %s, staged as %s", verified, st.desc.Digest)
 	}
-	t := &stagedTree{dir: st.dir, size: st.desc.Size, diffID: st.desc.Digest, whiteouts: st.whiteouts, implicit: st.implicit}
+	t := &stagedTree{dir: st.dir, size: st.desc.Size, decoded: st.decoded, diffID: st.diffID, diffSize: st.diffSize, whiteouts: st.whiteouts, implicit: st.implicit}
+	if t.diffID == "" {
+		// The blob is the tar: its verified digest is the diff ID.
+		t.diffID, t.diffSize = st.desc.Digest, st.desc.Size
+	}
 	if err != nil {
 		log.G(st.ctx).WithError(err).WithField("digest", st.desc.Digest).Debug("layer not staged; it will be extracted at apply")
 		st.s.discard(st.ctx, t)

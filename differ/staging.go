@@ -43,9 +43,15 @@ type Staging struct {
 
 // stagedTree is one published extraction.
 type stagedTree struct {
-	dir    string // its root, inside Staging.dir
-	size   int64  // the blob's (= uncompressed) size, reserved in Staging
-	diffID digest.Digest
+	dir  string // its root, inside Staging.dir
+	size int64  // the blob's size, reserved in Staging
+	// decoded: the blob went through containerd's DecompressStream (see
+	// layerDecoding); Apply takes the tree only for a layer it decodes
+	// the same way.
+	decoded bool
+	// diffID and diffSize describe the uncompressed tar, as Apply answers.
+	diffID   digest.Digest
+	diffSize int64
 	// whiteouts: the layer has whiteouts or opaque markers, extracted the
 	// overlay way (char device 0/0, trusted.overlay.opaque), so only an
 	// overlay upperdir may take the tree.
@@ -57,7 +63,8 @@ type stagedTree struct {
 }
 
 const (
-	// DefaultStagingMaxBytes bounds the layer bytes staged at a time.
+	// DefaultStagingMaxBytes bounds the layer (blob) bytes staged at a
+	// time; a compressed layer's tree is bigger than its blob.
 	DefaultStagingMaxBytes = 4 << 30
 	// DefaultStagingTTL is how long a staged tree waits for its Apply.
 	DefaultStagingTTL = 10 * time.Minute
@@ -109,22 +116,33 @@ func NewStaging(ctx context.Context, root string, opts ...StagingOption) (*Stagi
 // Dir is the staging directory.
 func (s *Staging) Dir() string { return s.dir }
 
-// stageableMediaType: only uncompressed tar layers are staged, whose diff
-// ID is the blob digest the prefetch verifies anyway. Compressed layers
-// are applied the normal way.
-func stageableMediaType(mt string) bool {
+// layerDecoding is how containerd's apply reads a layer of media type mt
+// (core/diff's processors): an OCI tar as it is, the docker tar and the
+// gzip and zstd types through compression.DecompressStream, which goes by
+// the bytes' magic, not the type. ok is false for types not staged
+// (encrypted, foreign, anything else), which are applied the normal way.
+func layerDecoding(mt string) (decoded, ok bool) {
 	switch mt {
-	case ocispec.MediaTypeImageLayer, images.MediaTypeDockerSchema2Layer:
-		return true
+	case ocispec.MediaTypeImageLayer:
+		return false, true
+	case images.MediaTypeDockerSchema2Layer, images.MediaTypeDockerSchema2LayerGzip, images.MediaTypeDockerSchema2LayerZstd,
+		ocispec.MediaTypeImageLayerGzip, ocispec.MediaTypeImageLayerZstd:
+		return true, true
 	}
-	return false
+	return false, false
 }
 
-// Begin starts staging the layer desc, whose bytes the caller then writes
-// to the returned Stage as it fetches them. It returns nil when desc is
-// not staged: not an uncompressed layer, already staged, over the byte
-// bound, in a user namespace (no mknod of whiteouts, as for containerd),
-// or the staging directory failing.
+func stageableMediaType(mt string) bool {
+	_, ok := layerDecoding(mt)
+	return ok
+}
+
+// Begin starts staging the layer desc, whose bytes the caller then copies
+// through the returned Stage as it fetches them. It returns nil when desc
+// is not staged: not a layer type containerd applies as a plain,
+// gzip or zstd tar, already staged, over the byte bound, in a user
+// namespace (no mknod of whiteouts, as for containerd), or the staging
+// directory failing.
 func (s *Staging) Begin(ctx context.Context, desc ocispec.Descriptor) *Stage {
 	if s == nil || !stageableMediaType(desc.MediaType) || desc.Size <= 0 || desc.Digest.Validate() != nil ||
 		desc.Digest.Algorithm() != digest.SHA256 || userns.RunningInUserNS() {

@@ -11,10 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"testing/iotest"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -92,6 +94,54 @@ func TestStagedApplyIsExtraction(t *testing.T) {
 	}
 	if left := stagingEntries(t, e); len(left) != 0 {
 		t.Fatalf("staging still holds %v", left)
+	}
+}
+
+// Compressed layers (and the docker tar type, which containerd reads
+// through its decompressor too) are staged decompressed, their diff ID
+// computed on the way: the same trees and diff IDs as containerd's apply.
+func TestStagedApplyDecompressed(t *testing.T) {
+	gz := func(t *testing.T, b []byte) []byte {
+		var buf bytes.Buffer
+		zw := gzip.NewWriter(&buf)
+		zw.Write(b)
+		zw.Close()
+		return buf.Bytes()
+	}
+	for _, tc := range []struct {
+		name   string
+		encode func(t *testing.T, tar []byte) ([]byte, string)
+	}{
+		{"oci gzip", func(t *testing.T, b []byte) ([]byte, string) { return gz(t, b), ocispec.MediaTypeImageLayerGzip }},
+		{"docker gzip", func(t *testing.T, b []byte) ([]byte, string) { return gz(t, b), images.MediaTypeDockerSchema2LayerGzip }},
+		{"docker tar", func(t *testing.T, b []byte) ([]byte, string) { return b, images.MediaTypeDockerSchema2Layer }},
+		// containerd goes by the magic: a gzip blob typed as a docker tar
+		// is decompressed.
+		{"docker tar holding gzip", func(t *testing.T, b []byte) ([]byte, string) { return gz(t, b), images.MediaTypeDockerSchema2Layer }},
+		{"oci gzip with trailing garbage", func(t *testing.T, b []byte) ([]byte, string) {
+			return append(gz(t, b), "garbage"...), ocispec.MediaTypeImageLayerGzip
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newApplyEnv(t)
+			e.encode = tc.encode
+			now := []nowTimes{
+				{Both: []string{"opt", "opt/app", "opt/app/bin"}},
+				{Mtime: []string{"home", "home/user", "tmp"}, Both: []string{"home/user/.cache", "etc/rel"}},
+				{Mtime: []string{"home"}, Both: []string{"newdir", "home/user", "opt", "opt/app", "opt/app/bin"}},
+			}
+			taken := e.applyBoth(t, richLayers(t), now, nil)
+			want := []bool{true, true, true}
+			if strings.Contains(tc.name, "garbage") {
+				want = nil // both fail on the first layer: no tree
+			}
+			if !equalBools(taken, want) && !(want == nil && !slices.Contains(taken, true)) {
+				t.Fatalf("staged trees taken: %v, want %v", taken, want)
+			}
+			if left := stagingEntries(t, e); len(left) != 0 {
+				t.Fatalf("staging still holds %v", left)
+			}
+		})
 	}
 }
 
@@ -290,10 +340,10 @@ func TestStagingLimits(t *testing.T) {
 	if fi, err := os.Stat(s.Dir()); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Fatalf("staging directory: %v, %v", fi.Mode(), err)
 	}
-	var gz bytes.Buffer
-	gzip.NewWriter(&gz).Close()
-	if st := s.Begin(ctx, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromBytes(gz.Bytes()), Size: int64(gz.Len())}); st != nil {
-		t.Fatal("gzip layer staged")
+	for _, mt := range []string{"application/vnd.oci.image.layer.v1.tar+encrypted", "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", ocispec.MediaTypeImageConfig} {
+		if st := s.Begin(ctx, ocispec.Descriptor{MediaType: mt, Digest: digest.FromString(mt), Size: 100}); st != nil {
+			t.Fatalf("%s staged", mt)
+		}
 	}
 	blob := buildTar(t, fileE("f", "x", 0o644, 0, 0)) // 3072 bytes (PAX)
 	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: digest.FromBytes(blob), Size: int64(len(blob))}

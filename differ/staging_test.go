@@ -29,6 +29,8 @@ type applyEnv struct {
 	staging *differ.Staging
 	svc     *differ.Service
 	taken   []bool
+	// encode, if set, makes the blob and media type of a layer tar.
+	encode func(t *testing.T, tar []byte) ([]byte, string)
 }
 
 func newApplyEnv(t *testing.T, opts ...differ.StagingOption) *applyEnv {
@@ -54,7 +56,11 @@ func newApplyEnv(t *testing.T, opts ...differ.StagingOption) *applyEnv {
 func (e *applyEnv) add(t *testing.T, blob []byte) ocispec.Descriptor {
 	t.Helper()
 	ctx := context.Background()
-	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: digest.FromBytes(blob), Size: int64(len(blob))}
+	mt := ocispec.MediaTypeImageLayer
+	if e.encode != nil {
+		blob, mt = e.encode(t, blob)
+	}
+	desc := ocispec.Descriptor{MediaType: mt, Digest: digest.FromBytes(blob), Size: int64(len(blob))}
 	if err := ccontent.WriteBlob(ctx, e.store, desc.Digest.String(), bytes.NewReader(blob), desc); err != nil {
 		t.Fatal(err)
 	}
