@@ -25,8 +25,9 @@ import (
 //   - killed with SIGKILL: the next pull resumes at the last checkpoint
 //     written between entries, after the first layer (at least 32 MiB in).
 //
-// To stop the pull mid-file every time, the datastore is killed first (the
-// pull is then retrying) and started again before the next pull.
+// To stop the pull mid-file every time, the datastore's link is limited
+// to 400 Mbit/s and the datastore is killed first (the pull is then
+// retrying) and started again before the next pull.
 func TestLocaldsPullResume(t *testing.T) {
 	requireE2E(t)
 	s := newBareSite(t)
@@ -37,6 +38,7 @@ func TestLocaldsPullResume(t *testing.T) {
 	sum, size := sha256Hex(archive), int64(len(archive))
 	s.startDaemon(t)
 	s.startContainerd(t)
+	limitRate(t, s)
 	url := "http://" + dsLocal + "/images/big.oci.tar"
 	ckpt := filepath.Join(s.root, "vault", "downloader", sum+".import")
 
@@ -96,7 +98,7 @@ func TestLocaldsPullResume(t *testing.T) {
 
 // TestLocaldsPullDatastoreMoves: the datastore is killed 8 MiB into the
 // archive and comes back at another address while the same `localds pull`
-// is retrying: it finds the new address by mDNS, continues with a Range
+// is retrying (its link limited as in TestLocaldsPullResume): it finds the new address by mDNS, continues with a Range
 // from where it was, fetches no byte twice, and the image is complete.
 func TestLocaldsPullDatastoreMoves(t *testing.T) {
 	requireE2E(t)
@@ -108,6 +110,7 @@ func TestLocaldsPullDatastoreMoves(t *testing.T) {
 	sum, size := sha256Hex(archive), int64(len(archive))
 	s.startDaemon(t)
 	s.startContainerd(t)
+	limitRate(t, s)
 	srv := startServe(t, s, dir)
 	pull := s.node.Start(t, testnet.Binary(t, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root,
 		"--interface", "br0", "--unpack=false", "--sha256", sum, "http://"+dsLocal+"/images/big.oci.tar", "big:1")
@@ -115,6 +118,10 @@ func TestLocaldsPullDatastoreMoves(t *testing.T) {
 	if err := srv.Kill(); err != nil {
 		t.Fatal(err)
 	}
+	// The killed datastore's kernel still sends what it had queued, then
+	// its FIN; move only after that, or the pull waits for its 30 s stall
+	// cut (the case of a datastore whose address vanishes mid-transfer).
+	pull.WaitLog(t, "download interrupted", e2eWait)
 	s.app.SetAddr(t, "eth0", appIP+"/24", appIP2+"/24")
 	srv = startServe(t, s, dir)
 	if err := pull.Wait(localdsPullTimeout); err != nil {
@@ -135,6 +142,13 @@ func TestLocaldsPullDatastoreMoves(t *testing.T) {
 	s.checkBlobs(t, big.pushed)
 	s.requireNoIngest(t)
 	t.Logf("the datastore moved to %s; the pull resumed at byte %d of %d", appIP2, from, size)
+}
+
+// limitRate slows what the datastore sends to 400 Mbit/s (its eth0, in
+// the test's app namespace), so a test can stop a transfer in its middle.
+func limitRate(t *testing.T, s *site) {
+	t.Helper()
+	s.app.Run(t, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "400mbit", "burst", "256kb", "latency", "50ms")
 }
 
 // waitIngest waits (bounded) until the CAS's ingests hold at least n
