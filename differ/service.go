@@ -14,6 +14,7 @@ package differ
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	diffapi "github.com/containerd/containerd/api/services/diff/v1"
@@ -40,6 +41,7 @@ type Service struct {
 	// staged is told whether an Apply took one.
 	staging *Staging
 	staged  func(taken bool)
+	otherFS sync.Once // warned that snapshots are on another file system
 }
 
 // Option configures a Service.

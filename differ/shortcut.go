@@ -50,6 +50,11 @@ func (s *Service) applyStaged(ctx context.Context, desc ocispec.Descriptor, moun
 		if moved {
 			return ocispec.Descriptor{}, false, fmt.Errorf("move staged layer onto %s: %w", target, err)
 		}
+		if errors.Is(err, errOtherFS) {
+			s.otherFS.Do(func() {
+				l.WithError(err).Warn("layers staged in the daemon's root cannot be moved onto this snapshotter's file system; they are extracted at apply (--stage-layers=false saves the staging work)")
+			})
+		}
 		l.WithError(err).Debug("staged layer not moved; extracting")
 		return ocispec.Descriptor{}, false, nil
 	}
@@ -114,7 +119,7 @@ func moveTree(src, dst string) (moved bool, err error) {
 		return false, fmt.Errorf("target %s is not a directory", dst)
 	}
 	if sst.Dev != dstSt.Dev {
-		return false, fmt.Errorf("target %s is on another file system than the staging area", dst)
+		return false, fmt.Errorf("target %s: %w", dst, errOtherFS)
 	}
 	if empty, err := isEmptyDir(dst); err != nil || !empty {
 		return false, fmt.Errorf("target %s is not empty (%v)", dst, err)
@@ -138,6 +143,9 @@ func moveTree(src, dst string) (moved bool, err error) {
 	}
 	return false, nil
 }
+
+// errOtherFS: rename(2) cannot move a staged tree there.
+var errOtherFS = errors.New("on another file system than the staging area")
 
 func isEmptyDir(dir string) (bool, error) {
 	f, err := os.Open(dir)
