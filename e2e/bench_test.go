@@ -67,6 +67,7 @@ func BenchmarkPull(b *testing.B) {
 	stockRef, localRef := appIP+":5000/bench:1", dsLocal+":5000/bench:1"
 
 	var stockSec, localSec, noPrefetchSec, fsyncSec, rss, noPrefetchRSS float64
+	var rounds []string // each round's seconds, for the log (the metrics are means)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
@@ -81,6 +82,7 @@ func BenchmarkPull(b *testing.B) {
 		b.StopTimer()
 		b.Logf("stock: CPU during the pull: containerd %.2fs", cpuSeconds(b, stock.Proc.Pid())-cpu0)
 		stockSec += sec
+		rounds = append(rounds, fmt.Sprintf("stock %.2fs", sec))
 		checkStockBlobs(b, stock, p)
 		stopAll(b, stock.Proc)
 		removeAll(b, stock.Root)
@@ -89,8 +91,10 @@ func BenchmarkPull(b *testing.B) {
 		// without prefetching.
 		sec, peak := s.benchLocaldsPull(b, p, localRef, "localds")
 		localSec, rss = localSec+sec, rss+peak
+		rounds[len(rounds)-1] += fmt.Sprintf(" localds %.2fs", sec)
 		sec, peak = s.benchLocaldsPull(b, p, localRef, "localds, no prefetch", "--prefetch=false")
 		noPrefetchSec, noPrefetchRSS = noPrefetchSec+sec, noPrefetchRSS+peak
+		rounds[len(rounds)-1] += fmt.Sprintf(" no-prefetch %.2fs", sec)
 		b.StartTimer()
 	}
 	n := float64(b.N)
@@ -102,6 +106,8 @@ func BenchmarkPull(b *testing.B) {
 	b.ReportMetric(noPrefetchSec/stockSec, "noprefetch/stock")
 	b.ReportMetric(noPrefetchRSS/n, "noprefetch-rss-MiB")
 	b.ReportMetric(fsyncSec/n, "fsync-write-s")
+	// To stderr as well: the benchmark's log is cut after the first run.
+	fmt.Fprintf(os.Stderr, "BenchmarkPull b.N=%d rounds: %s\n", b.N, strings.Join(rounds, "; "))
 	b.Logf("%d MiB: stock %.2fs, localds %.2fs (ratio %.2f, daemon peak RSS %.1f MiB), localds without prefetch %.2fs (ratio %.2f, peak RSS %.1f MiB); write+fsync of the same bytes %.2fs",
 		total>>20, stockSec/n, localSec/n, localSec/stockSec, rss/n, noPrefetchSec/n, noPrefetchSec/stockSec, noPrefetchRSS/n, fsyncSec/n)
 }
