@@ -87,7 +87,14 @@ func (st *Stage) extract(r io.Reader, chk *entryCheck) error {
 	if err != nil {
 		return fmt.Errorf("decompress: %w", err)
 	}
-	defer ds.Close()
+	// Drained before it is closed, also when the extraction fails: with
+	// an external decompressor (unpigz, igzip) a goroutine of os/exec
+	// reads r until the decompressor is done, and the caller goes on
+	// reading src only after that.
+	defer func() {
+		io.Copy(io.Discard, ds)
+		ds.Close()
+	}()
 	if ds.GetCompression() == compression.Uncompressed {
 		// The blob is the tar (a docker tar type): no second hash.
 		if _, err := archive.Apply(st.ctx, st.dir, ds, opts...); err != nil {
