@@ -30,7 +30,7 @@ func DiffService() ServiceFunc {
 		})
 		staged := prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "localds_layer_staged_applies_total",
-			Help: "Applies of uncompressed layers, by whether they moved a tree extracted during the prefetch (taken) or extracted the layer (extracted).",
+			Help: "Applies of layers of the types staged (tar, gzip, zstd), by whether they moved a tree extracted during the prefetch (taken) or extracted the layer (extracted).",
 		}, []string{"how"})
 		if d.Metrics != nil {
 			for _, c := range []prometheus.Collector{applies, seconds, staged} {

@@ -65,7 +65,7 @@ type Config struct {
 	// Mirror builds the /v2/ handler; nil (or a nil handler) serves 404 for
 	// every /v2/ path (containerd then goes to the upstream itself).
 	Mirror MirrorFunc
-	// StageLayers extracts uncompressed layers while the mirror
+	// StageLayers extracts layers (tar, gzip, zstd) while the mirror
 	// prefetches them, into <Root>/vault/staging, for the diff service to
 	// move onto the snapshot (differ.Staging). Without it Deps.Staging is
 	// nil and layers are extracted at apply.

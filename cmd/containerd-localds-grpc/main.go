@@ -46,7 +46,7 @@ func newCommand() *cli.Command {
 			&cli.StringFlag{Name: "datastore-ca", Usage: "PEM file of CA certificates trusted, besides the system's, for HTTPS .local datastores (verified against the .local name)"},
 			&cli.BoolFlag{Name: "snapshotter", Value: true, Usage: "also serve the localds snapshotter on the socket (needs root and overlayfs; --snapshotter=false for content only)"},
 			&cli.BoolFlag{Name: "prefetch", Value: true, Usage: "when the mirror serves an image manifest, fetch its config and layers into the CAS at once, in parallel (--prefetch=false: only what containerd asks for)"},
-			&cli.BoolFlag{Name: "stage-layers", Value: true, Usage: "extract uncompressed layers while they are prefetched (into <root>/vault/staging), so that applying one onto a snapshot is a rename (--stage-layers=false: extract at apply)"},
+			&cli.BoolFlag{Name: "stage-layers", Value: true, Usage: "extract layers while they are prefetched (into <root>/vault/staging), so that applying one onto an empty snapshot on the same file system is a rename (--stage-layers=false: extract at apply)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "trace, debug, info, warn or error"},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {

@@ -196,4 +196,23 @@ func TestConfigPrecedence(t *testing.T) {
 	if cfg, _ = run("--snapshotter=false"); len(cfg.Services) != 1 {
 		t.Fatalf("--snapshotter=false still serves %d services, want only the differ", len(cfg.Services))
 	}
+	// Layers are staged by default; not without the prefetch they ride on.
+	noStage := filepath.Join(t.TempDir(), "s.toml")
+	if err := os.WriteFile(noStage, []byte("stage-layers = false\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, true},
+		{[]string{"--stage-layers=false"}, false},
+		{[]string{"--prefetch=false"}, false},
+		{[]string{"--config", noStage}, false},
+		{[]string{"--config", noStage, "--stage-layers"}, true},
+	} {
+		if cfg, _ = run(tc.args...); cfg.StageLayers != tc.want {
+			t.Errorf("%q: StageLayers %v, want %v", tc.args, cfg.StageLayers, tc.want)
+		}
+	}
 }
