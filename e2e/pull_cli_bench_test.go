@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -32,12 +33,19 @@ import (
 //
 //   - curl-s: `curl -o FILE` of the archive by its .local name (address
 //     given with --resolve), the plain download;
-//   - pull-s: `localds pull --unpack=false --sha256 H URL`: resolve,
-//     download + sha256 + fsync into <root>/vault/downloader, then import
-//     into the CAS through containerd and containerd-localds-grpc (every
-//     blob verified on commit), image record;
-//   - pull/curl: the ratio (goal: at most 1.3);
-//   - download-s, import-s: the two halves of pull-s, from its progress.
+//   - curlsync-s: the same followed by `sync FILE`, so the bytes are on
+//     disk as the pull's are;
+//   - pull-s: `localds pull --unpack=false --sha256 H URL`: resolve, the
+//     download streamed straight into the CAS's ingests (each blob and the
+//     archive hashed on the way), the archive's sha256 checked, commits
+//     (fsync) and registration with containerd, image record;
+//   - pull/curl: the ratio (goal: at most 1.3), and pull/curlsync;
+//   - download-s, import-s: phases of pull-s from its progress (download
+//     includes the import's writes; import is the commits).
+//
+// Each side starts with nothing dirty waiting for writeback (the archive
+// written at set-up, the last round's files): the kernel's flushing would
+// otherwise land on whichever side writes to disk.
 //
 // Between iterations the image is removed and containerd collects its
 // blobs, so every import writes all 256 MiB again.
@@ -57,12 +65,22 @@ func BenchmarkLocaldsPullArchive(b *testing.B) {
 	url := "http://" + dsLocal + "/images/bench.oci.tar"
 	out := filepath.Join(filepath.Dir(s.root), "curl.tar") // the file system the pull writes to
 	// Warm the server's page cache, so both sides read it from memory.
-	s.benchCurl(b, url, out)
+	s.benchCurl(b, url, out, false)
 
-	var curlSec, pullSec, dlSec, impSec float64
+	var curlSec, curlSyncSec, pullSec, dlSec, impSec float64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		curlSec += s.benchCurl(b, url, out)
+		b.StopTimer()
+		quiesce()
+		b.StartTimer()
+		curlSec += s.benchCurl(b, url, out, false)
+		b.StopTimer()
+		quiesce()
+		b.StartTimer()
+		curlSyncSec += s.benchCurl(b, url, out, true)
+		b.StopTimer()
+		quiesce()
+		b.StartTimer()
 		sec, phases := s.benchPull(b, url, sum)
 		pullSec += sec
 		dlSec += phases["download"] + phases["verify"]
@@ -75,10 +93,12 @@ func BenchmarkLocaldsPullArchive(b *testing.B) {
 	b.ReportMetric(curlSec/n, "curl-s")
 	b.ReportMetric(pullSec/n, "pull-s")
 	b.ReportMetric(pullSec/curlSec, "pull/curl")
+	b.ReportMetric(curlSyncSec/n, "curlsync-s")
+	b.ReportMetric(pullSec/curlSyncSec, "pull/curlsync")
 	b.ReportMetric(dlSec/n, "download-s")
 	b.ReportMetric(impSec/n, "import-s")
-	b.Logf("%d MiB archive: curl %.2fs (%.0f MiB/s), localds pull %.2fs (%.0f MiB/s; download+verify %.2fs, import %.2fs), ratio %.2f",
-		size>>20, curlSec/n, float64(size>>20)/(curlSec/n), pullSec/n, float64(size>>20)/(pullSec/n), dlSec/n, impSec/n, pullSec/curlSec)
+	b.Logf("%d MiB archive: curl %.2fs (%.0f MiB/s), curl+sync %.2fs, localds pull %.2fs (%.0f MiB/s; download+verify %.2fs, import %.2fs), ratio %.2f to curl, %.2f to curl+sync",
+		size>>20, curlSec/n, float64(size>>20)/(curlSec/n), curlSyncSec/n, pullSec/n, float64(size>>20)/(pullSec/n), dlSec/n, impSec/n, pullSec/curlSec, pullSec/curlSyncSec)
 }
 
 // writeBenchArchive writes the benchmark image as an OCI layout tar at
@@ -123,19 +143,23 @@ func writeBenchArchive(b *testing.B, path string) (string, int64) {
 }
 
 // benchCurl times `curl -o out url` in the node namespace (the address
-// from --resolve, as curl does no mDNS), then removes out.
-func (s *site) benchCurl(b *testing.B, url, out string) float64 {
+// from --resolve, as curl does no mDNS), with `sync out` after it if
+// durable, then removes out.
+func (s *site) benchCurl(b *testing.B, url, out string, durable bool) float64 {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), localdsPullTimeout)
 	defer cancel()
 	start := time.Now()
 	cmd := s.node.Command(ctx, "curl", "-sS", "--fail", "--noproxy", "*", "--resolve", dsLocal+":80:"+appIP, "-o", out, url)
 	o, err := cmd.CombinedOutput()
+	if err == nil && durable {
+		o, err = exec.CommandContext(ctx, "sync", out).CombinedOutput()
+	}
 	sec := time.Since(start).Seconds()
 	if err != nil {
-		b.Fatalf("curl %s: %v\n%s", url, err, o)
+		b.Fatalf("curl %s (sync %v): %v\n%s", url, durable, err, o)
 	}
-	b.Logf("curl: %.2fs (cpu user %.2fs sys %.2fs)", sec, cmd.ProcessState.UserTime().Seconds(), cmd.ProcessState.SystemTime().Seconds())
+	b.Logf("curl (sync %v): %.2fs (cpu user %.2fs sys %.2fs)", durable, sec, cmd.ProcessState.UserTime().Seconds(), cmd.ProcessState.SystemTime().Seconds())
 	b.StopTimer()
 	if err := os.Remove(out); err != nil {
 		b.Fatal(err)
