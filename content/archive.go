@@ -198,7 +198,8 @@ type archive struct {
 	entries            int // tar entries read so far
 	blobCount, written int
 	writtenBytes       int64
-	buf                []byte // copyBlob's, reused for every blob
+	buf                []byte    // copyBlob's, reused for every blob
+	bufs               [2][]byte // copyOverlapped's
 
 	// stream is set for a StreamImport: written blobs wait in pending
 	// for their commit until the whole archive is verified.
@@ -418,6 +419,9 @@ func (a *archive) copyBlob(ctx context.Context, cw content.Writer, r io.Reader, 
 
 // copyRest writes bytes off..size of a file from r, which is at off.
 func (a *archive) copyRest(ctx context.Context, cw content.Writer, r io.Reader, size, off int64) error {
+	if a.stream != nil {
+		return a.copyOverlapped(ctx, cw, r, size, off)
+	}
 	if a.buf == nil {
 		n := importChunk
 		if a.local != nil {
