@@ -30,15 +30,8 @@ import (
 // retrying) and started again before the next pull.
 func TestLocaldsPullResume(t *testing.T) {
 	requireE2E(t)
-	s := newBareSite(t)
-	dir := t.TempDir()
-	big := newCLIImage(t, "big", "", 40<<20, 40<<20)
-	archive := namedLayout(t, big.img, "big:1")
-	writeFile(t, filepath.Join(dir, "images", "big.oci.tar"), archive)
-	sum, size := sha256Hex(archive), int64(len(archive))
-	s.startDaemon(t)
-	s.startContainerd(t)
-	limitRate(t, s)
+	r := newResumeSite(t)
+	s, dir, big, sum, size := r.site, r.dir, r.big, r.sum, r.size
 	url := "http://" + dsLocal + "/images/big.oci.tar"
 	ckpt := filepath.Join(s.root, "vault", "downloader", sum+".import")
 
@@ -98,19 +91,13 @@ func TestLocaldsPullResume(t *testing.T) {
 
 // TestLocaldsPullDatastoreMoves: the datastore is killed 8 MiB into the
 // archive and comes back at another address while the same `localds pull`
-// is retrying (its link limited as in TestLocaldsPullResume): it finds the new address by mDNS, continues with a Range
-// from where it was, fetches no byte twice, and the image is complete.
+// is retrying (its link limited as in TestLocaldsPullResume): it finds the
+// new address by mDNS, continues with a Range from where it was, fetches
+// no byte twice, and the image is complete.
 func TestLocaldsPullDatastoreMoves(t *testing.T) {
 	requireE2E(t)
-	s := newBareSite(t)
-	dir := t.TempDir()
-	big := newCLIImage(t, "big", "", 40<<20, 40<<20)
-	archive := namedLayout(t, big.img, "big:1")
-	writeFile(t, filepath.Join(dir, "images", "big.oci.tar"), archive)
-	sum, size := sha256Hex(archive), int64(len(archive))
-	s.startDaemon(t)
-	s.startContainerd(t)
-	limitRate(t, s)
+	r := newResumeSite(t)
+	s, dir, big, sum, size := r.site, r.dir, r.big, r.sum, r.size
 	srv := startServe(t, s, dir)
 	pull := s.node.Start(t, testnet.Binary(t, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root,
 		"--interface", "br0", "--unpack=false", "--sha256", sum, "http://"+dsLocal+"/images/big.oci.tar", "big:1")
@@ -142,6 +129,29 @@ func TestLocaldsPullDatastoreMoves(t *testing.T) {
 	s.checkBlobs(t, big.pushed)
 	s.requireNoIngest(t)
 	t.Logf("the datastore moved to %s; the pull resumed at byte %d of %d", appIP2, from, size)
+}
+
+// resumeSite is the site of the resume tests: an 80 MiB archive (two
+// 40 MiB layers) in the datastore's directory, the daemon and containerd
+// running, the datastore's link limited.
+type resumeSite struct {
+	site *site
+	dir  string
+	big  cliImage
+	sum  string
+	size int64
+}
+
+func newResumeSite(t *testing.T) resumeSite {
+	t.Helper()
+	r := resumeSite{site: newBareSite(t), dir: t.TempDir(), big: newCLIImage(t, "big", "", 40<<20, 40<<20)}
+	archive := namedLayout(t, r.big.img, "big:1")
+	writeFile(t, filepath.Join(r.dir, "images", "big.oci.tar"), archive)
+	r.sum, r.size = sha256Hex(archive), int64(len(archive))
+	r.site.startDaemon(t)
+	r.site.startContainerd(t)
+	limitRate(t, r.site)
+	return r
 }
 
 // limitRate slows what the datastore sends to 400 Mbit/s (its eth0, in
