@@ -2,8 +2,10 @@ package datastore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -68,6 +70,26 @@ func (f *fetch) feedVerified(ctx context.Context) (*Download, error) {
 	vf.Close()
 	removeQuiet(final)
 	return &Download{Size: n}, nil
+}
+
+// Drop removes what an interrupted Fetch of src left in the area (its
+// partial file and state), for a download that should not be resumed:
+// the sink gave up on it. A download in use elsewhere is left alone.
+func (d *Downloader) Drop(src Source) error {
+	if err := checkSource(&src); err != nil {
+		return err
+	}
+	key := downloadKey(src.URL.String(), src.SHA256)
+	partial := filepath.Join(d.dir, key+partialSuffix)
+	f, err := openLocked(partial, os.O_RDONLY, syscall.LOCK_EX)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return removeQuiet(filepath.Join(d.dir, key+stateSuffix))
+		}
+		return err
+	}
+	defer f.Close()
+	return removeQuiet(partial, filepath.Join(d.dir, key+stateSuffix))
 }
 
 // writerOnly hides a writer's other methods from io.CopyBuffer.

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -70,6 +71,8 @@ func TestLocaldsPull(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "images", "other.oci.tar"), otherTar)
 	brokenTar := dropEntry(t, namedLayout(t, broken.img, "broken:1"), "blobs/sha256/"+broken.pushed.Layers[1].Digest.Encoded())
 	writeFile(t, filepath.Join(dir, "images", "broken.oci.tar"), brokenTar)
+	junkTar := bytes.Repeat([]byte("this is no tar archive\n"), 64<<10)
+	writeFile(t, filepath.Join(dir, "images", "junk.tar"), junkTar)
 	// The registry side of serve loads this index at start as multi:1.
 	idx, multi := multiArch(t, "multi", "linux/amd64", "linux/arm/v7", "linux/arm64")
 	writeFile(t, filepath.Join(dir, serve.ImportDir, "multi.tar"), testimage.OCILayoutTar(t, mutate.AppendManifests(empty.Index, mutate.IndexAddendum{
@@ -187,6 +190,20 @@ volume = "`+cliVolume2+`"
 		s.requireNoIngest(t)
 		if left := downloaderFiles(t, s.root); len(left) != 0 {
 			t.Errorf("downloader area after a refused download: %v", left)
+		}
+	})
+
+	// Refused while it downloads: nothing stays (no ingest, no state or
+	// checkpoint to resume), and the error says the sha256 was not
+	// checked yet.
+	t.Run("not-an-archive", func(t *testing.T) {
+		_, errOut, err := s.localdsPull(t, "--sha256", sha256Hex(junkTar), "http://"+dsLocal+"/images/junk.tar", "junk:1")
+		if err == nil || !strings.Contains(errOut, "sha256 was not checked") || !strings.Contains(errOut, "junk.tar") {
+			t.Fatalf("pull of a file that is no archive: %v; want an error naming it:\n%s", err, errOut)
+		}
+		s.requireNoIngest(t)
+		if left := downloaderFiles(t, s.root); len(left) != 0 {
+			t.Errorf("downloader area after a refused archive: %v", left)
 		}
 	})
 

@@ -9,6 +9,7 @@ import (
 	ccontent "github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 
 	"github.com/localds/localds/content"
 	"github.com/localds/localds/datastore"
@@ -35,17 +36,23 @@ func pullStreamed(ctx context.Context, c *containerd.Client, dl *datastore.Downl
 		if err != nil {
 			return err
 		}
-		file, err := dl.Fetch(ctx, datastore.Source{URL: spec.url, SHA256: spec.sha256, Datastore: spec.ds, Sink: si})
+		src := datastore.Source{URL: spec.url, SHA256: spec.sha256, Datastore: spec.ds, Sink: si}
+		file, err := dl.Fetch(ctx, src)
 		if err != nil {
 			prog.Abort()
 			si.Stop(err)
-			if ierr := si.Err(); ierr != nil {
+			ierr := si.Err()
+			final := ierr != nil || errdefs.IsNotFound(err) || errdefs.IsInvalidArgument(err) || errdefs.IsFailedPrecondition(err) || errdefs.IsPermissionDenied(err)
+			if final { // nothing to resume from
+				si.Discard()
+				if derr := dl.Drop(src); derr != nil {
+					log.G(ctx).WithError(derr).Warn("cannot remove the download's state")
+				}
+			}
+			if ierr != nil {
 				// The archive, not the transfer: it was cut off before
 				// its sha256 could be checked.
 				return fmt.Errorf("%s: %w (import stopped during the download; the archive's sha256 was not checked)", spec.url.Redacted(), ierr)
-			}
-			if errdefs.IsNotFound(err) || errdefs.IsInvalidArgument(err) || errdefs.IsFailedPrecondition(err) || errdefs.IsPermissionDenied(err) {
-				si.Discard() // nothing to resume from
 			}
 			return err // names the datastore, the URL and why
 		}
