@@ -150,10 +150,10 @@ func (s *StreamImport) Verify() error {
 	s.pipe.CloseWrite(nil)
 	err := <-s.done
 	s.started = false
-	if err == nil {
-		if got := s.hr.sum(); got != s.sha256 {
-			err = fmt.Errorf("import: the archive's sha256 is %s, expected %s (%d bytes); nothing imported: %w", got, s.sha256, s.hr.offset(), errdefs.ErrDataLoss)
-		}
+	if err != nil {
+		err = fmt.Errorf("%w (the archive's sha256 was not checked)", err)
+	} else if got := s.hr.sum(); got != s.sha256 {
+		err = fmt.Errorf("import: the archive's sha256 is %s, expected %s (%d bytes); nothing imported: %w", got, s.sha256, s.hr.offset(), errdefs.ErrDataLoss)
 	}
 	s.hr.close()
 	if err != nil {
