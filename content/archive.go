@@ -372,13 +372,12 @@ func (a *archive) writeBlob(ctx context.Context, name string, r io.Reader, desc 
 	if err != nil {
 		return fmt.Errorf("import: write %s: %w", name, err)
 	}
-	if err := a.copyBlob(ctx, cw, r, desc); err != nil {
-		cw.Close()
-		abort(ctx, cs, ref)
-		return fmt.Errorf("import: archive entry %s does not hold blob %s: %w", name, desc.Digest, err)
-	}
 	defer cw.Close()
-	if err := commit(ctx, cw, desc); err != nil {
+	err = a.copyBlob(ctx, cw, r, desc)
+	if err == nil {
+		err = commit(ctx, cw, desc)
+	}
+	if err != nil {
 		abort(ctx, cs, ref)
 		return fmt.Errorf("import: archive entry %s does not hold blob %s: %w", name, desc.Digest, err)
 	}
@@ -440,9 +439,6 @@ func (a *archive) copyRest(ctx context.Context, cw content.Writer, r io.Reader, 
 			left -= int64(n)
 		}
 		if err != nil {
-			if a.stream != nil {
-				a.stream.wrote(size - left)
-			}
 			return fmt.Errorf("read %d of %d bytes: %w", size-left, size, shortRead(err))
 		}
 	}
@@ -478,13 +474,13 @@ func (a *archive) writeUnnamed(ctx context.Context, name, ref string, r io.Reade
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
+	defer cw.Close()
 	h := digest.Canonical.Digester()
-	n, err := io.Copy(cw, io.TeeReader(io.LimitReader(r, size), h.Hash()))
+	n, err := io.Copy(cw, io.TeeReader(r, h.Hash()))
 	if err == nil && n != size {
 		err = fmt.Errorf("read %d of %d bytes: %w", n, size, io.ErrUnexpectedEOF)
 	}
 	desc := ocispec.Descriptor{Digest: h.Digest(), Size: size}
-	defer cw.Close()
 	if err == nil {
 		// The store hashes too and refuses a mismatch: what is committed
 		// is what was read.

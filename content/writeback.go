@@ -38,33 +38,40 @@ func (s *store) ingestData(ref string) string {
 }
 
 // writebackWriter starts the writeback of an ingest every writebackChunk
-// bytes, through a descriptor of its own on the ingest's file.
+// bytes, through a descriptor of its own on the ingest's file, opened only
+// once a first hint is due (most blobs are smaller than that).
 type writebackWriter struct {
 	content.Writer
 	data    string
 	f       *os.File
 	failed  bool  // the file could not be opened: no hints
+	started bool  // from and written are known
 	from    int64 // offset the next hint starts at
 	written int64 // offset reached by this writer's writes
 }
 
 func (w *writebackWriter) Write(p []byte) (int, error) {
 	n, err := w.Writer.Write(p)
-	if w.f == nil && !w.failed {
+	if !w.started {
 		st, serr := w.Writer.Status()
-		f, oerr := os.Open(w.data)
-		if serr != nil || oerr != nil {
-			w.failed = true
-		} else {
-			w.f, w.from, w.written = f, st.Offset-int64(n), st.Offset-int64(n)
-		}
+		w.started, w.failed = true, serr != nil
+		w.from, w.written = st.Offset-int64(n), st.Offset-int64(n)
 	}
 	w.written += int64(n)
-	if w.f != nil && w.written-w.from >= writebackChunk {
-		// Only a hint: the commit's fsync reports any error that counts.
-		_ = unix.SyncFileRange(int(w.f.Fd()), w.from, w.written-w.from, unix.SYNC_FILE_RANGE_WRITE)
-		w.from = w.written
+	if w.failed || w.written-w.from < writebackChunk {
+		return n, err
 	}
+	if w.f == nil {
+		f, oerr := os.Open(w.data)
+		if oerr != nil {
+			w.failed = true
+			return n, err
+		}
+		w.f = f
+	}
+	// Only a hint: the commit's fsync reports any error that counts.
+	_ = unix.SyncFileRange(int(w.f.Fd()), w.from, w.written-w.from, unix.SYNC_FILE_RANGE_WRITE)
+	w.from = w.written
 	return n, err
 }
 

@@ -82,13 +82,12 @@ func (d *Downloader) Drop(src Source) error {
 	key := downloadKey(src.URL.String(), src.SHA256)
 	partial := filepath.Join(d.dir, key+partialSuffix)
 	f, err := openLocked(partial, os.O_RDONLY, syscall.LOCK_EX)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return removeQuiet(filepath.Join(d.dir, key+stateSuffix))
-		}
+	switch {
+	case err == nil:
+		defer f.Close()
+	case !errors.Is(err, fs.ErrNotExist):
 		return err
 	}
-	defer f.Close()
 	return removeQuiet(partial, filepath.Join(d.dir, key+stateSuffix))
 }
 
