@@ -188,11 +188,22 @@ func removeAll(b testing.TB, dirs ...string) {
 	}
 }
 
+// settleTime is how long quiesce lets the machine settle after a side
+// freed memory. This VM hands free memory back to its host (virtio-balloon
+// free page reporting, in passes 2 s apart); a side that runs while the
+// host takes back the 256 MiB the last side or containerd's collection
+// freed pays for it in every page it writes (measured: the pull's page
+// cache copy 0.02 s in one round, 0.5 s in the next).
+const settleTime = 4 * time.Second
+
 // quiesce writes back what earlier pulls left dirty in the page cache,
-// so that no pull pays for (or is throttled by) the writeback of another:
-// every pull then starts from the same state, and the order of the sides
-// in a round does not favour one.
-func quiesce() { syscall.Sync() }
+// so that no pull pays for (or is throttled by) the writeback of another,
+// and waits settleTime: every side then starts from the same state, and
+// the order of the sides in a round does not favour one.
+func quiesce() {
+	syscall.Sync()
+	time.Sleep(settleTime)
+}
 
 // cpuSeconds is the user+system CPU time pid has used so far.
 func cpuSeconds(b testing.TB, pid int) float64 {

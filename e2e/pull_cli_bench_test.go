@@ -67,22 +67,23 @@ func BenchmarkLocaldsPullArchive(b *testing.B) {
 	// Warm the server's page cache, so both sides read it from memory.
 	s.benchCurl(b, url, out, false)
 
-	var curlSec, curlSyncSec, pullSec, dlSec, impSec float64
+	var curl, curlSync, pull benchRounds
+	var dlSec, impSec float64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		quiesce()
 		b.StartTimer()
-		curlSec += s.benchCurl(b, url, out, false)
+		curl.add(s.benchCurl(b, url, out, false))
 		b.StopTimer()
 		quiesce()
 		b.StartTimer()
-		curlSyncSec += s.benchCurl(b, url, out, true)
+		curlSync.add(s.benchCurl(b, url, out, true))
 		b.StopTimer()
 		quiesce()
 		b.StartTimer()
-		sec, phases := s.benchPull(b, url, sum)
-		pullSec += sec
+		r, phases := s.benchPull(b, url, sum)
+		pull.add(r)
 		dlSec += phases["download"] + phases["verify"]
 		impSec += phases["import"]
 		b.StopTimer()
@@ -90,15 +91,57 @@ func BenchmarkLocaldsPullArchive(b *testing.B) {
 		b.StartTimer()
 	}
 	n := float64(b.N)
-	b.ReportMetric(curlSec/n, "curl-s")
-	b.ReportMetric(pullSec/n, "pull-s")
-	b.ReportMetric(pullSec/curlSec, "pull/curl")
-	b.ReportMetric(curlSyncSec/n, "curlsync-s")
-	b.ReportMetric(pullSec/curlSyncSec, "pull/curlsync")
+	b.ReportMetric(curl.mean(), "curl-s")
+	b.ReportMetric(pull.mean(), "pull-s")
+	b.ReportMetric(pull.mean()/curl.mean(), "pull/curl")
+	b.ReportMetric(curlSync.mean(), "curlsync-s")
+	b.ReportMetric(pull.mean()/curlSync.mean(), "pull/curlsync")
 	b.ReportMetric(dlSec/n, "download-s")
 	b.ReportMetric(impSec/n, "import-s")
+	b.Logf("rounds (wall s, cpu user+sys s): curl %v; curl+sync %v; localds pull %v", curl, curlSync, pull)
 	b.Logf("%d MiB archive: curl %.2fs (%.0f MiB/s), curl+sync %.2fs, localds pull %.2fs (%.0f MiB/s; download+verify %.2fs, import %.2fs), ratio %.2f to curl, %.2f to curl+sync",
-		size>>20, curlSec/n, float64(size>>20)/(curlSec/n), curlSyncSec/n, pullSec/n, float64(size>>20)/(pullSec/n), dlSec/n, impSec/n, pullSec/curlSec, pullSec/curlSyncSec)
+		size>>20, curl.mean(), float64(size>>20)/curl.mean(), curlSync.mean(), pull.mean(), float64(size>>20)/pull.mean(), dlSec/n, impSec/n, pull.mean()/curl.mean(), pull.mean()/curlSync.mean())
+}
+
+// benchRound is one timed command: wall seconds and its CPU time.
+type benchRound struct{ wall, user, sys float64 }
+
+// benchRounds are the rounds of one side, printed in one line at the end
+// (a log line per round would be cut from the benchmark's output).
+type benchRounds []benchRound
+
+func (rs *benchRounds) add(r benchRound) { *rs = append(*rs, r) }
+
+func (rs benchRounds) mean() float64 {
+	var t float64
+	for _, r := range rs {
+		t += r.wall
+	}
+	return t / float64(len(rs))
+}
+
+func (rs benchRounds) String() string {
+	parts := make([]string, len(rs))
+	for i, r := range rs {
+		parts[i] = fmt.Sprintf("%.2f (%.2f+%.2f)", r.wall, r.user, r.sys)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// perfRecord runs args under `perf record -g` if LOCALDS_BENCH_PERF names
+// a directory, one profile a round in it: how this benchmark's swings were
+// traced to the page cache copy (`perf report --no-children -i FILE`).
+func perfRecord(args []string, side string) []string {
+	dir := os.Getenv("LOCALDS_BENCH_PERF")
+	if dir == "" {
+		return args
+	}
+	out := filepath.Join(dir, fmt.Sprintf("%s-%d.perf", side, time.Now().UnixNano()))
+	return append([]string{"perf", "record", "-g", "-o", out, "--"}, args...)
+}
+
+func roundOf(wall float64, ps *os.ProcessState) benchRound {
+	return benchRound{wall, ps.UserTime().Seconds(), ps.SystemTime().Seconds()}
 }
 
 // writeBenchArchive writes the benchmark image as an OCI layout tar at
@@ -145,12 +188,13 @@ func writeBenchArchive(b *testing.B, path string) (string, int64) {
 // benchCurl times `curl -o out url` in the node namespace (the address
 // from --resolve, as curl does no mDNS), with `sync out` after it if
 // durable, then removes out.
-func (s *site) benchCurl(b *testing.B, url, out string, durable bool) float64 {
+func (s *site) benchCurl(b *testing.B, url, out string, durable bool) benchRound {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), localdsPullTimeout)
 	defer cancel()
 	start := time.Now()
-	cmd := s.node.Command(ctx, "curl", "-sS", "--fail", "--noproxy", "*", "--resolve", dsLocal+":80:"+appIP, "-o", out, url)
+	args := []string{"curl", "-sS", "--fail", "--noproxy", "*", "--resolve", dsLocal + ":80:" + appIP, "-o", out, url}
+	cmd := s.node.Command(ctx, perfRecord(args, "curl")...)
 	o, err := cmd.CombinedOutput()
 	if err == nil && durable {
 		o, err = exec.CommandContext(ctx, "sync", out).CombinedOutput()
@@ -159,25 +203,25 @@ func (s *site) benchCurl(b *testing.B, url, out string, durable bool) float64 {
 	if err != nil {
 		b.Fatalf("curl %s (sync %v): %v\n%s", url, durable, err, o)
 	}
-	b.Logf("curl (sync %v): %.2fs (cpu user %.2fs sys %.2fs)", durable, sec, cmd.ProcessState.UserTime().Seconds(), cmd.ProcessState.SystemTime().Seconds())
 	b.StopTimer()
 	if err := os.Remove(out); err != nil {
 		b.Fatal(err)
 	}
 	b.StartTimer()
-	return sec
+	return roundOf(sec, cmd.ProcessState)
 }
 
 var phaseLine = regexp.MustCompile(`(?m)^(\w+)\s+\S+ \S+ in ([0-9.]+)(ms|s|µs)`)
 
 // benchPull times `localds pull --unpack=false` of url and returns the
 // seconds of each phase from its (plain) progress lines.
-func (s *site) benchPull(b *testing.B, url, sum string) (float64, map[string]float64) {
+func (s *site) benchPull(b *testing.B, url, sum string) (benchRound, map[string]float64) {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), localdsPullTimeout)
 	defer cancel()
-	cmd := s.node.Command(ctx, testnet.Binary(b, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root, "--interface", "br0",
-		"--unpack=false", "--sha256", sum, url, "bench:1")
+	args := []string{testnet.Binary(b, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root, "--interface", "br0",
+		"--unpack=false", "--sha256", sum, url, "bench:1"}
+	cmd := s.node.Command(ctx, perfRecord(args, "pull")...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	start := time.Now()
@@ -197,6 +241,5 @@ func (s *site) benchPull(b *testing.B, url, sum string) (float64, map[string]flo
 		}
 		phases[m[1]] += v
 	}
-	b.Logf("localds pull: %.2fs (cpu user %.2fs sys %.2fs) %s", sec, cmd.ProcessState.UserTime().Seconds(), cmd.ProcessState.SystemTime().Seconds(), fmt.Sprint(phases))
-	return sec, phases
+	return roundOf(sec, cmd.ProcessState), phases
 }
