@@ -134,6 +134,18 @@ func (s *StreamImport) Write(p []byte) (int, error) {
 	return s.pipe.Write(p)
 }
 
+// Buffer lends the download an empty chunk of the stream to read the next
+// bytes into, so they are not copied on their way to the import
+// (datastore.ChunkSink). It fails once the import has failed by itself.
+func (s *StreamImport) Buffer() ([]byte, error) {
+	s.start()
+	return s.pipe.buffer()
+}
+
+// Submit takes back a chunk from Buffer filled with the next bytes (an
+// empty one is just returned) (datastore.ChunkSink).
+func (s *StreamImport) Submit(b []byte) error { return s.pipe.submit(b) }
+
 // Restart drops everything and starts from the archive's first byte
 // (datastore.Sink).
 func (s *StreamImport) Restart() error {
@@ -152,7 +164,9 @@ func (s *StreamImport) Verify() error {
 	s.started = false
 	if err != nil {
 		err = fmt.Errorf("%w (the archive's sha256 was not checked)", err)
-	} else if got := s.hr.sum(); got != s.sha256 {
+	} else if got, herr := s.hr.sum(); herr != nil {
+		err = herr
+	} else if got != s.sha256 {
 		err = fmt.Errorf("import: the archive's sha256 is %s, expected %s (%d bytes); nothing imported: %w", got, s.sha256, s.hr.offset(), errdefs.ErrDataLoss)
 	}
 	s.hr.close()

@@ -34,6 +34,58 @@ type Sink interface {
 	Restart() error
 }
 
+// ChunkSink is a Sink that lends the buffers the download reads into, so
+// the bytes go from the socket to the sink without another copy.
+type ChunkSink interface {
+	Sink
+	// Buffer returns an empty buffer to read into, waiting for one. An
+	// error ends the download, as from Write.
+	Buffer() ([]byte, error)
+	// Submit takes back a buffer from Buffer filled with the next bytes
+	// (all of them, or an error that ends the download), or empty.
+	Submit(b []byte) error
+}
+
+// buffers lends copyBody the buffers it reads the body into and takes
+// them back: give passes a filled one on and returns how many of its
+// bytes were taken, release returns an unused one.
+type buffers interface {
+	buffer() ([]byte, error)
+	give(b []byte) (int, error)
+	release(b []byte)
+}
+
+// writeBuffers reads into the hash pipe's buffers and writes them to w
+// (the partial file, or a Sink that does not lend), then hashes them.
+type writeBuffers struct {
+	pipe *hashPipe
+	w    io.Writer
+}
+
+func (wb writeBuffers) buffer() ([]byte, error) { return wb.pipe.buffer(), nil }
+
+func (wb writeBuffers) give(b []byte) (int, error) {
+	n, err := wb.w.Write(b)
+	wb.pipe.submit(b[:n])
+	return n, err
+}
+
+func (wb writeBuffers) release(b []byte) { wb.pipe.release(b) }
+
+// sinkBuffers reads into a ChunkSink's own buffers.
+type sinkBuffers struct{ sink ChunkSink }
+
+func (sb sinkBuffers) buffer() ([]byte, error) { return sb.sink.Buffer() }
+
+func (sb sinkBuffers) give(b []byte) (int, error) {
+	if err := sb.sink.Submit(b); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+func (sb sinkBuffers) release(b []byte) { sb.sink.Submit(b[:0]) }
+
 // resumeSink asks the sink where to continue; f.st already matches.
 func (f *fetch) resumeSink(ctx context.Context) error {
 	n, err := f.src.Sink.Resume(ctx)

@@ -136,23 +136,31 @@ func (f *fetch) copyBody(ctx context.Context, resp *http.Response, cancel contex
 	timer := time.AfterFunc(stall, func() { cancel(errStalled) })
 	defer timer.Stop()
 	body := &stallReader{r: resp.Body, timer: timer, d: stall}
-	// With a sink the bytes go there, unhashed (the sink verifies them);
-	// otherwise to the partial file and the hash.
-	var dst io.Writer = f.f
-	var pipe *hashPipe
-	if f.src.Sink != nil {
-		dst, pipe = f.src.Sink, newHashPipe(nil, 1, copyBufferSize)
-	} else {
-		pipe = newHashPipe(f.h, hashPipeDepth, copyBufferSize)
+	// With a sink the bytes go there, unhashed (the sink verifies them),
+	// read into its own buffers if it lends them; otherwise to the partial
+	// file and the hash.
+	var bufs buffers
+	switch sink := f.src.Sink.(type) {
+	case nil:
+		pipe := newHashPipe(f.h, hashPipeDepth, copyBufferSize)
+		defer pipe.close() // f.h is complete before the caller looks at it
+		bufs = writeBuffers{pipe, f.f}
+	case ChunkSink:
+		bufs = sinkBuffers{sink}
+	default:
+		pipe := newHashPipe(nil, 1, copyBufferSize)
+		defer pipe.close()
+		bufs = writeBuffers{pipe, sink}
 	}
-	defer pipe.close() // f.h is complete before the caller looks at it
 	start, flushed := f.offset, f.offset
 	for {
-		buf := pipe.buffer()
+		buf, err := bufs.buffer()
+		if err != nil {
+			return permanent(fmt.Errorf("after %d bytes: %w", f.offset, err)) // the sink stopped
+		}
 		n, rerr := fill(body, buf)
 		if n > 0 {
-			w, werr := dst.Write(buf[:n])
-			pipe.submit(buf[:w])
+			w, werr := bufs.give(buf[:n])
 			f.offset += int64(w)
 			if werr != nil && f.src.Sink != nil {
 				return permanent(fmt.Errorf("after %d bytes: %w", f.offset, werr)) // the sink refused them
@@ -169,7 +177,7 @@ func (f *fetch) copyBody(ctx context.Context, resp *http.Response, cancel contex
 			}
 			f.progress(PhaseDownload, f.offset, f.st.Size)
 		} else {
-			pipe.release(buf)
+			bufs.release(buf)
 		}
 		if rerr == io.EOF {
 			break

@@ -226,6 +226,27 @@ func cpuSeconds(b testing.TB, pid int) float64 {
 	return (utime + stime) / 100 // USER_HZ is 100 on Linux
 }
 
+// idleSeconds is the idle and iowait time of all cores so far.
+func idleSeconds(b testing.TB) float64 {
+	b.Helper()
+	st, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	// cpu  user nice system idle iowait ... (proc(5)), in USER_HZ.
+	line, _, _ := strings.Cut(string(st), "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		b.Fatalf("/proc/stat: %q", line)
+	}
+	idle, err1 := strconv.ParseFloat(f[4], 64)
+	iowait, err2 := strconv.ParseFloat(f[5], 64)
+	if err1 != nil || err2 != nil {
+		b.Fatalf("/proc/stat: %q", line)
+	}
+	return (idle + iowait) / 100
+}
+
 // peakRSS is VmHWM of pid in MiB.
 func peakRSS(b testing.TB, pid int) float64 {
 	b.Helper()

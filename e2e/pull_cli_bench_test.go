@@ -14,7 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"testing"
@@ -67,6 +67,14 @@ func BenchmarkLocaldsPullArchive(b *testing.B) {
 	// Warm the server's page cache, so both sides read it from memory.
 	s.benchCurl(b, url, out, false)
 
+	// measure adds to a side's round the CPU the server used and the
+	// time the machine's cores were idle meanwhile.
+	measure := func(side func() benchRound) benchRound {
+		srv0, idle0 := cpuSeconds(b, p.Pid()), idleSeconds(b)
+		r := side()
+		r.server, r.idle = cpuSeconds(b, p.Pid())-srv0, idleSeconds(b)-idle0
+		return r
+	}
 	var curl, curlSync, pull benchRounds
 	var dlSec, impSec float64
 	b.ResetTimer()
@@ -74,16 +82,16 @@ func BenchmarkLocaldsPullArchive(b *testing.B) {
 		b.StopTimer()
 		quiesce()
 		b.StartTimer()
-		curl.add(s.benchCurl(b, url, out, false))
+		curl.add(measure(func() benchRound { return s.benchCurl(b, url, out, false) }))
 		b.StopTimer()
 		quiesce()
 		b.StartTimer()
-		curlSync.add(s.benchCurl(b, url, out, true))
+		curlSync.add(measure(func() benchRound { return s.benchCurl(b, url, out, true) }))
 		b.StopTimer()
 		quiesce()
 		b.StartTimer()
-		r, phases := s.benchPull(b, url, sum)
-		pull.add(r)
+		var phases map[string]float64
+		pull.add(measure(func() (r benchRound) { r, phases = s.benchPull(b, url, sum); return r }))
 		dlSec += phases["download"] + phases["verify"]
 		impSec += phases["import"]
 		b.StopTimer()
@@ -98,13 +106,14 @@ func BenchmarkLocaldsPullArchive(b *testing.B) {
 	b.ReportMetric(pull.mean()/curlSync.mean(), "pull/curlsync")
 	b.ReportMetric(dlSec/n, "download-s")
 	b.ReportMetric(impSec/n, "import-s")
-	b.Logf("rounds (wall s, cpu user+sys s): curl %v; curl+sync %v; localds pull %v", curl, curlSync, pull)
+	b.Logf("rounds (wall s (cpu user+sys s, server's cpu s, cores idle s)): curl %v; curl+sync %v; localds pull %v", curl, curlSync, pull)
 	b.Logf("%d MiB archive: curl %.2fs (%.0f MiB/s), curl+sync %.2fs, localds pull %.2fs (%.0f MiB/s; download+verify %.2fs, import %.2fs), ratio %.2f to curl, %.2f to curl+sync",
 		size>>20, curl.mean(), float64(size>>20)/curl.mean(), curlSync.mean(), pull.mean(), float64(size>>20)/pull.mean(), dlSec/n, impSec/n, pull.mean()/curl.mean(), pull.mean()/curlSync.mean())
 }
 
-// benchRound is one timed command: wall seconds and its CPU time.
-type benchRound struct{ wall, user, sys float64 }
+// benchRound is one timed command: wall seconds, its CPU time, the
+// server's, and how long the cores were idle meanwhile.
+type benchRound struct{ wall, user, sys, server, idle float64 }
 
 // benchRounds are the rounds of one side, printed in one line at the end
 // (a log line per round would be cut from the benchmark's output).
@@ -123,7 +132,7 @@ func (rs benchRounds) mean() float64 {
 func (rs benchRounds) String() string {
 	parts := make([]string, len(rs))
 	for i, r := range rs {
-		parts[i] = fmt.Sprintf("%.2f (%.2f+%.2f)", r.wall, r.user, r.sys)
+		parts[i] = fmt.Sprintf("%.2f (%.2f+%.2f, %.2f, %.2f)", r.wall, r.user, r.sys, r.server, r.idle)
 	}
 	return strings.Join(parts, ", ")
 }
@@ -141,7 +150,7 @@ func perfRecord(args []string, side string) []string {
 }
 
 func roundOf(wall float64, ps *os.ProcessState) benchRound {
-	return benchRound{wall, ps.UserTime().Seconds(), ps.SystemTime().Seconds()}
+	return benchRound{wall: wall, user: ps.UserTime().Seconds(), sys: ps.SystemTime().Seconds()}
 }
 
 // writeBenchArchive writes the benchmark image as an OCI layout tar at
@@ -157,7 +166,10 @@ func writeBenchArchive(b *testing.B, path string) (string, int64) {
 		b.Fatal(err)
 	}
 	img = nil
-	runtime.GC()
+	// Hand the layers' memory back now: the runtime's scavenger would
+	// otherwise return it bit by bit during the first rounds, and the
+	// host's taking it back would land on whichever side runs then.
+	debug.FreeOSMemory()
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		b.Fatal(err)
 	}
@@ -240,6 +252,9 @@ func (s *site) benchPull(b *testing.B, url, sum string) (benchRound, map[string]
 			v /= 1e6
 		}
 		phases[m[1]] += v
+	}
+	if os.Getenv("SHOWPULL") != "" {
+		b.Log(stderr.String())
 	}
 	return roundOf(sec, cmd.ProcessState), phases
 }
