@@ -59,13 +59,27 @@ func (r *streamRun) open(t *testing.T, ctx context.Context, every int64) (*conte
 	return si, off
 }
 
-// feed writes archive[from:to] in chunks of an odd size, so cuts land
-// anywhere in headers and blobs.
+// feed sends archive[from:to] in chunks of an odd size, so cuts land
+// anywhere in headers and blobs, by turns written (Write) and filled into
+// a chunk the import lends (Buffer, Submit), as the downloader does.
 func (r *streamRun) feed(si *content.StreamImport, from, to int64) error {
-	for off := from; off < to; {
+	for i, off := 0, from; off < to; i++ {
 		n := min(to-off, 7001)
-		if _, err := si.Write(r.archive[off : off+n]); err != nil {
-			return err
+		if i%2 == 0 {
+			if _, err := si.Write(r.archive[off : off+n]); err != nil {
+				return err
+			}
+		} else {
+			buf, err := si.Buffer()
+			if err != nil {
+				return err
+			}
+			if int64(len(buf)) < n {
+				return fmt.Errorf("lent a buffer of %d bytes", len(buf))
+			}
+			if err := si.Submit(buf[:copy(buf, r.archive[off:off+n])]); err != nil {
+				return err
+			}
 		}
 		off += n
 	}

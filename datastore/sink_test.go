@@ -35,35 +35,69 @@ func (s *memSink) Restart() error {
 	return nil
 }
 
+// lendingSink is a memSink that lends the buffers the download reads into
+// (ChunkSink), of an odd size, and counts those not given back.
+type lendingSink struct {
+	memSink
+	out int
+}
+
+func (s *lendingSink) Buffer() ([]byte, error) {
+	s.out++
+	return make([]byte, 64<<10+3), nil
+}
+
+func (s *lendingSink) Submit(b []byte) error {
+	s.out--
+	if len(b) == 0 {
+		return nil
+	}
+	_, err := s.Write(b)
+	return err
+}
+
 // TestSinkFetch: with a sink every byte goes to it, once and in order,
-// also across a broken connection; nothing stays in the area.
+// also across a broken connection, whether it takes Writes or lends its
+// buffers (each then comes back); nothing stays in the area.
 func TestSinkFetch(t *testing.T) {
-	content := randomBytes(3<<20 + 17)
-	fs := newFileServer(t, content)
-	fs.set(func(fs *fileServer) { fs.cutAfter, fs.cutTimes = 1<<20+3, 1 })
-	d := newDownloader(t, t.TempDir(), Options{})
-	sink := &memSink{}
-	dl, err := d.Fetch(context.Background(), Source{URL: mustURL(t, fs.srv.URL+"/x.tar"), SHA256: hexOf(content), Sink: sink})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(sink.held, content) {
-		t.Fatalf("sink got %d bytes, not the %d served", len(sink.held), len(content))
-	}
-	if dl.Path != "" || dl.Size != int64(len(content)) {
-		t.Fatalf("Download = %+v, want no file and size %d", dl, len(content))
-	}
-	if sent, _ := fs.stats(); sent != int64(len(content)) {
-		t.Errorf("fetched %d bytes for %d", sent, len(content))
-	}
-	if r := fs.ranges[len(fs.ranges)-1]; r != "bytes=1048579-" {
-		t.Errorf("after the cut asked Range %q", r)
-	}
-	if files := areaFiles(t, d); len(files) != 0 {
-		t.Errorf("area holds %v after a sink download", files)
-	}
-	if err := dl.Remove(); err != nil {
-		t.Errorf("Remove of a sink download: %v", err)
+	for _, lend := range []bool{false, true} {
+		content := randomBytes(3<<20 + 17)
+		fs := newFileServer(t, content)
+		fs.set(func(fs *fileServer) { fs.cutAfter, fs.cutTimes = 1<<20+3, 1 })
+		d := newDownloader(t, t.TempDir(), Options{})
+		var sink Sink
+		held := func() []byte { return sink.(*memSink).held }
+		if lend {
+			ls := &lendingSink{}
+			sink, held = ls, func() []byte { return ls.held }
+		} else {
+			sink = &memSink{}
+		}
+		dl, err := d.Fetch(context.Background(), Source{URL: mustURL(t, fs.srv.URL+"/x.tar"), SHA256: hexOf(content), Sink: sink})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(held(), content) {
+			t.Fatalf("lend %v: sink got %d bytes, not the %d served", lend, len(held()), len(content))
+		}
+		if ls, ok := sink.(*lendingSink); ok && ls.out != 0 {
+			t.Errorf("%d lent buffers not given back", ls.out)
+		}
+		if dl.Path != "" || dl.Size != int64(len(content)) {
+			t.Fatalf("Download = %+v, want no file and size %d", dl, len(content))
+		}
+		if sent, _ := fs.stats(); sent != int64(len(content)) {
+			t.Errorf("lend %v: fetched %d bytes for %d", lend, sent, len(content))
+		}
+		if r := fs.ranges[len(fs.ranges)-1]; r != "bytes=1048579-" {
+			t.Errorf("lend %v: after the cut asked Range %q", lend, r)
+		}
+		if files := areaFiles(t, d); len(files) != 0 {
+			t.Errorf("area holds %v after a sink download", files)
+		}
+		if err := dl.Remove(); err != nil {
+			t.Errorf("Remove of a sink download: %v", err)
+		}
 	}
 }
 
