@@ -253,8 +253,5 @@ func (s *site) benchPull(b *testing.B, url, sum string) (benchRound, map[string]
 		}
 		phases[m[1]] += v
 	}
-	if os.Getenv("SHOWPULL") != "" {
-		b.Log(stderr.String())
-	}
 	return roundOf(sec, cmd.ProcessState), phases
 }
