@@ -48,6 +48,7 @@ func pullCommand() *cli.Command {
 			&cli.StringFlag{Name: "image", Usage: "image `NAME` from the --datastore file"},
 			&cli.StringFlag{Name: "hosts-dir", Usage: "containerd hosts directory (e.g. /etc/containerd/certs.d) for registry pulls; default: none, .local hosts are resolved directly"},
 			&cli.DurationFlag{Name: "resolve-timeout", Value: resolver.DefaultTimeout, Usage: "how long to wait for a .local host to answer"},
+			&cli.DurationFlag{Name: "unfinished-expiry", Value: defaultUnfinishedExpiry, Usage: "remove downloads and imports that earlier pulls left unfinished and nothing touched for this long (0: keep them until resumed)"},
 		},
 		Action: pullAction,
 	}
@@ -256,7 +257,7 @@ func pullAction(ctx context.Context, cmd *cli.Command) (err error) {
 	start := time.Now()
 	switch spec.kind {
 	case sourceArchive:
-		rec, err = pullArchive(ctx, c, disc, spec, cmd.String("root"), prog)
+		rec, err = pullArchive(ctx, c, disc, spec, cmd.String("root"), cmd.Duration("unfinished-expiry"), prog)
 	case sourceRegistry:
 		rec, err = pullRegistry(ctx, c, disc, spec, cmd.String("hosts-dir"), prog)
 	}

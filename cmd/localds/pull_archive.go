@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	ccontent "github.com/containerd/containerd/v2/core/content"
@@ -25,7 +26,7 @@ import (
 // when that is not the local CAS. A failure anywhere leaves no blob or
 // record behind: the lease goes and containerd collects what the import
 // wrote.
-func pullArchive(ctx context.Context, c *containerd.Client, disc *resolver.Discoverer, spec *pullSpec, root string, prog *progress) (images.Image, error) {
+func pullArchive(ctx context.Context, c *containerd.Client, disc *resolver.Discoverer, spec *pullSpec, root string, expiry time.Duration, prog *progress) (images.Image, error) {
 	dl, err := datastore.New(datastore.Options{
 		Root:     root,
 		Dial:     resolver.NewDialer(disc).DialContext,
@@ -41,6 +42,9 @@ func pullArchive(ctx context.Context, c *containerd.Client, disc *resolver.Disco
 		if local, err = openQuiet(ctx, root); err != nil {
 			return images.Image{}, err
 		}
+	}
+	if expiry > 0 {
+		sweepUnfinished(ctx, dl, local, time.Now().Add(-expiry), spec, prog)
 	}
 	if local != nil && spec.sha256 != "" {
 		rec, err := pullStreamed(ctx, c, dl, spec, root, local, prog)

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	ccontent "github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/log"
+
+	"github.com/localds/localds/content"
+	"github.com/localds/localds/datastore"
+)
+
+// defaultUnfinishedExpiry is how long a pull's unfinished download and
+// import may wait for the same pull to resume them.
+const defaultUnfinishedExpiry = 7 * 24 * time.Hour
+
+// sweepUnfinished removes what earlier pulls left unfinished and nobody
+// touched since cutoff: downloads in the area (with a stream import's
+// checkpoint and ingests), then ingests of killed imports that no
+// checkpoint names; not what this pull (spec) resumes. local may be nil (no CAS on this node). A failure is
+// only logged: the pull goes on.
+func sweepUnfinished(ctx context.Context, dl *datastore.Downloader, local ccontent.Store, cutoff time.Time, spec *pullSpec, prog *progress) {
+	ingests := map[string]int64{} // bytes a download's import had written
+	swept, err := dl.SweepUnfinished(datastore.Sweep{
+		Before:     cutoff,
+		Companions: []string{checkpointSuffix},
+		Keep: func(u datastore.Unfinished) bool { // this pull resumes it
+			return (spec.sha256 != "" && u.Key == spec.sha256) || u.URL == spec.url.String()
+		},
+		Drop: func(u datastore.Unfinished) error {
+			if local == nil {
+				return nil
+			}
+			freed, err := content.DropCheckpoint(ctx, local, filepath.Join(dl.Dir(), u.Key+checkpointSuffix))
+			ingests[u.Key] = freed
+			return err
+		},
+	})
+	for _, u := range swept {
+		what := u.Key
+		if p, err := url.Parse(u.URL); err == nil && u.URL != "" {
+			what = p.Redacted()
+		}
+		prog.Printf("removed the unfinished download of %s (%s, untouched since %s)\n", what, humanSize(u.Bytes+ingests[u.Key]), u.Touched.Format(time.DateTime))
+	}
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("cannot remove every unfinished download")
+	}
+	if local == nil {
+		return
+	}
+	n, bytes, err := content.SweepImports(ctx, local, cutoff, liveCheckpoints(ctx, dl.Dir()))
+	if n > 0 {
+		prog.Printf("removed %d unfinished import writes (%s) untouched since %s\n", n, humanSize(bytes), cutoff.Format(time.DateTime))
+	}
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("cannot remove every unfinished import write")
+	}
+}
+
+// liveCheckpoints is the set of ref prefixes of the stream import
+// checkpoints left in the area dir, as a keep func for SweepImports.
+func liveCheckpoints(ctx context.Context, dir string) func(string) bool {
+	live := map[string]bool{}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("cannot list the downloader area")
+	}
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), checkpointSuffix) {
+			continue
+		}
+		if prefix, err := content.CheckpointPrefix(filepath.Join(dir, e.Name())); err == nil {
+			live[prefix] = true
+		}
+	}
+	return func(prefix string) bool { return live[prefix] }
+}
