@@ -104,3 +104,43 @@ func ingestDirs(t *testing.T, root string) []string {
 	}
 	return out
 }
+
+// TestLocaldsPullResumeAfterCollection: containerd's collection, deleting
+// other content while a killed pull waits to be resumed, aborts the
+// import's ingests (containerd does not know them); the resumed pull
+// then fetches again what they held and the image is complete and right.
+func TestLocaldsPullResumeAfterCollection(t *testing.T) {
+	requireE2E(t)
+	r := newResumeSite(t)
+	s := r.site
+	small := newCLIImage(t, "small", "", 1<<20)
+	smallArchive := namedLayout(t, small.img, "small:1")
+	writeFile(t, filepath.Join(r.dir, "images", "small.oci.tar"), smallArchive)
+	bigURL := "http://" + dsLocal + "/images/big.oci.tar"
+
+	srv := startServe(t, s, r.dir)
+	pull := s.node.Start(t, testnet.Binary(t, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root,
+		"--interface", "br0", "--unpack=false", "--sha256", r.sum, bigURL, "big:1")
+	waitIngest(t, s.root, 48<<20, pull)
+	if err := pull.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	s.mustLocaldsPull(t, "--unpack=false", "--sha256", sha256Hex(smallArchive), "http://"+dsLocal+"/images/small.oci.tar", "small:1")
+	s.ctrd.Ctr(t, "image", "rm", "--sync", "small:1")
+	if got := ingestDirs(t, s.root); len(got) != 0 {
+		t.Logf("containerd's collection kept the import's ingests %v", got)
+	}
+	_, stderr := s.mustLocaldsPull(t, "--unpack=false", "--sha256", r.sum, bigURL, "big:1")
+	if got := s.imageTarget(t, "big:1"); got != r.big.pushed.Manifest.Digest.String() {
+		t.Fatalf("big:1 -> %q, want %s\n%s", got, r.big.pushed.Manifest.Digest, stderr)
+	}
+	s.checkBlobs(t, r.big.pushed)
+	s.requireNoIngest(t)
+	if left := downloaderFiles(t, s.root); len(left) != 0 {
+		t.Errorf("downloader area after the pull: %v", left)
+	}
+	t.Logf("resumed pull:\n%s", stderr)
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+}
