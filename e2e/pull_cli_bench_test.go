@@ -44,8 +44,9 @@ import (
 //     includes the import's writes; import is the commits).
 //
 // Each side starts with nothing dirty waiting for writeback (the archive
-// written at set-up, the last round's files): the kernel's flushing would
-// otherwise land on whichever side writes to disk.
+// written at set-up, the last round's files), and after settleTime (see
+// quiesce): the kernel's flushing, or the host taking back memory freed
+// just before, would otherwise land on whichever side runs then.
 //
 // Between iterations the image is removed and containerd collects its
 // blobs, so every import writes all 256 MiB again.
