@@ -17,6 +17,14 @@ import (
 // (newRefPrefix), and nothing else's: group 1 is the import's prefix.
 var importRef = regexp.MustCompile(`^(localds-import-[0-9a-f]{16}-)`)
 
+// importPrefix is the prefix of an import's ingest ref, "" for another's.
+func importPrefix(ref string) string {
+	if m := importRef.FindStringSubmatch(ref); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
 // CheckpointPrefix is the ref prefix of the ingests the stream import
 // checkpointed at path writes.
 func CheckpointPrefix(path string) (string, error) {
@@ -24,7 +32,7 @@ func CheckpointPrefix(path string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if m := importRef.FindStringSubmatch(cp.RefPrefix); m == nil || m[1] != cp.RefPrefix {
+	if importPrefix(cp.RefPrefix) != cp.RefPrefix || cp.RefPrefix == "" {
 		return "", fmt.Errorf("checkpoint %s: ref prefix %q is not an import's", path, cp.RefPrefix)
 	}
 	return cp.RefPrefix, nil
@@ -44,8 +52,7 @@ func DropCheckpoint(ctx context.Context, local content.Store, path string) (int6
 		// takes any it had once they are old), and no import can use it.
 	default:
 		if _, freed, err = sweepIngests(ctx, local, func(st content.Status) bool {
-			m := importRef.FindStringSubmatch(st.Ref)
-			return m != nil && m[1] == prefix
+			return importPrefix(st.Ref) == prefix
 		}); err != nil {
 			return freed, err
 		}
@@ -63,8 +70,8 @@ func DropCheckpoint(ctx context.Context, local content.Store, path string) (int6
 // the bytes they held.
 func SweepImports(ctx context.Context, local content.Store, cutoff time.Time, keep func(prefix string) bool) (int, int64, error) {
 	return sweepIngests(ctx, local, func(st content.Status) bool {
-		m := importRef.FindStringSubmatch(st.Ref)
-		return m != nil && st.UpdatedAt.Before(cutoff) && (keep == nil || !keep(m[1]))
+		prefix := importPrefix(st.Ref)
+		return prefix != "" && st.UpdatedAt.Before(cutoff) && (keep == nil || !keep(prefix))
 	})
 }
 

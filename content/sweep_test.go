@@ -20,19 +20,28 @@ func ingestCount(t *testing.T, e *importEnv) int {
 	return len(entries)
 }
 
-// TestDropCheckpoint: an interrupted stream import dropped for good takes
-// its ingests and its checkpoint with it, and says how many bytes they
-// held; a missing checkpoint is no error.
-func TestDropCheckpoint(t *testing.T) {
+// cutInSecondBlob is a stream import of a two-layer archive cut in the
+// middle of its second blob, the first one pending: it left ingests and
+// a checkpoint. ranges are the archive's data ranges.
+func cutInSecondBlob(t *testing.T) (*importEnv, *streamRun, [][2]int64, int64) {
+	t.Helper()
 	archive := testimage.OCILayoutTar(t, testimage.NamedIndex(randomImage(t, 2, "linux/amd64"), "app:1"))
 	ranges := dataRanges(t, archive)
 	e := newImportEnv(t)
 	r := newStreamRun(t, e, archive)
-	at := (ranges[1][0] + ranges[1][1]) / 2 // in the second blob, the first one pending
+	at := (ranges[1][0] + ranges[1][1]) / 2
 	r.cut(t, at, 0)
 	if ingestCount(t, e) == 0 {
 		t.Fatal("the cut import left no ingest")
 	}
+	return e, r, ranges, at
+}
+
+// TestDropCheckpoint: an interrupted stream import dropped for good takes
+// its ingests and its checkpoint with it, and says how many bytes they
+// held; a missing checkpoint is no error.
+func TestDropCheckpoint(t *testing.T) {
+	e, r, ranges, at := cutInSecondBlob(t)
 	prefix, err := content.CheckpointPrefix(r.ckpt)
 	if err != nil || prefix == "" {
 		t.Fatalf("CheckpointPrefix = %q, %v", prefix, err)
@@ -55,11 +64,7 @@ func TestDropCheckpoint(t *testing.T) {
 // names go once nothing wrote them since the cutoff; those of an import
 // still waiting for its download (keep) stay, as do recent ones.
 func TestSweepImports(t *testing.T) {
-	archive := testimage.OCILayoutTar(t, testimage.NamedIndex(randomImage(t, 2, "linux/amd64"), "app:1"))
-	ranges := dataRanges(t, archive)
-	e := newImportEnv(t)
-	r := newStreamRun(t, e, archive)
-	r.cut(t, (ranges[1][0]+ranges[1][1])/2, 0)
+	e, r, _, _ := cutInSecondBlob(t)
 	prefix, err := content.CheckpointPrefix(r.ckpt)
 	if err != nil {
 		t.Fatal(err)

@@ -207,13 +207,23 @@ func (s *site) requireAbsent(t *testing.T, what string, blobs ...blobRef) {
 // requireNoIngest asserts that no partial write is left in the CAS.
 func (s *site) requireNoIngest(t *testing.T) {
 	t.Helper()
-	entries, err := os.ReadDir(filepath.Join(content.Dir(s.root), "ingest"))
+	if left := ingestDirs(t, s.root); len(left) != 0 {
+		t.Errorf("%d partial writes left in %s", len(left), filepath.Join(content.Dir(s.root), "ingest"))
+	}
+}
+
+// ingestDirs lists the CAS's ingests.
+func ingestDirs(t *testing.T, root string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(content.Dir(root), "ingest"))
 	if err != nil && !os.IsNotExist(err) {
 		t.Fatal(err)
 	}
-	if len(entries) != 0 {
-		t.Errorf("%d partial writes left in %s", len(entries), filepath.Join(content.Dir(s.root), "ingest"))
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
 	}
+	return out
 }
 
 // imageTarget is the target digest `ctr image ls` lists for name, "" if

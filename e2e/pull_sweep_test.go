@@ -23,22 +23,9 @@ import (
 // it then pulls its own image as usual.
 func TestLocaldsPullSweepsUnfinished(t *testing.T) {
 	requireE2E(t)
-	r := newResumeSite(t)
-	s := r.site
-	small := newCLIImage(t, "small", "", 1<<20)
-	smallArchive := namedLayout(t, small.img, "small:1")
-	writeFile(t, filepath.Join(r.dir, "images", "small.oci.tar"), smallArchive)
-	smallSum := sha256Hex(smallArchive)
-	bigURL := "http://" + dsLocal + "/images/big.oci.tar"
-	smallURL := "http://" + dsLocal + "/images/small.oci.tar"
+	k := newKilledPull(t)
+	s, srv, small, smallSum, bigURL, smallURL := k.r.site, k.srv, k.small, k.smallSum, k.bigURL, k.smallURL
 
-	srv := startServe(t, s, r.dir)
-	pull := s.node.Start(t, testnet.Binary(t, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root,
-		"--interface", "br0", "--unpack=false", "--sha256", r.sum, bigURL, "big:1")
-	waitIngest(t, s.root, 48<<20, pull)
-	if err := pull.Kill(); err != nil {
-		t.Fatal(err)
-	}
 	left := downloaderFiles(t, s.root)
 	ingests := ingestDirs(t, s.root)
 	if len(left) == 0 || len(ingests) == 0 {
@@ -91,41 +78,15 @@ func TestLocaldsPullSweepsUnfinished(t *testing.T) {
 	}
 }
 
-// ingestDirs lists the CAS's ingests.
-func ingestDirs(t *testing.T, root string) []string {
-	t.Helper()
-	entries, err := os.ReadDir(filepath.Join(content.Dir(root), "ingest"))
-	if err != nil && !os.IsNotExist(err) {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, e := range entries {
-		out = append(out, e.Name())
-	}
-	return out
-}
-
 // TestLocaldsPullResumeAfterCollection: containerd's collection, deleting
 // other content while a killed pull waits to be resumed, aborts the
 // import's ingests (containerd does not know them); the resumed pull
 // then fetches again what they held and the image is complete and right.
 func TestLocaldsPullResumeAfterCollection(t *testing.T) {
 	requireE2E(t)
-	r := newResumeSite(t)
-	s := r.site
-	small := newCLIImage(t, "small", "", 1<<20)
-	smallArchive := namedLayout(t, small.img, "small:1")
-	writeFile(t, filepath.Join(r.dir, "images", "small.oci.tar"), smallArchive)
-	bigURL := "http://" + dsLocal + "/images/big.oci.tar"
-
-	srv := startServe(t, s, r.dir)
-	pull := s.node.Start(t, testnet.Binary(t, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root,
-		"--interface", "br0", "--unpack=false", "--sha256", r.sum, bigURL, "big:1")
-	waitIngest(t, s.root, 48<<20, pull)
-	if err := pull.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	s.mustLocaldsPull(t, "--unpack=false", "--sha256", sha256Hex(smallArchive), "http://"+dsLocal+"/images/small.oci.tar", "small:1")
+	k := newKilledPull(t)
+	r, s, srv, bigURL := k.r, k.r.site, k.srv, k.bigURL
+	s.mustLocaldsPull(t, "--unpack=false", "--sha256", k.smallSum, k.smallURL, "small:1")
 	s.ctrd.Ctr(t, "image", "rm", "--sync", "small:1")
 	if got := ingestDirs(t, s.root); len(got) != 0 {
 		t.Logf("containerd's collection kept the import's ingests %v", got)
@@ -143,4 +104,32 @@ func TestLocaldsPullResumeAfterCollection(t *testing.T) {
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// killedPull is a resume site whose datastore also serves a small archive,
+// after a pull of the big one was killed 48 MiB into its ingests.
+type killedPull struct {
+	r                resumeSite
+	srv              *testnet.Process // the datastore, running
+	small            cliImage
+	smallSum         string
+	bigURL, smallURL string
+}
+
+func newKilledPull(t *testing.T) killedPull {
+	t.Helper()
+	k := killedPull{r: newResumeSite(t), small: newCLIImage(t, "small", "", 1<<20),
+		bigURL: "http://" + dsLocal + "/images/big.oci.tar", smallURL: "http://" + dsLocal + "/images/small.oci.tar"}
+	s := k.r.site
+	smallArchive := namedLayout(t, k.small.img, "small:1")
+	writeFile(t, filepath.Join(k.r.dir, "images", "small.oci.tar"), smallArchive)
+	k.smallSum = sha256Hex(smallArchive)
+	k.srv = startServe(t, s, k.r.dir)
+	pull := s.node.Start(t, testnet.Binary(t, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root,
+		"--interface", "br0", "--unpack=false", "--sha256", k.r.sum, k.bigURL, "big:1")
+	waitIngest(t, s.root, 48<<20, pull)
+	if err := pull.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
