@@ -50,15 +50,15 @@ demo: deps build containerd
 bench: deps build
 	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'ResolveLatency' -benchtime 300x ./resolver/
 	$(GO) test -run '^$$' -bench 'ResolveCached' -benchmem ./resolver/
-	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'BlobServe' -benchtime 5x ./serve/
+	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'BlobServe' -benchtime 5x ./internal/dsserver/
 	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench Pull -benchtime 3x ./e2e/
-	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'Download' -benchtime 5x ./datastore/
-	$(GO) test -run '^$$' -bench 'VolumeCreate|Unpack' -benchtime 5x ./snapshot/
+	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'Download' -benchtime 5x ./internal/dsclient/
+	$(GO) test -run '^$$' -bench 'VolumeCreate|Unpack' -benchtime 5x ./internal/snapshot/
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseAnswer -fuzztime 60s ./resolver/
 	$(GO) test -run '^$$' -fuzz FuzzCanonicalHost -fuzztime 30s ./resolver/
-	$(GO) test -run '^$$' -fuzz FuzzZoneHandle -fuzztime 60s ./serve/
+	$(GO) test -run '^$$' -fuzz FuzzZoneHandle -fuzztime 60s ./internal/dsserver/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

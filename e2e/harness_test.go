@@ -32,7 +32,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
-	"github.com/localds/localds/content"
+	"github.com/localds/localds/internal/cas"
 	"github.com/localds/localds/internal/testnet"
 	"github.com/localds/localds/resolver"
 )
@@ -247,12 +247,12 @@ func (s *site) mustPull(t testing.TB, ref string) string {
 func (s *site) checkBlobs(t testing.TB, img pushed) {
 	t.Helper()
 	for _, b := range img.blobs() {
-		p, err := content.BlobPath(s.root, b.Digest)
+		p, err := cas.BlobPath(s.root, b.Digest)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if want := filepath.Join(s.root, "vault", "cas", "blobs", "sha256", b.Digest.Encoded()); p != want {
-			t.Fatalf("content.BlobPath = %s, want %s", p, want)
+			t.Fatalf("cas.BlobPath = %s, want %s", p, want)
 		}
 		got, size, err := hashFile(p)
 		if err != nil {
@@ -344,7 +344,7 @@ func mirrorStats(m map[string]float64) string {
 
 // ingestSize is the largest partial write under <root>/vault/cas/ingest.
 func (s *site) ingestSize() int64 {
-	dir := filepath.Join(content.Dir(s.root), "ingest")
+	dir := filepath.Join(cas.Dir(s.root), "ingest")
 	var n int64
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {

@@ -16,11 +16,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/localds/localds/content"
+	"github.com/localds/localds/internal/cas"
+	"github.com/localds/localds/internal/dsserver"
+	"github.com/localds/localds/internal/snapshot"
 	"github.com/localds/localds/internal/testimage"
 	"github.com/localds/localds/internal/testnet"
-	"github.com/localds/localds/serve"
-	"github.com/localds/localds/snapshot"
 )
 
 const (
@@ -75,7 +75,7 @@ func TestLocaldsPull(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "images", "junk.tar"), junkTar)
 	// The registry side of serve loads this index at start as multi:1.
 	idx, multi := multiArch(t, "multi", "linux/amd64", "linux/arm/v7", "linux/arm64")
-	writeFile(t, filepath.Join(dir, serve.ImportDir, "multi.tar"), testimage.OCILayoutTar(t, mutate.AppendManifests(empty.Index, mutate.IndexAddendum{
+	writeFile(t, filepath.Join(dir, dsserver.ImportDir, "multi.tar"), testimage.OCILayoutTar(t, mutate.AppendManifests(empty.Index, mutate.IndexAddendum{
 		Add: idx, Descriptor: v1.Descriptor{Annotations: map[string]string{ocispec.AnnotationRefName: "1"}},
 	})))
 
@@ -114,7 +114,7 @@ func TestLocaldsPull(t *testing.T) {
 		// Written straight into the CAS (the daemon's store behind
 		// containerd), not streamed through containerd's API.
 		for _, want := range []string{"resolved " + dsLocal + " to " + appIP + " on br0", "download ", "verify ", "import ", "unpack ",
-			"imported 5 blobs (5 new, ", ") into " + content.Dir(s.root)} {
+			"imported 5 blobs (5 new, ", ") into " + cas.Dir(s.root)} {
 			if !strings.Contains(errOut, want) {
 				t.Errorf("stderr lacks %q:\n%s", want, errOut)
 			}
@@ -167,7 +167,7 @@ volume = "`+cliVolume2+`"
 			t.Fatalf("other:nosum -> %q, want %s", got, other.pushed.Manifest.Digest)
 		}
 		s.checkBlobs(t, other.pushed)
-		for _, want := range []string{"is not verified against a configured sha256", "downloaded http://" + dsLocal + "/images/other.oci.tar: ", ") into " + content.Dir(s.root)} {
+		for _, want := range []string{"is not verified against a configured sha256", "downloaded http://" + dsLocal + "/images/other.oci.tar: ", ") into " + cas.Dir(s.root)} {
 			if !strings.Contains(errOut, want) {
 				t.Errorf("stderr lacks %q:\n%s", want, errOut)
 			}

@@ -34,7 +34,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/localds/localds/content"
+	"github.com/localds/localds/internal/cas"
 	"github.com/localds/localds/internal/testimage"
 	"github.com/localds/localds/internal/testnet"
 	"github.com/localds/localds/resolver"
@@ -194,7 +194,7 @@ func (s *site) mustLocaldsPull(t *testing.T, args ...string) (stdout, stderr str
 func (s *site) requireAbsent(t *testing.T, what string, blobs ...blobRef) {
 	t.Helper()
 	for _, b := range blobs {
-		p, err := content.BlobPath(s.root, b.Digest)
+		p, err := cas.BlobPath(s.root, b.Digest)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -208,14 +208,14 @@ func (s *site) requireAbsent(t *testing.T, what string, blobs ...blobRef) {
 func (s *site) requireNoIngest(t *testing.T) {
 	t.Helper()
 	if left := ingestDirs(t, s.root); len(left) != 0 {
-		t.Errorf("%d partial writes left in %s", len(left), filepath.Join(content.Dir(s.root), "ingest"))
+		t.Errorf("%d partial writes left in %s", len(left), filepath.Join(cas.Dir(s.root), "ingest"))
 	}
 }
 
 // ingestDirs lists the CAS's ingests.
 func ingestDirs(t *testing.T, root string) []string {
 	t.Helper()
-	entries, err := os.ReadDir(filepath.Join(content.Dir(root), "ingest"))
+	entries, err := os.ReadDir(filepath.Join(cas.Dir(root), "ingest"))
 	if err != nil && !os.IsNotExist(err) {
 		t.Fatal(err)
 	}

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/localds/localds/content"
+	"github.com/localds/localds/internal/cas"
 	"github.com/localds/localds/internal/testnet"
 )
 
@@ -168,7 +168,7 @@ func waitIngest(t *testing.T, root string, n int64, pull *testnet.Process) {
 	deadline := time.Now().Add(e2eWait)
 	for time.Now().Before(deadline) {
 		var have int64
-		datas, _ := filepath.Glob(filepath.Join(content.Dir(root), "ingest", "*", "data"))
+		datas, _ := filepath.Glob(filepath.Join(cas.Dir(root), "ingest", "*", "data"))
 		for _, d := range datas {
 			if st, err := os.Stat(d); err == nil {
 				have += st.Size()

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/localds/localds/content"
+	"github.com/localds/localds/internal/cas"
 	"github.com/localds/localds/internal/testnet"
 )
 
@@ -46,7 +46,7 @@ func TestLocaldsPullSweepsUnfinished(t *testing.T) {
 
 	// Untouched for 8 days: removed, by a pull with the default expiry.
 	old := time.Now().Add(-8 * 24 * time.Hour)
-	for _, dir := range []string{filepath.Join(s.root, "vault", "downloader"), filepath.Join(content.Dir(s.root), "ingest")} {
+	for _, dir := range []string{filepath.Join(s.root, "vault", "downloader"), filepath.Join(cas.Dir(s.root), "ingest")} {
 		if err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 			if err != nil || p == dir {
 				return err

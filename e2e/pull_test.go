@@ -13,7 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/localds/localds/content"
+	"github.com/localds/localds/internal/cas"
 	"github.com/localds/localds/internal/testnet"
 )
 
@@ -154,7 +154,7 @@ func TestCtrPullCorruptBlob(t *testing.T) {
 	if !named {
 		t.Errorf("the daemon's log does not name the digest mismatch of %s:\n%s", layer.Digest, tail(s.daemon.Log(), 6000))
 	}
-	bp, err := content.BlobPath(s.root, layer.Digest)
+	bp, err := cas.BlobPath(s.root, layer.Digest)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +162,7 @@ func TestCtrPullCorruptBlob(t *testing.T) {
 		t.Fatalf("the corrupt layer is in the CAS at %s: %v", bp, err)
 	}
 	// Nothing in the CAS hashes to what the datastore sent either.
-	if gp, _ := content.BlobPath(s.root, digest.FromBytes(garbage)); gp != "" {
+	if gp, _ := cas.BlobPath(s.root, digest.FromBytes(garbage)); gp != "" {
 		if _, err := os.Stat(gp); !os.IsNotExist(err) {
 			t.Fatalf("the garbage became a blob at %s: %v", gp, err)
 		}

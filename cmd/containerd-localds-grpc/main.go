@@ -2,7 +2,7 @@
 // plugin: containerd's content API over localds's CAS at <root>/vault/cas
 // and the localds snapshotter on one unix socket, and the .local registry
 // mirror, /healthz and /metrics on a loopback listener. It is thin wiring over package plugin: flags and the
-// config file in, plugin.Serve until SIGTERM or SIGINT.
+// config file in, daemon.Serve until SIGTERM or SIGINT.
 package main
 
 import (
@@ -15,8 +15,8 @@ import (
 	"github.com/containerd/log"
 	"github.com/urfave/cli/v3"
 
-	"github.com/localds/localds/plugin"
-	"github.com/localds/localds/plugin/mirror"
+	"github.com/localds/localds/internal/daemon"
+	"github.com/localds/localds/internal/mirror"
 )
 
 func main() {
@@ -38,9 +38,9 @@ func newCommand() *cli.Command {
 			"containerd loads the socket with contrib/containerd/config.toml.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", Usage: "TOML config file (keys: root, address, mirror-listen, interface, hosts-dir, datastore-ca, snapshotter, prefetch, stage-layers, log-level)"},
-			&cli.StringFlag{Name: "root", Value: plugin.DefaultRoot, Usage: "localds root; the CAS is <root>/vault/cas"},
-			&cli.StringFlag{Name: "address", Value: plugin.DefaultAddress, Usage: "unix socket containerd connects to"},
-			&cli.StringFlag{Name: "mirror-listen", Value: plugin.DefaultMirrorListen, Usage: "address of the registry mirror, /healthz and /metrics (keep it on loopback)"},
+			&cli.StringFlag{Name: "root", Value: daemon.DefaultRoot, Usage: "localds root; the CAS is <root>/vault/cas"},
+			&cli.StringFlag{Name: "address", Value: daemon.DefaultAddress, Usage: "unix socket containerd connects to"},
+			&cli.StringFlag{Name: "mirror-listen", Value: daemon.DefaultMirrorListen, Usage: "address of the registry mirror, /healthz and /metrics (keep it on loopback)"},
 			&cli.StringSliceFlag{Name: "interface", Usage: "glob of bridge names to resolve .local hosts on (repeatable; default: every internal bridge)"},
 			&cli.StringFlag{Name: "hosts-dir", Usage: "containerd hosts.toml directory (e.g. /etc/containerd/certs.d); accepted, not used by the mirror yet (see --datastore-ca)"},
 			&cli.StringFlag{Name: "datastore-ca", Usage: "PEM file of CA certificates trusted, besides the system's, for HTTPS .local datastores (verified against the .local name)"},
@@ -65,19 +65,19 @@ func newCommand() *cli.Command {
 			if err := log.SetFormat(log.TextFormat); err != nil {
 				return fmt.Errorf("log format: %w", err)
 			}
-			return plugin.Serve(ctx, cfg)
+			return daemon.Serve(ctx, cfg)
 		},
 	}
 }
 
 // configFrom merges, per setting: the flag if given, else the config
 // file's value if set, else the flag's default.
-func configFrom(cmd *cli.Command) (plugin.Config, string, error) {
-	var fc plugin.FileConfig
+func configFrom(cmd *cli.Command) (daemon.Config, string, error) {
+	var fc daemon.FileConfig
 	if path := cmd.String("config"); path != "" {
 		var err error
-		if fc, err = plugin.LoadConfigFile(path); err != nil {
-			return plugin.Config{}, "", err
+		if fc, err = daemon.LoadConfigFile(path); err != nil {
+			return daemon.Config{}, "", err
 		}
 	}
 	str := func(flag, file string) string {
@@ -90,7 +90,7 @@ func configFrom(cmd *cli.Command) (plugin.Config, string, error) {
 	if cmd.IsSet("interface") {
 		ifaces = cmd.StringSlice("interface")
 	}
-	cfg := plugin.Config{
+	cfg := daemon.Config{
 		Root:         str("root", fc.Root),
 		Address:      str("address", fc.Address),
 		MirrorListen: str("mirror-listen", fc.MirrorListen),
@@ -101,21 +101,21 @@ func configFrom(cmd *cli.Command) (plugin.Config, string, error) {
 	// Staging needs the prefetch: the layers are extracted as it fetches.
 	cfg.StageLayers = mopts.Prefetch && boolSetting(cmd, "stage-layers", fc.StageLayers)
 	if ca := str("datastore-ca", fc.DatastoreCA); ca != "" {
-		tlsConf, err := plugin.DatastoreTLS(ca)
+		tlsConf, err := daemon.DatastoreTLS(ca)
 		if err != nil {
-			return plugin.Config{}, "", err
+			return daemon.Config{}, "", err
 		}
 		mopts.TLS = tlsConf
 	}
-	cfg.Mirror = plugin.RegistryMirror(mopts)
+	cfg.Mirror = daemon.RegistryMirror(mopts)
 	// The diff service only reads the CAS; it works with any snapshotter.
-	cfg.Services = append(cfg.Services, plugin.DiffService())
+	cfg.Services = append(cfg.Services, daemon.DiffService())
 	if boolSetting(cmd, "snapshotter", fc.Snapshotter) {
-		cfg.Services = append(cfg.Services, plugin.SnapshotService())
+		cfg.Services = append(cfg.Services, daemon.SnapshotService())
 	}
 	for name, v := range map[string]string{"root": cfg.Root, "address": cfg.Address, "mirror-listen": cfg.MirrorListen} {
 		if v == "" {
-			return plugin.Config{}, "", fmt.Errorf("%s must not be empty", name)
+			return daemon.Config{}, "", fmt.Errorf("%s must not be empty", name)
 		}
 	}
 	return cfg, str("log-level", fc.LogLevel), nil

@@ -19,8 +19,8 @@ import (
 
 	"github.com/urfave/cli/v3"
 
+	"github.com/localds/localds/internal/daemon"
 	"github.com/localds/localds/internal/testnet"
-	"github.com/localds/localds/plugin"
 )
 
 // The daemon runs in the root namespace here, which the network rules
@@ -164,8 +164,8 @@ func TestConfigPrecedence(t *testing.T) {
 	if err := os.WriteFile(cfgFile, []byte("root = \"/file-root\"\ninterface = [\"br*\"]\nhosts-dir = \"/file-hosts\"\nlog-level = \"debug\"\nsnapshotter = false\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	run := func(args ...string) (plugin.Config, string) {
-		var cfg plugin.Config
+	run := func(args ...string) (daemon.Config, string) {
+		var cfg daemon.Config
 		var level string
 		cmd := newCommand()
 		cmd.Action = func(ctx context.Context, c *cli.Command) error {
@@ -179,13 +179,13 @@ func TestConfigPrecedence(t *testing.T) {
 		return cfg, level
 	}
 	cfg, level := run()
-	if cfg.Root != plugin.DefaultRoot || cfg.Address != plugin.DefaultAddress || cfg.MirrorListen != plugin.DefaultMirrorListen ||
+	if cfg.Root != daemon.DefaultRoot || cfg.Address != daemon.DefaultAddress || cfg.MirrorListen != daemon.DefaultMirrorListen ||
 		cfg.Interfaces != nil || cfg.HostsDir != "" || level != "info" || cfg.Mirror == nil || len(cfg.Services) != 2 {
 		t.Fatalf("defaults: %+v %q", cfg, level)
 	}
 	cfg, level = run("--config", cfgFile)
 	if cfg.Root != "/file-root" || cfg.HostsDir != "/file-hosts" || !reflect.DeepEqual(cfg.Interfaces, []string{"br*"}) || level != "debug" ||
-		cfg.Address != plugin.DefaultAddress || len(cfg.Services) != 1 {
+		cfg.Address != daemon.DefaultAddress || len(cfg.Services) != 1 {
 		t.Fatalf("from file: %+v %q", cfg, level)
 	}
 	cfg, level = run("--config", cfgFile, "--root", "/flag-root", "--interface", "bn1", "--interface", "bn2", "--log-level", "warn", "--snapshotter")

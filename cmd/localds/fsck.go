@@ -6,7 +6,7 @@ import (
 
 	"github.com/urfave/cli/v3"
 
-	"github.com/localds/localds/content"
+	"github.com/localds/localds/internal/cas"
 )
 
 // defaultRoot is the node's persistent tree (EVE-OS's /persist); the CAS
@@ -29,7 +29,7 @@ func fsckCommand() *cli.Command {
 			if cmd.NArg() != 0 {
 				return fmt.Errorf("fsck takes no arguments (got %q); use --root DIR", cmd.Args().Slice())
 			}
-			rep, err := content.Fsck(ctx, cmd.String("root"), cmd.Bool("remove"))
+			rep, err := cas.Fsck(ctx, cmd.String("root"), cmd.Bool("remove"))
 			w := cmd.Root().Writer
 			for _, p := range rep.Bad {
 				fmt.Fprintf(w, "bad: %s\n", p)

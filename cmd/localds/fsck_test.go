@@ -11,12 +11,12 @@ import (
 	"testing"
 	"time"
 
-	ccontent "github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/urfave/cli/v3"
 
-	"github.com/localds/localds/content"
+	"github.com/localds/localds/internal/cas"
 	"github.com/localds/localds/internal/testnet"
 )
 
@@ -26,18 +26,18 @@ func fsckStore(t *testing.T) (string, digest.Digest, string) {
 	t.Helper()
 	ctx := context.Background()
 	root := t.TempDir()
-	cs, err := content.Open(ctx, root)
+	cs, err := cas.Open(ctx, root)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var last digest.Digest
 	for _, s := range []string{"good blob", "soon bad blob"} {
 		last = digest.FromString(s)
-		if err := ccontent.WriteBlob(ctx, cs, s, strings.NewReader(s), ocispec.Descriptor{Size: int64(len(s)), Digest: last}); err != nil {
+		if err := content.WriteBlob(ctx, cs, s, strings.NewReader(s), ocispec.Descriptor{Size: int64(len(s)), Digest: last}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	p, err := content.BlobPath(root, last)
+	p, err := cas.BlobPath(root, last)
 	if err != nil {
 		t.Fatal(err)
 	}

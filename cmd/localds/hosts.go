@@ -6,7 +6,7 @@ import (
 
 	"github.com/urfave/cli/v3"
 
-	"github.com/localds/localds/plugin/mirror"
+	"github.com/localds/localds/internal/mirror"
 )
 
 // defaultHostsDir is where ctr --hosts-dir and the CRI config_path

@@ -16,9 +16,9 @@ import (
 	"github.com/distribution/reference"
 	"github.com/urfave/cli/v3"
 
-	"github.com/localds/localds/datastore"
+	"github.com/localds/localds/internal/dsclient"
+	"github.com/localds/localds/internal/snapshot"
 	"github.com/localds/localds/resolver"
-	"github.com/localds/localds/snapshot"
 )
 
 func pullCommand() *cli.Command {
@@ -35,7 +35,7 @@ func pullCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "address", Aliases: []string{"a"}, Value: "/run/containerd/containerd.sock", Sources: cli.EnvVars("CONTAINERD_ADDRESS"), Usage: "containerd's socket"},
 			&cli.StringFlag{Name: "namespace", Aliases: []string{"n"}, Value: namespaces.Default, Sources: cli.EnvVars("CONTAINERD_NAMESPACE"), Usage: "containerd namespace"},
-			&cli.StringFlag{Name: "root", Value: datastore.DefaultRoot, Usage: "localds root; archives are downloaded into <root>/vault/downloader"},
+			&cli.StringFlag{Name: "root", Value: dsclient.DefaultRoot, Usage: "localds root; archives are downloaded into <root>/vault/downloader"},
 			&cli.StringSliceFlag{Name: "interface", Aliases: []string{"i"}, Usage: "resolve .local hosts only on interfaces matching this glob (repeatable; default: every internal bridge)"},
 			&cli.StringFlag{Name: "sha256", Usage: "expected sha256 (hex) of the archive, or of the manifest/index for a registry image"},
 			&cli.StringFlag{Name: "platform", Usage: "platform to pull from a multi-platform image, e.g. linux/arm64 or linux/arm/v7 (default: the node's)"},
@@ -63,13 +63,13 @@ const (
 // pullSpec is what to pull, from the command line or a datastore file.
 type pullSpec struct {
 	kind     string
-	url      *url.URL             // archive
-	ref      string               // registry: full reference, with @digest when pinned
-	sha256   string               // expected hex, "" if not configured
-	ds       *datastore.Datastore // nil for an ad-hoc source
-	name     string               // image record to create; "" = the archive's own name
-	platform string               // normalized, never empty
-	volume   string               // "" for none
+	url      *url.URL            // archive
+	ref      string              // registry: full reference, with @digest when pinned
+	sha256   string              // expected hex, "" if not configured
+	ds       *dsclient.Datastore // nil for an ad-hoc source
+	name     string              // image record to create; "" = the archive's own name
+	platform string              // normalized, never empty
+	volume   string              // "" for none
 	novault  bool
 }
 
@@ -114,7 +114,7 @@ func parsePullSpec(cmd *cli.Command) (*pullSpec, error) {
 		if cmd.String("sha256") != "" {
 			return nil, fmt.Errorf("--sha256 comes from the datastore file with --datastore: %w", errdefs.ErrInvalidArgument)
 		}
-		cfg, err := datastore.Load(file)
+		cfg, err := dsclient.Load(file)
 		if err != nil {
 			return nil, err
 		}
@@ -124,12 +124,12 @@ func parsePullSpec(cmd *cli.Command) (*pullSpec, error) {
 		}
 		spec.ds, spec.sha256 = &ds, img.SHA256
 		switch ds.Type {
-		case datastore.TypeHTTP, datastore.TypeHTTPS:
+		case dsclient.TypeHTTP, dsclient.TypeHTTPS:
 			if spec.url, err = ds.FileURL(img.Path); err != nil {
 				return nil, err
 			}
 			spec.kind = sourceArchive
-		case datastore.TypeOCI:
+		case dsclient.TypeOCI:
 			if spec.ref, err = ds.ImageRef(img.Path); err != nil {
 				return nil, err
 			}
@@ -164,7 +164,7 @@ func parsePullSpec(cmd *cli.Command) (*pullSpec, error) {
 		}
 		spec.sha256 = strings.TrimPrefix(strings.ToLower(cmd.String("sha256")), "sha256:")
 		if spec.sha256 != "" {
-			if err := datastore.CheckHex(spec.sha256); err != nil {
+			if err := dsclient.CheckHex(spec.sha256); err != nil {
 				return nil, fmt.Errorf("--sha256: %w", err)
 			}
 		}
@@ -275,7 +275,7 @@ func pullAction(ctx context.Context, cmd *cli.Command) (err error) {
 		return nil
 	}
 	sn := c.SnapshotService(snName)
-	report := func(ev layerEvent) { prog.Update(string(datastore.PhaseUnpack), ev.done, ev.total) }
+	report := func(ev layerEvent) { prog.Update(string(dsclient.PhaseUnpack), ev.done, ev.total) }
 	start = time.Now()
 	if spec.volume == "" {
 		if _, _, err := unpackImage(ctx, img, sn, snName, report); err != nil {
@@ -309,7 +309,7 @@ func resolveHost(ctx context.Context, disc *resolver.Discoverer, spec *pullSpec,
 	if !resolver.IsLocal(host) {
 		return nil
 	}
-	prog.Update(string(datastore.PhaseResolve), 0, -1)
+	prog.Update(string(dsclient.PhaseResolve), 0, -1)
 	res, err := disc.Resolve(ctx, host)
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", spec.source(), err)

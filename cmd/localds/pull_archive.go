@@ -7,13 +7,14 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	ccontent "github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
-	"github.com/localds/localds/content"
-	"github.com/localds/localds/datastore"
+	"github.com/localds/localds/internal/archiveimport"
+	"github.com/localds/localds/internal/cas"
+	"github.com/localds/localds/internal/dsclient"
 	"github.com/localds/localds/resolver"
 )
 
@@ -27,18 +28,18 @@ import (
 // record behind: the lease goes and containerd collects what the import
 // wrote.
 func pullArchive(ctx context.Context, c *containerd.Client, disc *resolver.Discoverer, spec *pullSpec, root string, expiry time.Duration, prog *progress) (images.Image, error) {
-	dl, err := datastore.New(datastore.Options{
+	dl, err := dsclient.New(dsclient.Options{
 		Root:     root,
 		Dial:     resolver.NewDialer(disc).DialContext,
-		Progress: func(p datastore.Progress) { prog.Update(string(p.Phase), p.Done, p.Total) },
+		Progress: func(p dsclient.Progress) { prog.Update(string(p.Phase), p.Done, p.Total) },
 	})
 	if err != nil {
 		return images.Image{}, err
 	}
 	// On a node the CAS behind containerd is <root>/vault/cas: write there
 	// directly (Import checks that containerd really sees it).
-	var local ccontent.Store
-	if st, err := os.Stat(content.Dir(root)); err == nil && st.IsDir() {
+	var local content.Store
+	if st, err := os.Stat(cas.Dir(root)); err == nil && st.IsDir() {
 		if local, err = openQuiet(ctx, root); err != nil {
 			return images.Image{}, err
 		}
@@ -54,7 +55,7 @@ func pullArchive(ctx context.Context, c *containerd.Client, disc *resolver.Disco
 		log.G(ctx).WithError(err).Debug("importing after the download instead of while it runs")
 	}
 
-	file, err := dl.Fetch(ctx, datastore.Source{URL: spec.url, SHA256: spec.sha256, Datastore: spec.ds})
+	file, err := dl.Fetch(ctx, dsclient.Source{URL: spec.url, SHA256: spec.sha256, Datastore: spec.ds})
 	if err != nil {
 		return images.Image{}, err // names the datastore, the URL and why
 	}
@@ -62,17 +63,17 @@ func pullArchive(ctx context.Context, c *containerd.Client, disc *resolver.Disco
 	prog.Printf("downloaded %s: %s, %s\n", spec.url.Redacted(), humanSize(file.Size), file.Digest)
 
 	var rec images.Image
-	err = content.Leased(ctx, c.LeasesService(), func(ctx context.Context) error {
+	err = archiveimport.Leased(ctx, c.LeasesService(), func(ctx context.Context) error {
 		f, err := os.Open(file.Path)
 		if err != nil {
 			return fmt.Errorf("open download: %w", err)
 		}
 		defer f.Close()
-		imp, err := content.Import(ctx, c.ContentStore(), f, content.ImportOptions{
+		imp, err := archiveimport.Import(ctx, c.ContentStore(), f, archiveimport.ImportOptions{
 			Platform: spec.platform,
 			Name:     spec.name,
 			Local:    local,
-			Progress: func(n int64) { prog.Update(string(datastore.PhaseImport), n, file.Size) },
+			Progress: func(n int64) { prog.Update(string(dsclient.PhaseImport), n, file.Size) },
 		})
 		if err != nil {
 			return err
@@ -95,10 +96,10 @@ func pullArchive(ctx context.Context, c *containerd.Client, disc *resolver.Disco
 }
 
 // recordImport reports an import and creates the image record.
-func recordImport(ctx context.Context, c *containerd.Client, spec *pullSpec, imp content.Imported, root string, prog *progress) (images.Image, error) {
+func recordImport(ctx context.Context, c *containerd.Client, spec *pullSpec, imp archiveimport.Imported, root string, prog *progress) (images.Image, error) {
 	into := "containerd's content store"
 	if imp.Direct {
-		into = content.Dir(root)
+		into = cas.Dir(root)
 	}
 	prog.Printf("imported %d blobs (%d new, %s) into %s\n", imp.Blobs, imp.Written, humanSize(imp.WrittenBytes), into)
 	name := spec.name
@@ -111,7 +112,7 @@ func recordImport(ctx context.Context, c *containerd.Client, spec *pullSpec, imp
 	return putImage(ctx, c.ImageService(), images.Image{Name: name, Target: imp.Target})
 }
 
-func removeDownload(ctx context.Context, file *datastore.Download) {
+func removeDownload(ctx context.Context, file *dsclient.Download) {
 	if err := file.Remove(); err != nil {
 		log.G(ctx).WithError(err).WithField("path", file.Path).Warn("cannot remove the downloaded archive")
 	}
@@ -120,11 +121,11 @@ func removeDownload(ctx context.Context, file *datastore.Download) {
 // openQuiet opens the CAS without containerd's local store warning, on
 // every open, that the file system has no fsverity (most have none): on
 // a command line that is noise. --debug shows it.
-func openQuiet(ctx context.Context, root string) (ccontent.Store, error) {
+func openQuiet(ctx context.Context, root string) (content.Store, error) {
 	if lvl := log.GetLevel(); lvl < log.DebugLevel {
 		if err := log.SetLevel(log.ErrorLevel.String()); err == nil {
 			defer log.SetLevel(lvl.String()) //nolint:errcheck // it was valid a moment ago
 		}
 	}
-	return content.Open(ctx, root)
+	return cas.Open(ctx, root)
 }

@@ -10,15 +10,15 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	ccontent "github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/localds/localds/content"
-	"github.com/localds/localds/datastore"
+	"github.com/localds/localds/internal/archiveimport"
+	"github.com/localds/localds/internal/dsclient"
 	"github.com/localds/localds/resolver"
 )
 
@@ -56,7 +56,7 @@ func pullRegistry(ctx context.Context, c *containerd.Client, disc *resolver.Disc
 	}
 	fp := &fetchProgress{cs: c.ContentStore(), prog: prog, sizes: map[digest.Digest]int64{}, done: map[digest.Digest]bool{}}
 	var rec images.Image
-	err = content.Leased(ctx, c.LeasesService(), func(ctx context.Context) error {
+	err = archiveimport.Leased(ctx, c.LeasesService(), func(ctx context.Context) error {
 		stop := fp.run(ctx)
 		img, err := c.Fetch(ctx, spec.ref,
 			containerd.WithResolver(r),
@@ -82,7 +82,7 @@ func pullRegistry(ctx context.Context, c *containerd.Client, disc *resolver.Disc
 // allows it.
 type credTransport struct {
 	next http.RoundTripper
-	ds   *datastore.Datastore
+	ds   *dsclient.Datastore
 }
 
 func (t *credTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -124,7 +124,7 @@ func splitPort(hostport string) (string, string) {
 // total), the content store's ingest statuses and blobs give the bytes
 // done. containerd has no progress callback of its own (ctr polls too).
 type fetchProgress struct {
-	cs   ccontent.Store
+	cs   content.Store
 	prog *progress
 
 	mu    sync.Mutex
@@ -197,5 +197,5 @@ func (f *fetchProgress) sample(ctx context.Context) {
 			}
 		}
 	}
-	f.prog.Update(string(datastore.PhaseDownload), done, total)
+	f.prog.Update(string(dsclient.PhaseDownload), done, total)
 }

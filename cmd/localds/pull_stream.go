@@ -6,13 +6,13 @@ import (
 	"path/filepath"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	ccontent "github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
-	"github.com/localds/localds/content"
-	"github.com/localds/localds/datastore"
+	"github.com/localds/localds/internal/archiveimport"
+	"github.com/localds/localds/internal/dsclient"
 )
 
 // checkpointSuffix names a stream import's checkpoint in the downloader
@@ -20,23 +20,23 @@ import (
 const checkpointSuffix = ".import"
 
 // pullStreamed downloads an archive straight into the CAS: the download's
-// bytes go to a content.StreamImport, which writes each blob into its
+// bytes go to a archiveimport.StreamImport, which writes each blob into its
 // ingest as it arrives (every byte is written once), hashes the blobs and
 // the whole archive, and commits only after the archive's sha256 matched.
 // An interrupted pull leaves the ingests and a checkpoint in the
 // downloader area, and the next one continues where it stopped, fetching
 // only the bytes after that. It answers errdefs.ErrNotImplemented when
 // containerd's content store is not the local CAS.
-func pullStreamed(ctx context.Context, c *containerd.Client, dl *datastore.Downloader, spec *pullSpec, root string, local ccontent.Store, prog *progress) (images.Image, error) {
+func pullStreamed(ctx context.Context, c *containerd.Client, dl *dsclient.Downloader, spec *pullSpec, root string, local content.Store, prog *progress) (images.Image, error) {
 	var rec images.Image
-	err := content.Leased(ctx, c.LeasesService(), func(ctx context.Context) error {
-		si, err := content.NewStreamImport(ctx, c.ContentStore(), spec.sha256, filepath.Join(dl.Dir(), spec.sha256+checkpointSuffix), content.ImportOptions{
+	err := archiveimport.Leased(ctx, c.LeasesService(), func(ctx context.Context) error {
+		si, err := archiveimport.NewStreamImport(ctx, c.ContentStore(), spec.sha256, filepath.Join(dl.Dir(), spec.sha256+checkpointSuffix), archiveimport.ImportOptions{
 			Platform: spec.platform, Name: spec.name, Local: local,
 		})
 		if err != nil {
 			return err
 		}
-		src := datastore.Source{URL: spec.url, SHA256: spec.sha256, Datastore: spec.ds, Sink: si}
+		src := dsclient.Source{URL: spec.url, SHA256: spec.sha256, Datastore: spec.ds, Sink: si}
 		file, err := dl.Fetch(ctx, src)
 		if err != nil {
 			prog.Abort()
@@ -58,19 +58,19 @@ func pullStreamed(ctx context.Context, c *containerd.Client, dl *datastore.Downl
 		}
 		prog.Done()
 		prog.Printf("downloaded %s: %s\n", spec.url.Redacted(), humanSize(file.Size))
-		prog.Update(string(datastore.PhaseVerify), 0, file.Size)
+		prog.Update(string(dsclient.PhaseVerify), 0, file.Size)
 		if err := si.Verify(); err != nil {
 			prog.Abort()
 			return fmt.Errorf("%s: %w", spec.url.Redacted(), err)
 		}
-		prog.Update(string(datastore.PhaseVerify), file.Size, file.Size)
-		prog.Update(string(datastore.PhaseImport), 0, file.Size)
+		prog.Update(string(dsclient.PhaseVerify), file.Size, file.Size)
+		prog.Update(string(dsclient.PhaseImport), 0, file.Size)
 		imp, err := si.Commit()
 		if err != nil {
 			prog.Abort()
 			return fmt.Errorf("%s: %w", spec.url.Redacted(), err)
 		}
-		prog.Update(string(datastore.PhaseImport), file.Size, file.Size)
+		prog.Update(string(dsclient.PhaseImport), file.Size, file.Size)
 		prog.Done()
 		rec, err = recordImport(ctx, c, spec, imp, root, prog)
 		return err

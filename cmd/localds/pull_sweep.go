@@ -8,11 +8,11 @@ import (
 	"strings"
 	"time"
 
-	ccontent "github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/log"
 
-	"github.com/localds/localds/content"
-	"github.com/localds/localds/datastore"
+	"github.com/localds/localds/internal/archiveimport"
+	"github.com/localds/localds/internal/dsclient"
 )
 
 // defaultUnfinishedExpiry is how long a pull's unfinished download and
@@ -24,19 +24,19 @@ const defaultUnfinishedExpiry = 7 * 24 * time.Hour
 // checkpoint and ingests), then ingests of killed imports that no
 // checkpoint names; not what this pull (spec) resumes. local may be nil (no CAS on this node). A failure is
 // only logged: the pull goes on.
-func sweepUnfinished(ctx context.Context, dl *datastore.Downloader, local ccontent.Store, cutoff time.Time, spec *pullSpec, prog *progress) {
+func sweepUnfinished(ctx context.Context, dl *dsclient.Downloader, local content.Store, cutoff time.Time, spec *pullSpec, prog *progress) {
 	ingests := map[string]int64{} // bytes a download's import had written
-	swept, err := dl.SweepUnfinished(datastore.Sweep{
+	swept, err := dl.SweepUnfinished(dsclient.Sweep{
 		Before:     cutoff,
 		Companions: []string{checkpointSuffix},
-		Keep: func(u datastore.Unfinished) bool { // this pull resumes it
+		Keep: func(u dsclient.Unfinished) bool { // this pull resumes it
 			return (spec.sha256 != "" && u.Key == spec.sha256) || u.URL == spec.url.String()
 		},
-		Drop: func(u datastore.Unfinished) error {
+		Drop: func(u dsclient.Unfinished) error {
 			if local == nil {
 				return nil
 			}
-			freed, err := content.DropCheckpoint(ctx, local, filepath.Join(dl.Dir(), u.Key+checkpointSuffix))
+			freed, err := archiveimport.DropCheckpoint(ctx, local, filepath.Join(dl.Dir(), u.Key+checkpointSuffix))
 			ingests[u.Key] = freed
 			return err
 		},
@@ -54,7 +54,7 @@ func sweepUnfinished(ctx context.Context, dl *datastore.Downloader, local cconte
 	if local == nil {
 		return
 	}
-	n, bytes, err := content.SweepImports(ctx, local, cutoff, liveCheckpoints(ctx, dl.Dir()))
+	n, bytes, err := archiveimport.SweepImports(ctx, local, cutoff, liveCheckpoints(ctx, dl.Dir()))
 	if n > 0 {
 		prog.Printf("removed %d unfinished import writes (%s) untouched since %s\n", n, humanSize(bytes), cutoff.Format(time.DateTime))
 	}
@@ -75,7 +75,7 @@ func liveCheckpoints(ctx context.Context, dir string) func(string) bool {
 		if !strings.HasSuffix(e.Name(), checkpointSuffix) {
 			continue
 		}
-		if prefix, err := content.CheckpointPrefix(filepath.Join(dir, e.Name())); err == nil {
+		if prefix, err := archiveimport.CheckpointPrefix(filepath.Join(dir, e.Name())); err == nil {
 			live[prefix] = true
 		}
 	}

@@ -14,7 +14,7 @@ import (
 	"github.com/containerd/platforms"
 	"github.com/urfave/cli/v3"
 
-	"github.com/localds/localds/datastore"
+	"github.com/localds/localds/internal/dsclient"
 )
 
 const hexB = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
@@ -165,7 +165,7 @@ func TestCredTransport(t *testing.T) {
 		return resp.Request, nil
 	}
 	next := &recordRT{}
-	tok := &credTransport{next: next, ds: &datastore.Datastore{Name: "reg", Type: "oci", FQDN: "ds.local:5000", Token: "t0ken"}}
+	tok := &credTransport{next: next, ds: &dsclient.Datastore{Name: "reg", Type: "oci", FQDN: "ds.local:5000", Token: "t0ken"}}
 	if req, err := get(tok, "https://DS.local:5000/v2/app/manifests/1"); err != nil || req.Header.Get("Authorization") != "Bearer t0ken" {
 		t.Fatalf("own host: %v %v; want the bearer token", req, err)
 	}
@@ -178,7 +178,7 @@ func TestCredTransport(t *testing.T) {
 	if !errdefs.IsPermissionDenied(err) || !strings.Contains(err.Error(), `"reg"`) || strings.Contains(err.Error(), "t0ken") {
 		t.Fatalf("plain http with a token: %v; want permission denied naming the datastore, not the token", err)
 	}
-	basic := &credTransport{next: next, ds: &datastore.Datastore{Name: "reg", Type: "oci", FQDN: "ds.local", Username: "u", Password: "p"}}
+	basic := &credTransport{next: next, ds: &dsclient.Datastore{Name: "reg", Type: "oci", FQDN: "ds.local", Username: "u", Password: "p"}}
 	if _, err := get(basic, "http://ds.local/v2/"); !errdefs.IsPermissionDenied(err) {
 		t.Fatalf("plain http with credentials: %v; want refused", err)
 	}
@@ -186,7 +186,7 @@ func TestCredTransport(t *testing.T) {
 	if _, err := get(basic, "http://ds.local/v2/"); err != nil {
 		t.Fatalf("plain http allowed by the config: %v", err)
 	}
-	none := &credTransport{next: next, ds: &datastore.Datastore{Name: "open", Type: "oci", FQDN: "ds.local"}}
+	none := &credTransport{next: next, ds: &dsclient.Datastore{Name: "open", Type: "oci", FQDN: "ds.local"}}
 	if req, err := get(none, "http://ds.local/v2/"); err != nil || req.Header.Get("Authorization") != "" {
 		t.Fatalf("no credentials over http: %v %v", req, err)
 	}

@@ -6,7 +6,7 @@ import (
 
 	"github.com/urfave/cli/v3"
 
-	"github.com/localds/localds/serve"
+	"github.com/localds/localds/internal/dsserver"
 )
 
 // serveCommand is `localds serve`: the datastore side in one process.
@@ -29,13 +29,13 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "tls-key", Usage: "PEM private key for HTTPS"},
 			&cli.StringFlag{Name: "dir", Value: ".", Usage: "directory served; the registry keeps its data in DIR/.registry"},
 			&cli.BoolFlag{Name: "read-only", Usage: "refuse pushes and deletes; images come only from DIR/.import"},
-			&cli.DurationFlag{Name: "poll-interval", Value: serve.DefaultPollInterval, Usage: "how often interfaces and addresses are checked"},
+			&cli.DurationFlag{Name: "poll-interval", Value: dsserver.DefaultPollInterval, Usage: "how often interfaces and addresses are checked"},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			if cmd.NArg() > 0 {
 				return fmt.Errorf("serve takes no arguments, got %q", cmd.Args().Slice())
 			}
-			s, err := serve.New(ctx, serve.Config{
+			s, err := dsserver.New(ctx, dsserver.Config{
 				Hostname:     cmd.String("hostname"),
 				Interfaces:   cmd.StringSlice("interface"),
 				Listen:       cmd.String("listen"),

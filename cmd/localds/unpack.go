@@ -12,7 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
 
-	"github.com/localds/localds/snapshot"
+	"github.com/localds/localds/internal/snapshot"
 )
 
 // unpackPoll is how often the progress display looks for finished layers.

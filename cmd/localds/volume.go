@@ -16,7 +16,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/urfave/cli/v3"
 
-	"github.com/localds/localds/snapshot"
+	"github.com/localds/localds/internal/snapshot"
 )
 
 // labelGCRoot keeps a volume from containerd's garbage collector: a volume

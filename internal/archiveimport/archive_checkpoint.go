@@ -1,0 +1,246 @@
+package archiveimport
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// checkpointVersion changes when the checkpoint's meaning does; an old
+// one is then dropped, and its download starts over.
+const checkpointVersion = 1
+
+// maxCheckpointSize bounds what Resume reads (the archive's metadata
+// files are at most maxArchiveJSON each).
+const maxCheckpointSize = 64 << 20
+
+// checkpoint is where a stream import stands: everything a new process
+// needs to continue reading the archive at Offset.
+type checkpoint struct {
+	Version   int    `json:"version"`
+	SHA256    string `json:"sha256"`
+	RefPrefix string `json:"ref_prefix"`
+	// Offset is where the stream continues; Hash the archive hash's
+	// state there.
+	Offset int64  `json:"offset"`
+	Hash   []byte `json:"hash"`
+	// Entries is the number of tar entries done; Current, if set, is
+	// the next one, written up to Current.Pos (Offset is in its data).
+	Entries   int          `json:"entries"`
+	Current   *streamEntry `json:"current,omitempty"`
+	BlobCount int          `json:"blob_count"`
+
+	OCILayout      []byte                        `json:"oci_layout,omitempty"`
+	Index          []byte                        `json:"index,omitempty"`
+	DockerManifest []byte                        `json:"docker_manifest,omitempty"`
+	Blobs          map[string]ocispec.Descriptor `json:"blobs"`
+	Links          map[string]string             `json:"links"`
+	Pending        []checkpointBlob              `json:"pending"`
+}
+
+// streamEntry is an archive entry being written into an ingest.
+type streamEntry struct {
+	Name      string             `json:"name"`
+	Ref       string             `json:"ref"`
+	Desc      ocispec.Descriptor `json:"desc"` // no digest for a docker save file
+	DataStart int64              `json:"data_start"`
+	Pos       int64              `json:"pos"` // bytes written
+	// HashAtStart is the archive hash at DataStart: if the ingest is
+	// not exactly Pos long when resuming, the entry is written again.
+	HashAtStart []byte `json:"hash_at_start"`
+}
+
+// checkpointBlob is a pending blob: written whole, not committed.
+type checkpointBlob struct {
+	Ref     string             `json:"ref"`
+	Desc    ocispec.Descriptor `json:"desc"`
+	Name    string             `json:"name"`
+	Off     int64              `json:"off"`
+	Unnamed bool               `json:"unnamed,omitempty"`
+	Exists  bool               `json:"exists,omitempty"` // the store had it
+}
+
+// save writes the checkpoint for where the stream stands: in the middle
+// of the current entry, or else at the last point between entries. It is
+// replaced atomically.
+func (s *StreamImport) save() error {
+	a := s.a
+	cp := checkpoint{
+		Version: checkpointVersion, SHA256: s.sha256, RefPrefix: a.refPrefix,
+		Offset: s.last.offset, Hash: s.last.hash, Entries: s.last.entries, BlobCount: a.blobCount,
+		OCILayout: a.ociLayout, Index: a.index, DockerManifest: a.dockerManifest, Blobs: a.blobs, Links: a.links,
+	}
+	if cur := s.current; cur != nil {
+		st, err := s.hr.state()
+		if err != nil {
+			return err
+		}
+		c := *cur
+		cp.Offset, cp.Hash, cp.Entries, cp.Current = cur.DataStart+cur.Pos, st, a.entries, &c
+	}
+	if cp.Hash == nil {
+		return nil // not even at the first entry yet
+	}
+	for _, p := range a.pending {
+		cp.Pending = append(cp.Pending, checkpointBlob{Ref: p.ref, Desc: p.desc, Name: p.name, Off: p.off, Unnamed: p.unnamed, Exists: p.w == nil})
+	}
+	b, err := json.Marshal(cp)
+	if err != nil {
+		return err
+	}
+	tmp := s.checkpoint + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, s.checkpoint); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", s.checkpoint, err)
+	}
+	s.savedAt = cp.Offset
+	return nil
+}
+
+// Resume picks up the checkpoint an earlier import of the same archive
+// left (datastore.Sink): it reopens the ingests it names and returns the
+// offset where the download continues. Anything that does not add up (no
+// checkpoint, another archive, an ingest of the wrong size) makes it start
+// over from 0 with nothing kept.
+func (s *StreamImport) Resume(ctx context.Context) (int64, error) {
+	cp, err := readCheckpoint(s.checkpoint)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err == nil {
+		var off int64
+		if off, err = s.restore(ctx, cp); err == nil {
+			log.G(ctx).WithFields(log.Fields{"offset": off, "blobs": len(cp.Pending)}).Info("import: resuming from checkpoint")
+			return off, nil
+		}
+	}
+	log.G(ctx).WithError(err).Info("import: cannot resume from the checkpoint; starting over")
+	s.stop(errStreamRestarted)
+	s.discard()
+	if cp != nil {
+		for _, p := range cp.Pending {
+			abort(ctx, s.local, p.Ref)
+		}
+		if cp.Current != nil {
+			abort(ctx, s.local, cp.Current.Ref)
+		}
+	}
+	return 0, s.fresh()
+}
+
+func readCheckpoint(path string) (*checkpoint, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxCheckpointSize {
+		return nil, fmt.Errorf("checkpoint %s is too big", path)
+	}
+	var cp checkpoint
+	if err := json.Unmarshal(b, &cp); err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", path, err)
+	}
+	return &cp, nil
+}
+
+// restore sets the import to the checkpoint's state.
+func (s *StreamImport) restore(ctx context.Context, cp *checkpoint) (int64, error) {
+	switch {
+	case cp.Version != checkpointVersion:
+		return 0, fmt.Errorf("checkpoint version %d, not %d", cp.Version, checkpointVersion)
+	case cp.SHA256 != s.sha256:
+		return 0, fmt.Errorf("checkpoint of archive %s, not %s", cp.SHA256, s.sha256)
+	case cp.Offset < 0 || cp.Entries < 0 || cp.Entries > maxArchiveEntries:
+		return 0, fmt.Errorf("checkpoint offset %d, entries %d", cp.Offset, cp.Entries)
+	}
+	a := s.a
+	a.refPrefix, a.entries, a.blobCount = cp.RefPrefix, cp.Entries, cp.BlobCount
+	a.ociLayout, a.index, a.dockerManifest = cp.OCILayout, cp.Index, cp.DockerManifest
+	if cp.Blobs != nil {
+		a.blobs = cp.Blobs
+	}
+	if cp.Links != nil {
+		a.links = cp.Links
+	}
+	for _, p := range cp.Pending {
+		pb := pendingBlob{ref: p.Ref, desc: p.Desc, name: p.Name, off: p.Off, unnamed: p.Unnamed}
+		if !p.Exists {
+			w, err := s.reopen(ctx, p.Ref, p.Desc, p.Desc.Size)
+			if err != nil {
+				return 0, fmt.Errorf("blob %s of entry %s: %w", p.Desc.Digest, p.Name, err)
+			}
+			pb.w = w // nil if the store has the blob by now
+		}
+		a.pending = append(a.pending, pb)
+	}
+	off, hash := cp.Offset, cp.Hash
+	if cur := cp.Current; cur != nil {
+		w, err := s.reopen(ctx, cur.Ref, cur.Desc, cur.Pos)
+		if errors.Is(err, errIngestLength) {
+			// Written further (or less) than the checkpoint says: write
+			// the entry again from its start.
+			if w, err = s.reopen(ctx, cur.Ref, cur.Desc, -1); err == nil {
+				cur.Pos, off, hash = 0, cur.DataStart, cur.HashAtStart
+			}
+		}
+		if err != nil {
+			return 0, fmt.Errorf("entry %s: %w", cur.Name, err)
+		}
+		s.current, s.resumeW = cur, w // w nil: the rest is skipped
+	}
+	hr, err := newHashReader(nil, off, hash, s.opts.Progress)
+	if err != nil {
+		return 0, err
+	}
+	s.hr.close()
+	s.hr = hr
+	s.last = boundaryState{offset: off, hash: hash, entries: cp.Entries}
+	s.savedAt = off
+	return off, nil
+}
+
+// errIngestLength is an ingest whose length is not the checkpoint's.
+var errIngestLength = errors.New("ingest length does not match the checkpoint")
+
+// reopen opens the ingest ref again, which must hold exactly size bytes
+// (size < 0: emptied instead); the store hashes what is there. It returns
+// nil if the store has the blob by now (another pull committed it).
+func (s *StreamImport) reopen(ctx context.Context, ref string, desc ocispec.Descriptor, size int64) (content.Writer, error) {
+	w, err := s.local.Writer(ctx, content.WithRef(ref), content.WithDescriptor(desc))
+	if errdefs.IsAlreadyExists(err) && desc.Digest != "" {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	st, err := w.Status()
+	if err != nil {
+		w.Close()
+		return nil, err
+	}
+	if size < 0 {
+		if st.Offset != 0 {
+			if err := w.Truncate(0); err != nil {
+				w.Close()
+				return nil, err
+			}
+		}
+		return w, nil
+	}
+	if st.Offset != size {
+		w.Close()
+		return nil, fmt.Errorf("%w: %d bytes, expected %d", errIngestLength, st.Offset, size)
+	}
+	return w, nil
+}

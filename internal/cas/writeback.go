@@ -1,0 +1,98 @@
+package cas
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+)
+
+// writebackChunk is how much written data may pile up in an ingest before
+// the kernel is asked to start writing it to disk.
+const writebackChunk = 8 << 20
+
+// Writer opens containerd's local-store writer and has the kernel write
+// its data back while it is written (sync_file_range), so that the fsync
+// of the commit finds little left to do instead of the whole blob.
+func (s *store) Writer(ctx context.Context, opts ...content.WriterOpt) (content.Writer, error) {
+	w, err := s.Store.Writer(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	var wo content.WriterOpts
+	for _, o := range opts {
+		if err := o(&wo); err != nil {
+			return w, nil // the local store took them; this is only a hint
+		}
+	}
+	return &writebackWriter{Writer: w, data: s.ingestData(wo.Ref)}, nil
+}
+
+// ingestData is where containerd's local store keeps an ingest's bytes
+// (plugins/content/local: ingest/<sha256 of the ref>/data).
+func (s *store) ingestData(ref string) string {
+	return filepath.Join(s.dir, ingestDir, digest.FromString(ref).Encoded(), "data")
+}
+
+// writebackWriter starts the writeback of an ingest every writebackChunk
+// bytes, through a descriptor of its own on the ingest's file, opened only
+// once a first hint is due (most blobs are smaller than that).
+type writebackWriter struct {
+	content.Writer
+	data    string
+	f       *os.File
+	failed  bool  // the file could not be opened: no hints
+	started bool  // from and written are known
+	from    int64 // offset the next hint starts at
+	written int64 // offset reached by this writer's writes
+}
+
+func (w *writebackWriter) Write(p []byte) (int, error) {
+	n, err := w.Writer.Write(p)
+	if !w.started {
+		st, serr := w.Writer.Status()
+		w.started, w.failed = true, serr != nil
+		w.from, w.written = st.Offset-int64(n), st.Offset-int64(n)
+	}
+	w.written += int64(n)
+	if w.failed || w.written-w.from < writebackChunk {
+		return n, err
+	}
+	if w.f == nil {
+		f, oerr := os.Open(w.data)
+		if oerr != nil {
+			w.failed = true
+			return n, err
+		}
+		w.f = f
+	}
+	// Only a hint: the commit's fsync reports any error that counts.
+	_ = unix.SyncFileRange(int(w.f.Fd()), w.from, w.written-w.from, unix.SYNC_FILE_RANGE_WRITE)
+	w.from = w.written
+	return n, err
+}
+
+func (w *writebackWriter) Truncate(size int64) error {
+	w.from, w.written = size, size
+	return w.Writer.Truncate(size)
+}
+
+func (w *writebackWriter) Commit(ctx context.Context, size int64, expected digest.Digest, opts ...content.Opt) error {
+	w.closeFile()
+	return w.Writer.Commit(ctx, size, expected, opts...)
+}
+
+func (w *writebackWriter) Close() error {
+	w.closeFile()
+	return w.Writer.Close()
+}
+
+func (w *writebackWriter) closeFile() {
+	if w.f != nil {
+		w.f.Close()
+		w.f = nil
+	}
+}

@@ -1,0 +1,214 @@
+package dsserver
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	stdlog "log"
+	"net/http"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/containerd/log"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+var errNotFound = registry.ErrNotFound
+
+// repoPattern is the OCI distribution repository name grammar; it also
+// keeps "..", "." and empty components out of paths built from names.
+var repoPattern = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*$`)
+
+// Registry is an OCI distribution registry whose data lives on disk under
+// one directory. Manifests, tags, the catalog and referrers are
+// go-containerregistry's registry (pkg/registry), made durable by a
+// manifestStore; blobs and uploads are served from files by this package,
+// because ggcr's handlers keep uploads in memory, re-hash a blob on every
+// request and do not take open-ended Range requests.
+type Registry struct {
+	store     *blobStore
+	uploads   *uploads
+	manifests *manifestStore
+	ggcr      http.Handler
+	readOnly  bool
+}
+
+// NewRegistry opens (or creates) the registry stored in dir and loads the
+// manifests stored there.
+func NewRegistry(ctx context.Context, dir string) (*Registry, error) {
+	store, err := newBlobStore(dir)
+	if err != nil {
+		return nil, err
+	}
+	ggcr := registry.New(
+		registry.Logger(stdlog.New(debugWriter{ctx}, "", 0)),
+		registry.WithBlobHandler(store),
+		registry.WithReferrersSupport(true),
+	)
+	r := &Registry{
+		store:     store,
+		uploads:   newUploads(store),
+		manifests: &manifestStore{root: filepath.Join(dir, "repositories"), blobs: store, ggcr: ggcr},
+		ggcr:      ggcr,
+	}
+	if err := r.manifests.load(ctx); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// route is a parsed /v2/ path.
+type route struct {
+	kind string // "base", "catalog", "tags", "blob", "upload", "manifest", "referrers"
+	repo string
+	ref  string // digest, tag or upload id
+}
+
+// parseRoute splits a /v2/ path by its trailing elements, as the
+// distribution spec defines them; ok is false for anything else.
+func parseRoute(p string) (route, bool) {
+	p = strings.TrimPrefix(p, "/v2")
+	if p == "" || p == "/" {
+		return route{kind: "base"}, true
+	}
+	p = strings.TrimPrefix(p, "/")
+	if p == "_catalog" {
+		return route{kind: "catalog"}, true
+	}
+	if repo, ok := strings.CutSuffix(p, "/tags/list"); ok {
+		return route{kind: "tags", repo: repo}, true
+	}
+	el := strings.Split(strings.TrimSuffix(p, "/"), "/")
+	n := len(el)
+	switch {
+	case n >= 3 && el[n-2] == "blobs" && el[n-1] == "uploads":
+		return route{kind: "upload", repo: strings.Join(el[:n-2], "/")}, true
+	case n >= 4 && el[n-3] == "blobs" && el[n-2] == "uploads":
+		return route{kind: "upload", repo: strings.Join(el[:n-3], "/"), ref: el[n-1]}, true
+	case n >= 3 && el[n-2] == "blobs":
+		return route{kind: "blob", repo: strings.Join(el[:n-2], "/"), ref: el[n-1]}, true
+	case n >= 3 && el[n-2] == "manifests":
+		return route{kind: "manifest", repo: strings.Join(el[:n-2], "/"), ref: el[n-1]}, true
+	case n >= 3 && el[n-2] == "referrers":
+		return route{kind: "referrers", repo: strings.Join(el[:n-2], "/"), ref: el[n-1]}, true
+	}
+	return route{}, false
+}
+
+// SetReadOnly makes the registry refuse pushes and deletes from clients;
+// archives in the import directory are still loaded.
+func (r *Registry) SetReadOnly(ro bool) { r.readOnly = ro }
+
+// ServeHTTP serves the registry API under /v2/.
+func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	if r.readOnly && req.Method != http.MethodGet && req.Method != http.MethodHead {
+		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+		writeRegError(w, http.StatusMethodNotAllowed, "UNSUPPORTED", "read-only datastore: "+req.Method+" refused")
+		return
+	}
+	r.serve(w, req)
+}
+
+// serve is ServeHTTP without the read-only check (used by the importer).
+func (r *Registry) serve(w http.ResponseWriter, req *http.Request) {
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	rt, ok := parseRoute(req.URL.Path)
+	if !ok {
+		writeRegError(w, http.StatusNotFound, "NAME_UNKNOWN", "unknown registry path")
+		return
+	}
+	if rt.repo != "" || (rt.kind != "base" && rt.kind != "catalog") {
+		if len(rt.repo) > 255 || !repoPattern.MatchString(rt.repo) {
+			writeRegError(w, http.StatusBadRequest, "NAME_INVALID", fmt.Sprintf("invalid repository name %q", rt.repo))
+			return
+		}
+	}
+	switch rt.kind {
+	case "blob":
+		r.handleBlob(w, req, rt.ref)
+	case "upload":
+		r.handleUpload(w, req, rt.repo, rt.ref)
+	case "manifest":
+		switch req.Method {
+		case http.MethodPut:
+			r.manifests.put(w, req, rt.repo, rt.ref)
+		case http.MethodDelete:
+			r.manifests.delete(w, req, rt.repo, rt.ref)
+		case http.MethodGet, http.MethodHead:
+			r.ggcr.ServeHTTP(w, req)
+		default:
+			writeRegError(w, http.StatusMethodNotAllowed, "UNSUPPORTED", req.Method+" on a manifest")
+		}
+	default:
+		if req.Method != http.MethodGet && req.Method != http.MethodHead {
+			writeRegError(w, http.StatusMethodNotAllowed, "UNSUPPORTED", req.Method+" on "+rt.kind)
+			return
+		}
+		r.ggcr.ServeHTTP(w, req)
+	}
+}
+
+// writeRegError writes an error in the distribution spec's JSON form.
+func writeRegError(w http.ResponseWriter, status int, code, msg string) {
+	type item struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	}
+	b, _ := json.Marshal(struct {
+		Errors []item `json:"errors"`
+	}{[]item{{code, msg}}})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", fmt.Sprint(len(b)))
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+// writeStorageError maps a store error to the client's answer: a clear
+// "disk full" (507), a digest mismatch (400), or an internal error. The
+// full error, with paths, goes to the log only.
+func writeStorageError(ctx context.Context, w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, ErrDigestMismatch):
+		log.G(ctx).WithError(err).Info("registry: push refused")
+		writeRegError(w, http.StatusBadRequest, "DIGEST_INVALID", mismatchMessage(err))
+	case errors.Is(err, ErrDiskFull):
+		log.G(ctx).WithError(err).Error("registry: push failed, datastore disk full")
+		writeRegError(w, http.StatusInsufficientStorage, "BLOB_UPLOAD_INVALID",
+			"datastore disk full (no space left on device): nothing stored")
+	case errors.Is(err, errTooManyUploads):
+		writeRegError(w, http.StatusTooManyRequests, "TOOMANYREQUESTS", err.Error())
+	case errors.Is(err, context.Canceled):
+		writeRegError(w, http.StatusBadRequest, "BLOB_UPLOAD_INVALID", "request cancelled, nothing stored")
+	default:
+		log.G(ctx).WithError(err).Error("registry: storage error")
+		writeRegError(w, http.StatusInternalServerError, "UNKNOWN", "datastore storage error, nothing stored")
+	}
+}
+
+// mismatchMessage keeps the "digest mismatch: content has X, pushed as Y"
+// part of err, without the internal context wrapped around it.
+func mismatchMessage(err error) string {
+	msg := err.Error()
+	if i := strings.Index(msg, ErrDigestMismatch.Error()); i >= 0 {
+		return msg[i:]
+	}
+	return ErrDigestMismatch.Error()
+}
+
+func digestOf(b []byte) v1.Hash {
+	return v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", sha256.Sum256(b))}
+}
+
+// debugWriter sends ggcr's own request log to containerd/log at debug
+// level; the server logs every request itself.
+type debugWriter struct{ ctx context.Context }
+
+func (d debugWriter) Write(p []byte) (int, error) {
+	log.G(d.ctx).Debug("ggcr registry: " + string(bytes.TrimSpace(p)))
+	return len(p), nil
+}

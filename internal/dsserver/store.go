@@ -1,0 +1,258 @@
+package dsserver
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"syscall"
+
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// ErrDiskFull is returned (wrapped) when a write fails for lack of space.
+var ErrDiskFull = errors.New("disk full")
+
+// ErrDigestMismatch is returned (wrapped) when content does not hash to
+// the digest it was pushed under.
+var ErrDigestMismatch = errors.New("digest mismatch")
+
+var hexDigest = regexp.MustCompile(`^[a-f0-9]{64}$`)
+
+// parseDigest accepts only "sha256:<64 lower-case hex>", the form that
+// names a file in the store; anything else could not be a path we made.
+func parseDigest(s string) (v1.Hash, error) {
+	const prefix = "sha256:"
+	if len(s) != len(prefix)+64 || s[:len(prefix)] != prefix || !hexDigest.MatchString(s[len(prefix):]) {
+		return v1.Hash{}, fmt.Errorf("invalid digest %q: want sha256:<64 lower-case hex digits>", s)
+	}
+	return v1.Hash{Algorithm: "sha256", Hex: s[len(prefix):]}, nil
+}
+
+// tempFile is what the store writes new content to; a test can make
+// writes fail as on a full disk.
+type tempFile interface {
+	io.Writer
+	Sync() error
+	Close() error
+	Name() string
+}
+
+// blobStore keeps blobs content-addressed under root: blobs/sha256/<hex>.
+// New content is written to root/tmp or root/uploads, hashed while it is
+// written, fsynced, and renamed into blobs/ only once its digest checks
+// out, so nothing unverified is ever visible. It implements
+// go-containerregistry's registry.BlobHandler and its Stat, Put and
+// Delete extensions.
+type blobStore struct {
+	root       string
+	createTemp func(dir, pattern string) (tempFile, error)
+}
+
+func newBlobStore(root string) (*blobStore, error) {
+	for _, d := range []string{"blobs/sha256", "tmp", "uploads"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return nil, fmt.Errorf("create blob store: %w", err)
+		}
+	}
+	// Leftovers of a crash or of uploads interrupted by a restart.
+	for _, d := range []string{"tmp", "uploads"} {
+		entries, err := os.ReadDir(filepath.Join(root, d))
+		if err != nil {
+			return nil, fmt.Errorf("clean blob store: %w", err)
+		}
+		for _, e := range entries {
+			os.Remove(filepath.Join(root, d, e.Name()))
+		}
+	}
+	return &blobStore{root: root, createTemp: func(dir, pattern string) (tempFile, error) {
+		return os.CreateTemp(dir, pattern)
+	}}, nil
+}
+
+func (s *blobStore) path(h v1.Hash) string {
+	return filepath.Join(s.root, "blobs", "sha256", h.Hex)
+}
+
+// open returns the blob file and its size, or registry.ErrNotFound.
+func (s *blobStore) open(h v1.Hash) (*os.File, int64, error) {
+	if _, err := parseDigest(h.String()); err != nil {
+		return nil, 0, fmt.Errorf("%w: %v", registry.ErrNotFound, err)
+	}
+	f, err := os.Open(s.path(h))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, 0, registry.ErrNotFound
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("open blob %s: %w", h, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, fmt.Errorf("stat blob %s: %w", h, err)
+	}
+	return f, fi.Size(), nil
+}
+
+// Stat implements registry.BlobStatHandler. Blobs were verified when
+// written, so it does not re-hash them (go-containerregistry's disk
+// handler does, on every HEAD and GET).
+func (s *blobStore) Stat(_ context.Context, _ string, h v1.Hash) (int64, error) {
+	f, size, err := s.open(h)
+	if err != nil {
+		return 0, err
+	}
+	f.Close()
+	return size, nil
+}
+
+// Get implements registry.BlobHandler.
+func (s *blobStore) Get(_ context.Context, _ string, h v1.Hash) (io.ReadCloser, error) {
+	f, _, err := s.open(h)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// Put implements registry.BlobPutHandler: the content is verified here
+// whatever the caller did.
+func (s *blobStore) Put(ctx context.Context, _ string, h v1.Hash, rc io.ReadCloser) error {
+	defer rc.Close()
+	_, err := s.ingest(ctx, h, rc)
+	return err
+}
+
+// Delete implements registry.BlobDeleteHandler.
+func (s *blobStore) Delete(_ context.Context, _ string, h v1.Hash) error {
+	if _, err := parseDigest(h.String()); err != nil {
+		return fmt.Errorf("%w: %v", registry.ErrNotFound, err)
+	}
+	if err := os.Remove(s.path(h)); errors.Is(err, os.ErrNotExist) {
+		return registry.ErrNotFound
+	} else if err != nil {
+		return fmt.Errorf("delete blob %s: %w", h, err)
+	}
+	return nil
+}
+
+// has reports whether the blob is in the store.
+func (s *blobStore) has(h v1.Hash) bool {
+	fi, err := os.Stat(s.path(h))
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// ingest writes r to a temporary file, checks that it hashes to h and
+// commits it. On any error nothing is left behind.
+func (s *blobStore) ingest(ctx context.Context, h v1.Hash, r io.Reader) (int64, error) {
+	if _, err := parseDigest(h.String()); err != nil {
+		return 0, err
+	}
+	f, err := s.createTemp(filepath.Join(s.root, "tmp"), "ingest-*")
+	if err != nil {
+		return 0, storageError("create temporary file", err)
+	}
+	hw := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, hw), contextReader{ctx, r})
+	if err != nil {
+		discard(f)
+		return n, storageError(fmt.Sprintf("write blob %s after %d bytes", h, n), err)
+	}
+	return n, s.commit(f, hw, h)
+}
+
+// commit checks the hash of a fully written temporary file and renames it
+// into place, or removes it.
+func (s *blobStore) commit(f tempFile, hw hash.Hash, want v1.Hash) error {
+	got := fmt.Sprintf("%x", hw.Sum(nil))
+	if got != want.Hex {
+		discard(f)
+		return fmt.Errorf("%w: content has sha256:%s, pushed as %s", ErrDigestMismatch, got, want)
+	}
+	if err := f.Sync(); err != nil {
+		discard(f)
+		return storageError("sync blob "+want.String(), err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
+		return storageError("close blob "+want.String(), err)
+	}
+	if err := os.Rename(f.Name(), s.path(want)); err != nil {
+		os.Remove(f.Name())
+		return storageError("commit blob "+want.String(), err)
+	}
+	syncDir(filepath.Dir(s.path(want)))
+	return nil
+}
+
+// putBytes stores small content (manifests) under its own digest.
+func (s *blobStore) putBytes(ctx context.Context, b []byte) (v1.Hash, error) {
+	h := v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", sha256.Sum256(b))}
+	if s.has(h) {
+		return h, nil
+	}
+	_, err := s.ingest(ctx, h, bytes.NewReader(b))
+	return h, err
+}
+
+// readVerified reads a small blob and checks its digest.
+func (s *blobStore) readVerified(h v1.Hash, limit int64) ([]byte, error) {
+	f, size, err := s.open(h)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if size > limit {
+		return nil, fmt.Errorf("blob %s is %d bytes, more than %d", h, size, limit)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, limit))
+	if err != nil {
+		return nil, fmt.Errorf("read blob %s: %w", h, err)
+	}
+	if got := fmt.Sprintf("%x", sha256.Sum256(b)); got != h.Hex {
+		return nil, fmt.Errorf("blob %s is corrupt: %w: content has sha256:%s", h, ErrDigestMismatch, got)
+	}
+	return b, nil
+}
+
+func discard(f tempFile) {
+	f.Close()
+	os.Remove(f.Name())
+}
+
+// storageError wraps a write failure, marking a full disk (or quota) so
+// that the client gets a clear "disk full" and the operator a clear log.
+func storageError(what string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%s: %w: %w", what, ErrDiskFull, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// syncDir makes a rename durable; failure only weakens durability.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}
+
+// contextReader stops a copy when the request is cancelled.
+type contextReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c contextReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
