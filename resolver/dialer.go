@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+
+	"github.com/localds/localds/internal/mdns"
 )
 
 // DefaultDialTimeout bounds one TCP connect to a datastore. On a bridge a
@@ -88,7 +90,7 @@ func (d *Dialer) dialVia(ctx context.Context, res Result, port string) (net.Conn
 		Timeout:   d.timeout,
 		KeepAlive: 30 * time.Second,
 		LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(res.Source, 0)),
-		Control:   bindToDevice(res.Interface),
+		Control:   mdns.BindToDevice(res.Interface),
 	}
 	conn, err := nd.DialContext(ctx, "tcp4", netip.AddrPortFrom(res.Addr, uint16(p)).String())
 	if err != nil {

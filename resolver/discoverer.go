@@ -16,6 +16,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/localds/localds/internal/mdns"
 )
 
 // Defaults a containerd user on an edge node would expect: a live
@@ -127,7 +129,7 @@ func (d *Discoverer) query(ctx context.Context, host string) (Result, error) {
 
 	type reply struct {
 		br  Bridge
-		ans answer
+		ans mdns.Answer
 		err error
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -135,7 +137,7 @@ func (d *Discoverer) query(ctx context.Context, host string) (Result, error) {
 	replies := make(chan reply, len(bridges))
 	for _, br := range bridges {
 		go func() {
-			a, err := queryBridge(ctx, br, host)
+			a, err := mdns.Query(ctx, mdns.Link{Name: br.Name, Index: br.Index, Addr: br.Addr, Subnet: br.Prefix}, host)
 			replies <- reply{br: br, ans: a, err: err}
 		}()
 	}
@@ -152,11 +154,11 @@ func (d *Discoverer) query(ctx context.Context, host string) (Result, error) {
 		}
 		res := Result{
 			Host:      host,
-			Addr:      r.ans.addr,
+			Addr:      r.ans.Addr,
 			Interface: r.br.Name,
 			Source:    r.br.Addr,
-			Service:   r.ans.service,
-			Port:      r.ans.port,
+			Service:   r.ans.Service,
+			Port:      r.ans.Port,
 			Elapsed:   time.Since(start),
 		}
 		d.cache.put(res)

@@ -1,4 +1,4 @@
-package resolver
+package mdns
 
 import (
 	"errors"
@@ -33,7 +33,7 @@ func rrPTR(service, instance string) *dns.PTR {
 	return &dns.PTR{Hdr: dns.RR_Header{Name: service, Rrtype: dns.TypePTR, Class: dns.ClassINET, Ttl: 10}, Ptr: instance}
 }
 
-func response(id uint16, answer []dns.RR, extra []dns.RR) *dns.Msg {
+func answerMsg(id uint16, answer []dns.RR, extra []dns.RR) *dns.Msg {
 	m := new(dns.Msg)
 	m.Id = id
 	m.Response = true
@@ -63,14 +63,14 @@ func TestParseAnswerAccepts(t *testing.T) {
 		service string
 		port    uint16
 	}{
-		{"direct A", response(101, []dns.RR{rrA(testHost, "10.77.1.2", 10)}, nil), "10.77.1.2", "A", 0},
-		{"upper case name and no trailing dot match", response(101, []dns.RR{rrA("UBUNTU-4321-HTTP-SERVER.LOCAL.", "10.77.1.9", 10)}, nil), "10.77.1.9", "A", 0},
-		{"AAAA beside A is ignored", response(101, []dns.RR{rrAAAA(testHost, "fd00::2"), rrA(testHost, "10.77.1.3", 10)}, nil), "10.77.1.3", "A", 0},
-		{"A outside the subnet skipped for one inside", response(101, []dns.RR{rrA(testHost, "192.168.1.5", 10), rrA(testHost, "10.77.1.4", 10)}, nil), "10.77.1.4", "A", 0},
-		{"workstation PTR with SRV and A in additional", response(102,
+		{"direct A", answerMsg(101, []dns.RR{rrA(testHost, "10.77.1.2", 10)}, nil), "10.77.1.2", "A", 0},
+		{"upper case name and no trailing dot match", answerMsg(101, []dns.RR{rrA("UBUNTU-4321-HTTP-SERVER.LOCAL.", "10.77.1.9", 10)}, nil), "10.77.1.9", "A", 0},
+		{"AAAA beside A is ignored", answerMsg(101, []dns.RR{rrAAAA(testHost, "fd00::2"), rrA(testHost, "10.77.1.3", 10)}, nil), "10.77.1.3", "A", 0},
+		{"A outside the subnet skipped for one inside", answerMsg(101, []dns.RR{rrA(testHost, "192.168.1.5", 10), rrA(testHost, "10.77.1.4", 10)}, nil), "10.77.1.4", "A", 0},
+		{"workstation PTR with SRV and A in additional", answerMsg(102,
 			[]dns.RR{rrPTR("_workstation._tcp.local.", wsInstance)},
 			[]dns.RR{rrSRV(wsInstance, testHost, 9), rrA(testHost, "10.77.1.2", 10)}), "10.77.1.2", "_workstation._tcp", 9},
-		{"http service", response(103,
+		{"http service", answerMsg(103,
 			[]dns.RR{rrPTR("_http._tcp.local.", "datastore._http._tcp.local.")},
 			[]dns.RR{rrSRV("datastore._http._tcp.local.", testHost, 80), rrA(testHost, "10.77.1.2", 10)}), "10.77.1.2", "_http._tcp", 80},
 	}
@@ -80,15 +80,15 @@ func TestParseAnswerAccepts(t *testing.T) {
 			if err != nil {
 				t.Fatalf("rejected a valid answer: %v", err)
 			}
-			if a.addr != netip.MustParseAddr(tt.addr) || a.service != tt.service || a.port != tt.port {
-				t.Fatalf("got %v %q port %d, want %s %q port %d", a.addr, a.service, a.port, tt.addr, tt.service, tt.port)
+			if a.Addr != netip.MustParseAddr(tt.addr) || a.Service != tt.service || a.Port != tt.port {
+				t.Fatalf("got %v %q port %d, want %s %q port %d", a.Addr, a.Service, a.Port, tt.addr, tt.service, tt.port)
 			}
 		})
 	}
 }
 
 func TestParseAnswerRejects(t *testing.T) {
-	valid := func() *dns.Msg { return response(101, []dns.RR{rrA(testHost, "10.77.1.2", 10)}, nil) }
+	valid := func() *dns.Msg { return answerMsg(101, []dns.RR{rrA(testHost, "10.77.1.2", 10)}, nil) }
 	notResponse := valid()
 	notResponse.Response = false
 	servfail := valid()
@@ -106,32 +106,32 @@ func TestParseAnswerRejects(t *testing.T) {
 	}{
 		{"not from port 5353", packMsg(t, valid()), netip.MustParseAddrPort("10.77.1.2:5354"), errNotMDNSPort},
 		{"query, not response", packMsg(t, notResponse), mdnsFrom, errNotResponse},
-		{"another ID", packMsg(t, response(999, []dns.RR{rrA(testHost, "10.77.1.2", 10)}, nil)), mdnsFrom, errUnknownID},
-		{"name merely contains the wanted one", packMsg(t, response(101, []dns.RR{rrA("ubuntu-4321-http-server-2.local.", "10.77.1.2", 10)}, nil)), mdnsFrom, errNoAddress},
-		{"name with a prefix", packMsg(t, response(101, []dns.RR{rrA("my-ubuntu-4321-http-server.local.", "10.77.1.2", 10)}, nil)), mdnsFrom, errNoAddress},
-		{"subdomain of the wanted name", packMsg(t, response(101, []dns.RR{rrA("x.ubuntu-4321-http-server.local.", "10.77.1.2", 10)}, nil)), mdnsFrom, errNoAddress},
-		{"AAAA only", packMsg(t, response(101, []dns.RR{rrAAAA(testHost, "fd00::2")}, nil)), mdnsFrom, errNoAddress},
-		{"outside the bridge subnet", packMsg(t, response(101, []dns.RR{rrA(testHost, "10.77.2.2", 10)}, nil)), mdnsFrom, errNoAddress},
-		{"network address", packMsg(t, response(101, []dns.RR{rrA(testHost, "10.77.1.0", 10)}, nil)), mdnsFrom, errNoAddress},
-		{"broadcast address", packMsg(t, response(101, []dns.RR{rrA(testHost, "10.77.1.255", 10)}, nil)), mdnsFrom, errNoAddress},
-		{"goodbye (TTL 0)", packMsg(t, response(101, []dns.RR{rrA(testHost, "10.77.1.2", 0)}, nil)), mdnsFrom, errNoAddress},
+		{"another ID", packMsg(t, answerMsg(999, []dns.RR{rrA(testHost, "10.77.1.2", 10)}, nil)), mdnsFrom, errUnknownID},
+		{"name merely contains the wanted one", packMsg(t, answerMsg(101, []dns.RR{rrA("ubuntu-4321-http-server-2.local.", "10.77.1.2", 10)}, nil)), mdnsFrom, errNoAddress},
+		{"name with a prefix", packMsg(t, answerMsg(101, []dns.RR{rrA("my-ubuntu-4321-http-server.local.", "10.77.1.2", 10)}, nil)), mdnsFrom, errNoAddress},
+		{"subdomain of the wanted name", packMsg(t, answerMsg(101, []dns.RR{rrA("x.ubuntu-4321-http-server.local.", "10.77.1.2", 10)}, nil)), mdnsFrom, errNoAddress},
+		{"AAAA only", packMsg(t, answerMsg(101, []dns.RR{rrAAAA(testHost, "fd00::2")}, nil)), mdnsFrom, errNoAddress},
+		{"outside the bridge subnet", packMsg(t, answerMsg(101, []dns.RR{rrA(testHost, "10.77.2.2", 10)}, nil)), mdnsFrom, errNoAddress},
+		{"network address", packMsg(t, answerMsg(101, []dns.RR{rrA(testHost, "10.77.1.0", 10)}, nil)), mdnsFrom, errNoAddress},
+		{"broadcast address", packMsg(t, answerMsg(101, []dns.RR{rrA(testHost, "10.77.1.255", 10)}, nil)), mdnsFrom, errNoAddress},
+		{"goodbye (TTL 0)", packMsg(t, answerMsg(101, []dns.RR{rrA(testHost, "10.77.1.2", 0)}, nil)), mdnsFrom, errNoAddress},
 		{"server failure", packMsg(t, servfail), mdnsFrom, nil},
 		{"truncated", truncated, mdnsFrom, nil},
 		{"compression loop", loop, mdnsFrom, nil},
 		{"empty", nil, mdnsFrom, nil},
-		{"PTR answer whose SRV names another host", packMsg(t, response(102,
+		{"PTR answer whose SRV names another host", packMsg(t, answerMsg(102,
 			[]dns.RR{rrPTR("_workstation._tcp.local.", "x._workstation._tcp.local.")},
 			[]dns.RR{rrSRV("x._workstation._tcp.local.", "ubuntu-4321-http-server-2.local.", 9), rrA(testHost, "10.77.1.2", 10)})), mdnsFrom, nil},
-		{"PTR answer with an SRV of another service type", packMsg(t, response(102,
+		{"PTR answer with an SRV of another service type", packMsg(t, answerMsg(102,
 			nil, []dns.RR{rrSRV("x._ssh._tcp.local.", testHost, 22), rrA(testHost, "10.77.1.2", 10)})), mdnsFrom, nil},
-		{"PTR answer with no A for the target", packMsg(t, response(103,
+		{"PTR answer with no A for the target", packMsg(t, answerMsg(103,
 			nil, []dns.RR{rrSRV("x._http._tcp.local.", testHost, 80), rrA("other.local.", "10.77.1.2", 10)})), mdnsFrom, errNoAddress},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			a, err := parseAnswer(tt.pkt, tt.from, testQuestions(), testHost, testSubnet)
 			if err == nil {
-				t.Fatalf("accepted %v", a.addr)
+				t.Fatalf("accepted %v", a.Addr)
 			}
 			if tt.want != nil && !errors.Is(err, tt.want) {
 				t.Fatalf("error %v, want %v", err, tt.want)
@@ -210,8 +210,8 @@ func TestUsableIn(t *testing.T) {
 // FuzzParseAnswer feeds arbitrary packets to the validator: it must never
 // panic, and whatever it accepts must satisfy every acceptance rule.
 func FuzzParseAnswer(f *testing.F) {
-	f.Add(packMsg(f, response(101, []dns.RR{rrA(testHost, "10.77.1.2", 10)}, nil)))
-	f.Add(packMsg(f, response(102, []dns.RR{rrPTR("_workstation._tcp.local.", "a._workstation._tcp.local.")},
+	f.Add(packMsg(f, answerMsg(101, []dns.RR{rrA(testHost, "10.77.1.2", 10)}, nil)))
+	f.Add(packMsg(f, answerMsg(102, []dns.RR{rrPTR("_workstation._tcp.local.", "a._workstation._tcp.local.")},
 		[]dns.RR{rrSRV("a._workstation._tcp.local.", testHost, 9), rrA(testHost, "10.77.1.2", 10)})))
 	f.Add([]byte{0, 101, 0x84, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 10, 0, 4, 10, 77, 1, 2})
 	f.Add([]byte{})
@@ -220,8 +220,8 @@ func FuzzParseAnswer(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !usableIn(a.addr, testSubnet) {
-			t.Fatalf("accepted %v outside %v", a.addr, testSubnet)
+		if !usableIn(a.Addr, testSubnet) {
+			t.Fatalf("accepted %v outside %v", a.Addr, testSubnet)
 		}
 		var m dns.Msg
 		if m.Unpack(pkt) != nil || !m.Response {

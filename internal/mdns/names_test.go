@@ -1,4 +1,4 @@
-package resolver
+package mdns
 
 import (
 	"strings"
@@ -38,11 +38,11 @@ func TestIsLocal(t *testing.T) {
 }
 
 func TestSameName(t *testing.T) {
-	if !sameName("DS.local.", "ds.local") {
+	if !SameName("DS.local.", "ds.local") {
 		t.Error("case and trailing dot must not matter")
 	}
 	for _, other := range []string{"myds.local.", "ds-2.local.", "ds.local.local.", "s.local."} {
-		if sameName(other, "ds.local.") {
+		if SameName(other, "ds.local.") {
 			t.Errorf("%q must not match ds.local.", other)
 		}
 	}
@@ -66,4 +66,34 @@ func FuzzCanonicalHost(f *testing.F) {
 			t.Fatalf("not a fixed point: %q -> %q, %v", got, again, err)
 		}
 	})
+}
+
+// TestQualifyHost: the responder's name, given bare or qualified, becomes
+// one canonical .local name; a port or anything else invalid is refused.
+func TestQualifyHost(t *testing.T) {
+	for in, want := range map[string]string{"DS": "ds.local.", "ds.local": "ds.local.", "ds.local.": "ds.local.", "a.b": "a.b.local.", " ds ": "ds.local."} {
+		if got, err := QualifyHost(in); err != nil || got != want {
+			t.Errorf("QualifyHost(%q) = %q, %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"", ".local", "-ds", "d s", "ds_1", strings.Repeat("a", 64), "a..b", "ds.local:80"} {
+		if _, err := QualifyHost(in); err == nil {
+			t.Errorf("QualifyHost(%q) accepted", in)
+		}
+	}
+}
+
+// TestCheckHostname: the same label rule in any domain; case does not
+// matter, an underscore is refused.
+func TestCheckHostname(t *testing.T) {
+	for _, in := range []string{"a", "ds.local", "DS.Example.COM.", "registry-1.docker.io", "x1.y2"} {
+		if err := CheckHostname(in); err != nil {
+			t.Errorf("CheckHostname(%q) = %v", in, err)
+		}
+	}
+	for _, in := range []string{"", ".", "-a.local", "a-.b", "d_s.local", "_http._tcp.local", "a..b", "a b", strings.Repeat("a", 64) + ".b", strings.Repeat("a.", 127) + "ab"} {
+		if err := CheckHostname(in); err == nil {
+			t.Errorf("CheckHostname(%q) accepted", in)
+		}
+	}
 }
