@@ -1,14 +1,15 @@
-// Package differ serves containerd's diff API (Apply) next to the CAS:
-// containerd loads it as a proxy plugin of type "diff" and names it as the
-// differ of its unpack configuration, so a layer is read from
-// <root>/vault/cas by the daemon that owns the file, instead of being
-// streamed to containerd through the content proxy in one gRPC call per
-// 32 KiB read.
+// Package differ applies layers for containerd's diff API next to the CAS:
+// containerd loads the daemon's diff service as a proxy plugin of type
+// "diff" and names it as the differ of its unpack configuration, so a
+// layer is read from <root>/vault/cas by the daemon that owns the file,
+// instead of being streamed to containerd through the content proxy in one
+// gRPC call per 32 KiB read.
 //
-// Only Apply is served. Diff (making a layer from two snapshots) answers
-// Unimplemented: a new layer must be recorded by containerd's metadata
-// store, which only containerd's own walking differ does, and containerd's
-// diff service moves on to the next differ on Unimplemented.
+// The applier (New) is containerd's own file-system applier over the CAS,
+// wrapped: request checks, metrics (WithObserver), and the staging
+// shortcut (WithStaging), which moves a layer extracted while it was
+// prefetched onto the snapshot instead of extracting it again. Server
+// serves it through containerd's contrib/diffservice.
 package differ
 
 import (
@@ -17,112 +18,123 @@ import (
 	"sync"
 	"time"
 
-	diffapi "github.com/containerd/containerd/api/services/diff/v1"
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/diff"
 	"github.com/containerd/containerd/v2/core/diff/apply"
 	"github.com/containerd/containerd/v2/core/mount"
-	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
-	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
-	"github.com/containerd/typeurl/v2"
 	"github.com/opencontainers/go-digest"
-	"google.golang.org/grpc"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// Service is containerd's diff API over a local content provider.
-type Service struct {
-	diffapi.UnimplementedDiffServer
-	applier diff.Applier
-	// observe, if set, is told about every Apply (for metrics).
+// config is what the Options set.
+type config struct {
 	observe func(ok bool, d time.Duration)
-	// staging, if set, holds layers extracted while they were prefetched;
-	// staged is told whether an Apply took one.
 	staging *Staging
 	staged  func(taken bool)
-	otherFS sync.Once // warned that snapshots are on another file system
 }
 
-// Option configures a Service.
-type Option func(*Service)
+// Option configures the applier New returns.
+type Option func(*config)
 
 // WithObserver calls fn after each Apply with its outcome and duration.
 func WithObserver(fn func(ok bool, d time.Duration)) Option {
-	return func(s *Service) { s.observe = fn }
+	return func(c *config) { c.observe = fn }
 }
 
-// WithStaging lets Apply move layers staged in st (see Staging) onto
-// the snapshot instead of extracting them; fn, if set, is told after each
-// Apply of an uncompressed layer whether it took a staged tree.
+// WithStaging lets Apply move layers staged in st (see Staging) onto the
+// snapshot instead of extracting them; fn, if set, is told after each
+// Apply of a layer of a staged type whether it took a staged tree. A nil
+// st stages nothing.
 func WithStaging(st *Staging, fn func(taken bool)) Option {
-	return func(s *Service) { s.staging, s.staged = st, fn }
+	return func(c *config) { c.staging, c.staged = st, fn }
 }
 
-// New returns the diff service applying layers read from store (the CAS).
-func New(store content.Provider, opts ...Option) *Service {
-	s := &Service{applier: apply.NewFileSystemApplier(store)}
-	for _, o := range opts {
-		o(s)
-	}
-	return s
-}
-
-// Register adds the service to a gRPC server.
-func (s *Service) Register(g *grpc.Server) error {
-	diffapi.RegisterDiffServer(g, s)
-	return nil
-}
-
-// Apply extracts the layer req.Diff onto req.Mounts and returns the
+// New returns the layer applier of the diff service: containerd's
+// file-system applier reading layers from store (the CAS). It answers the
 // descriptor of the uncompressed layer (its diff ID), as containerd's own
-// walking differ does; it is that differ's applier, fed from the CAS.
-func (s *Service) Apply(ctx context.Context, req *diffapi.ApplyRequest) (*diffapi.ApplyResponse, error) {
-	if req.Diff == nil {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("apply: no layer descriptor: %w", errdefs.ErrInvalidArgument))
+// walking differ does.
+func New(store content.Provider, opts ...Option) diff.Applier {
+	var c config
+	for _, o := range opts {
+		o(&c)
 	}
-	desc := oci.DescriptorFromProto(req.Diff)
+	a := apply.NewFileSystemApplier(store)
+	if c.staging != nil {
+		a = &stagedApplier{next: a, staging: c.staging, staged: c.staged}
+	}
+	if c.observe != nil {
+		a = observedApplier{next: a, observe: c.observe}
+	}
+	return checkedApplier{next: a}
+}
+
+// checkedApplier refuses what the CAS cannot hold or nothing can be
+// applied onto, with containerd's error kinds, before anything is
+// touched; it wraps errors with the layer and logs the outcome.
+type checkedApplier struct {
+	next diff.Applier
+}
+
+func (a checkedApplier) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mount.Mount, opts ...diff.ApplyOpt) (ocispec.Descriptor, error) {
 	if err := desc.Digest.Validate(); err != nil {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("apply: layer digest %q: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument))
+		return ocispec.Descriptor{}, fmt.Errorf("apply: layer digest %q: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
 	}
 	if desc.Digest.Algorithm() != digest.SHA256 {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("apply: layer %s: only sha256 layers are stored: %w", desc.Digest, errdefs.ErrNotImplemented))
+		return ocispec.Descriptor{}, fmt.Errorf("apply: layer %s: only sha256 layers are stored: %w", desc.Digest, errdefs.ErrNotImplemented)
 	}
-	mounts := mount.FromProto(req.Mounts)
 	if len(mounts) == 0 {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("apply %s: no mounts to apply onto: %w", desc.Digest, errdefs.ErrInvalidArgument))
+		return ocispec.Descriptor{}, fmt.Errorf("apply %s: no mounts to apply onto: %w", desc.Digest, errdefs.ErrInvalidArgument)
 	}
-	opts := []diff.ApplyOpt{diff.WithSyncFs(req.SyncFs)}
-	if len(req.Payloads) > 0 {
-		payloads := make(map[string]typeurl.Any, len(req.Payloads))
-		for k, v := range req.Payloads {
-			payloads[k] = v
-		}
-		opts = append(opts, diff.WithPayloads(payloads))
-	}
-
 	start := time.Now()
-	applied, taken, err := s.applyStaged(ctx, desc, mounts, len(req.Payloads), req.SyncFs)
-	if !taken && err == nil {
-		applied, err = s.applier.Apply(ctx, desc, mounts, opts...)
-	}
-	took := time.Since(start)
-	if s.staged != nil && s.staging != nil && stageableMediaType(desc.MediaType) {
-		s.staged(taken)
-	}
-	if s.observe != nil {
-		s.observe(err == nil, took)
-	}
+	applied, err := a.next.Apply(ctx, desc, mounts, opts...)
 	if err != nil {
 		log.G(ctx).WithError(err).WithField("digest", desc.Digest).Warn("layer apply failed")
-		return nil, errgrpc.ToGRPC(fmt.Errorf("apply layer %s: %w", desc.Digest, err))
+		return ocispec.Descriptor{}, fmt.Errorf("apply layer %s: %w", desc.Digest, err)
 	}
-	log.G(ctx).WithFields(log.Fields{"digest": desc.Digest, "diffID": applied.Digest, "size": desc.Size, "took": took, "staged": taken}).Debug("layer applied")
-	return &diffapi.ApplyResponse{Applied: oci.DescriptorToProto(applied)}, nil
+	log.G(ctx).WithFields(log.Fields{"digest": desc.Digest, "diffID": applied.Digest, "size": desc.Size, "took": time.Since(start)}).Debug("layer applied")
+	return applied, nil
 }
 
-// Diff is not served (see the package comment): containerd's diff
-// service then uses its next differ.
-func (s *Service) Diff(ctx context.Context, req *diffapi.DiffRequest) (*diffapi.DiffResponse, error) {
-	return nil, errgrpc.ToGRPC(fmt.Errorf("diff: making layers is left to containerd's walking differ: %w", errdefs.ErrNotImplemented))
+// observedApplier tells observe the outcome and duration of every Apply.
+type observedApplier struct {
+	next    diff.Applier
+	observe func(ok bool, d time.Duration)
+}
+
+func (a observedApplier) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mount.Mount, opts ...diff.ApplyOpt) (ocispec.Descriptor, error) {
+	start := time.Now()
+	applied, err := a.next.Apply(ctx, desc, mounts, opts...)
+	a.observe(err == nil, time.Since(start))
+	return applied, err
+}
+
+// stagedApplier takes a layer's staged tree where that gives exactly what
+// next (containerd's applier) would, and leaves everything else to next.
+type stagedApplier struct {
+	next    diff.Applier
+	staging *Staging
+	staged  func(taken bool) // may be nil
+	otherFS sync.Once        // warned that snapshots are on another file system
+}
+
+func (a *stagedApplier) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []mount.Mount, opts ...diff.ApplyOpt) (ocispec.Descriptor, error) {
+	var cfg diff.ApplyConfig
+	for _, o := range opts {
+		if err := o(ctx, desc, &cfg); err != nil {
+			return ocispec.Descriptor{}, err
+		}
+	}
+	applied, taken, err := a.applyStaged(ctx, desc, mounts, len(cfg.ProcessorPayloads), cfg.SyncFs)
+	if !taken && err == nil {
+		applied, err = a.next.Apply(ctx, desc, mounts, opts...)
+	}
+	if a.staged != nil && stageableMediaType(desc.MediaType) {
+		a.staged(taken)
+	}
+	if taken {
+		log.G(ctx).WithField("digest", desc.Digest).Debug("staged layer moved onto the snapshot")
+	}
+	return applied, err
 }

@@ -16,6 +16,7 @@ import (
 	diffproxy "github.com/containerd/containerd/v2/core/diff/proxy"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
@@ -75,9 +76,7 @@ func setup(t *testing.T, blobs ...[]byte) diff.Applier {
 		t.Fatal(err)
 	}
 	g := grpc.NewServer()
-	if err := differ.New(store).Register(g); err != nil {
-		t.Fatal(err)
-	}
+	diffapi.RegisterDiffServer(g, differ.Server(differ.New(store)))
 	go g.Serve(l)
 	t.Cleanup(g.Stop)
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -188,5 +187,18 @@ func TestDiffNotImplemented(t *testing.T) {
 	}
 	if _, err := c.Compare(context.Background(), nil, nil); !errdefs.IsNotImplemented(err) {
 		t.Fatalf("Compare: %v, want NotImplemented", err)
+	}
+}
+
+// An Apply without a layer descriptor is refused (diffservice alone
+// would dereference it and take the daemon down).
+func TestApplyNoLayer(t *testing.T) {
+	store, err := cas.Open(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = differ.Server(differ.New(store)).Apply(context.Background(), &diffapi.ApplyRequest{})
+	if !errdefs.IsInvalidArgument(errgrpc.ToNative(err)) {
+		t.Fatalf("Apply without a layer: %v, want InvalidArgument", err)
 	}
 }

@@ -22,20 +22,20 @@ import (
 // that is not an empty directory on the staging file system, whiteouts
 // for a target that is not an overlay upperdir. An error means the target
 // may be half filled and the apply must fail.
-func (s *Service) applyStaged(ctx context.Context, desc ocispec.Descriptor, mounts []mount.Mount, payloads int, syncFs bool) (ocispec.Descriptor, bool, error) {
-	if s.staging == nil || !stageableMediaType(desc.MediaType) || payloads > 0 {
+func (a *stagedApplier) applyStaged(ctx context.Context, desc ocispec.Descriptor, mounts []mount.Mount, payloads int, syncFs bool) (ocispec.Descriptor, bool, error) {
+	if !stageableMediaType(desc.MediaType) || payloads > 0 {
 		return ocispec.Descriptor{}, false, nil
 	}
 	target, parents, overlay := stagedTarget(mounts)
 	if target == "" {
 		return ocispec.Descriptor{}, false, nil
 	}
-	t := s.staging.take(desc.Digest)
+	t := a.staging.take(desc.Digest)
 	if t == nil {
 		return ocispec.Descriptor{}, false, nil
 	}
 	// Taken once: whatever happens, the rest of the tree goes.
-	defer s.staging.discard(ctx, t)
+	defer a.staging.discard(ctx, t)
 	l := log.G(ctx).WithField("digest", desc.Digest)
 	if decoded, _ := layerDecoding(desc.MediaType); t.size != desc.Size || t.decoded != decoded || (t.whiteouts && !overlay) {
 		l.Debug("staged layer does not fit this apply; extracting")
@@ -51,7 +51,7 @@ func (s *Service) applyStaged(ctx context.Context, desc ocispec.Descriptor, moun
 			return ocispec.Descriptor{}, false, fmt.Errorf("move staged layer onto %s: %w", target, err)
 		}
 		if errors.Is(err, errOtherFS) {
-			s.otherFS.Do(func() {
+			a.otherFS.Do(func() {
 				l.WithError(err).Warn("layers staged in the daemon's root cannot be moved onto this snapshotter's file system; they are extracted at apply (--stage-layers=false saves the staging work)")
 			})
 		}

@@ -15,12 +15,14 @@ import (
 	"github.com/moby/sys/userns"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/localds/localds/internal/prefetch"
 )
 
 // Staging is where layers are extracted while the mirror prefetches them
-// (<root>/vault/staging, mode 0700), so that Apply only has to move the
-// finished tree onto the snapshot instead of extracting after the
-// download: containerd applies layers one after another, after each one's
+// (<root>/vault/staging, mode 0700; the daemon's prefetch.Stager), so
+// that Apply only has to move the finished tree onto the snapshot instead
+// of extracting after the download: containerd applies layers one after another, after each one's
 // fetch, so extraction after a parallel prefetch is serial time on top of
 // the download, while extraction during it overlaps.
 //
@@ -165,6 +167,15 @@ func (s *Staging) Begin(ctx context.Context, desc ocispec.Descriptor) *Stage {
 		return nil
 	}
 	return startStage(ctx, s, desc, dir)
+}
+
+// StageLayer is Begin as the prefetch asks for it (prefetch.Stager): nil
+// stays an untyped nil when desc is not staged.
+func (s *Staging) StageLayer(ctx context.Context, desc ocispec.Descriptor) prefetch.LayerStage {
+	if st := s.Begin(ctx, desc); st != nil {
+		return st
+	}
+	return nil
 }
 
 // publish makes a verified, completely extracted tree takeable.

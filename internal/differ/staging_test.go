@@ -27,7 +27,7 @@ type applyEnv struct {
 	root    string
 	store   content.Store
 	staging *differ.Staging
-	svc     *differ.Service
+	svc     diffapi.DiffServer
 	taken   []bool
 	// encode, if set, makes the blob and media type of a layer tar.
 	encode func(t *testing.T, tar []byte) ([]byte, string)
@@ -47,7 +47,7 @@ func newApplyEnv(t *testing.T, opts ...differ.StagingOption) *applyEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.staging.Close() })
-	e.svc = differ.New(e.store, differ.WithStaging(e.staging, func(taken bool) { e.taken = append(e.taken, taken) }))
+	e.svc = differ.Server(differ.New(e.store, differ.WithStaging(e.staging, func(taken bool) { e.taken = append(e.taken, taken) })))
 	return e
 }
 
