@@ -91,7 +91,7 @@ func newSite(t testing.TB, ports ...int) *site {
 	testnet.StartAvahi(t, s.app, testnet.AvahiConfig{HostName: dsName, AllowInterfaces: []string{"eth0"}})
 	for _, port := range ports {
 		s.regDirs[port] = t.TempDir()
-		startRegistry(t, s.app, port, s.regDirs[port])
+		testnet.StartDockerRegistry(t, s.app, fmt.Sprintf(":%d", port), s.regDirs[port])
 	}
 	t.Logf("test hosts (node, app, avahi-daemon, docker-registry on %v) ready in %v", ports, time.Since(start).Round(time.Millisecond))
 	return s
@@ -125,33 +125,6 @@ func newBareSite(t testing.TB) *site {
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	s.sock = filepath.Join(sockDir, "l.sock")
 	return s
-}
-
-// startRegistry runs docker-registry in ns on port with filesystem
-// storage in dir.
-func startRegistry(t testing.TB, ns *testnet.Namespace, port int, dir string) {
-	t.Helper()
-	conf := filepath.Join(t.TempDir(), "config.yml")
-	yml := fmt.Sprintf(`version: 0.1
-log:
-  level: info
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %s
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: :%d
-  secret: localds-e2e
-`, dir, port)
-	if err := os.WriteFile(conf, []byte(yml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p := ns.Start(t, "docker-registry", "serve", conf)
-	p.WaitLog(t, "listening on", e2eWait)
 }
 
 // nodeDial dials from inside the node namespace. Only loopback and the
@@ -344,15 +317,8 @@ func mirrorStats(m map[string]float64) string {
 
 // ingestSize is the largest partial write under <root>/vault/cas/ingest.
 func (s *site) ingestSize() int64 {
-	dir := filepath.Join(cas.Dir(s.root), "ingest")
-	var n int64
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		if st, err := os.Stat(filepath.Join(dir, e.Name(), "data")); err == nil && st.Size() > n {
-			n = st.Size()
-		}
-	}
-	return n
+	ingests, _ := cas.ListIngests(s.root)
+	return ingests.Largest()
 }
 
 // registryBlob is the data file docker-registry keeps a blob in.

@@ -208,20 +208,20 @@ func (s *site) requireAbsent(t *testing.T, what string, blobs ...blobRef) {
 func (s *site) requireNoIngest(t *testing.T) {
 	t.Helper()
 	if left := ingestDirs(t, s.root); len(left) != 0 {
-		t.Errorf("%d partial writes left in %s", len(left), filepath.Join(cas.Dir(s.root), "ingest"))
+		t.Errorf("%d partial writes left in %s", len(left), cas.IngestDir(s.root))
 	}
 }
 
 // ingestDirs lists the CAS's ingests.
 func ingestDirs(t *testing.T, root string) []string {
 	t.Helper()
-	entries, err := os.ReadDir(filepath.Join(cas.Dir(root), "ingest"))
-	if err != nil && !os.IsNotExist(err) {
+	ingests, err := cas.ListIngests(root)
+	if err != nil {
 		t.Fatal(err)
 	}
 	var out []string
-	for _, e := range entries {
-		out = append(out, e.Name())
+	for _, in := range ingests {
+		out = append(out, filepath.Base(in.Dir))
 	}
 	return out
 }

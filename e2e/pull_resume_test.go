@@ -167,14 +167,8 @@ func waitIngest(t *testing.T, root string, n int64, pull *testnet.Process) {
 	t.Helper()
 	deadline := time.Now().Add(e2eWait)
 	for time.Now().Before(deadline) {
-		var have int64
-		datas, _ := filepath.Glob(filepath.Join(cas.Dir(root), "ingest", "*", "data"))
-		for _, d := range datas {
-			if st, err := os.Stat(d); err == nil {
-				have += st.Size()
-			}
-		}
-		if have >= n {
+		ingests, _ := cas.ListIngests(root)
+		if ingests.Total() >= n {
 			return
 		}
 		if done, err := pull.Exited(); done {

@@ -352,21 +352,21 @@ func TestStreamImportIngestChanged(t *testing.T) {
 	if off := r.cut(t, at, 0); off != at {
 		t.Fatalf("cut at %d resumes at %d", at, off)
 	}
-	datas, err := filepath.Glob(filepath.Join(cas.Dir(e.root), "ingest", "*", "data"))
+	ingests, err := cas.ListIngests(e.root)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cut := 0
-	for _, d := range datas {
-		if st, err := os.Stat(d); err == nil && st.Size() == at-big[0] {
-			if err := os.Truncate(d, st.Size()/2); err != nil {
+	for _, in := range ingests {
+		if in.Size == at-big[0] {
+			if err := os.Truncate(filepath.Join(in.Dir, "data"), in.Size/2); err != nil {
 				t.Fatal(err)
 			}
 			cut++
 		}
 	}
 	if cut != 1 {
-		t.Fatalf("found %d ingests of the cut blob among %v", cut, datas)
+		t.Fatalf("found %d ingests of the cut blob among %v", cut, ingests)
 	}
 	if _, err := r.complete(t, big[0], "app:1"); err != nil {
 		t.Fatal(err)

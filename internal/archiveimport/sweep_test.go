@@ -1,8 +1,6 @@
 package archiveimport_test
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,11 +12,11 @@ import (
 // ingestCount is how many ingests the CAS holds.
 func ingestCount(t *testing.T, e *importEnv) int {
 	t.Helper()
-	entries, err := os.ReadDir(filepath.Join(cas.Dir(e.root), "ingest"))
-	if err != nil && !os.IsNotExist(err) {
+	ingests, err := cas.ListIngests(e.root)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return len(entries)
+	return len(ingests)
 }
 
 // cutInSecondBlob is a stream import of a two-layer archive cut in the

@@ -229,9 +229,9 @@ func TestContainerdKillDuringIngest(t *testing.T) {
 		_, err := stdin.Write(data[:len(data)/2])
 		wrote <- err
 	}()
-	ingestDir := filepath.Join(cas.Dir(r.root), "ingest")
+	ingestDir := cas.IngestDir(r.root)
 	deadline := time.Now().Add(30 * time.Second)
-	for partialSize(ingestDir) < 4<<20 {
+	for largestIngest(r.root) < 4<<20 {
 		if time.Now().After(deadline) {
 			t.Fatalf("no partial ingest of 4 MiB in %s after 30s; ctr: %s\ndaemon log:\n%s", ingestDir, out.String(), r.daemon.Log())
 		}
@@ -253,7 +253,7 @@ func TestContainerdKillDuringIngest(t *testing.T) {
 	if _, err := os.Stat(r.blobPath(t, d)); !os.IsNotExist(err) {
 		t.Fatalf("partial write visible as a blob: %v", err)
 	}
-	partial := partialSize(ingestDir)
+	partial := largestIngest(r.root)
 
 	// Restart on the same root and socket (stale socket, released lock).
 	r.startDaemon(t)
@@ -290,14 +290,8 @@ func (r *rig) ingestRetry(t *testing.T, ref string, data []byte, d digest.Digest
 	}
 }
 
-// partialSize is the size of the largest ingest data file under dir.
-func partialSize(dir string) int64 {
-	var n int64
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		if st, err := os.Stat(filepath.Join(dir, e.Name(), "data")); err == nil && st.Size() > n {
-			n = st.Size()
-		}
-	}
-	return n
+// largestIngest is the biggest unfinished write in root's CAS.
+func largestIngest(root string) int64 {
+	ingests, _ := cas.ListIngests(root)
+	return ingests.Largest()
 }

@@ -10,9 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -68,35 +66,10 @@ func TestMirrorWithDockerRegistry(t *testing.T) {
 	n.Connect(node, "br0", app, "eth0", appOldIP+"/24")
 	testnet.StartAvahi(t, app, testnet.AvahiConfig{HostName: dsName, AllowInterfaces: []string{"eth0"}})
 	storage := t.TempDir()
-	startRegistry(t, app, ":5000", storage)
-	startRegistry(t, app, ":80", storage)
+	testnet.StartDockerRegistry(t, app, ":5000", storage)
+	testnet.StartDockerRegistry(t, app, ":80", storage)
 	t.Logf("test hosts ready in %v", time.Since(start).Round(time.Millisecond))
 	node.RunTest(t, map[string]string{"APP_NS": app.Name})
-}
-
-// startRegistry runs docker-registry in ns on addr with filesystem
-// storage in dir (two registries may share it: they only read what the
-// other wrote).
-func startRegistry(t *testing.T, ns *testnet.Namespace, addr, dir string) {
-	t.Helper()
-	conf := filepath.Join(t.TempDir(), "config.yml")
-	yml := fmt.Sprintf(`version: 0.1
-log:
-  level: info
-storage:
-  filesystem:
-    rootdirectory: %s
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: %s
-`, dir, addr)
-	if err := os.WriteFile(conf, []byte(yml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p := ns.Start(t, "docker-registry", "serve", conf)
-	p.WaitLog(t, "listening on", 20*time.Second)
 }
 
 // mirrorChild runs inside the node namespace.

@@ -150,16 +150,10 @@ func startE2E(t *testing.T) *e2e {
 		notWired(t, "localds has no volume command: register volumeCommand() in cmd/localds/main.go", string(out))
 	}
 	e.startDaemon(t)
-	e.ctrd = ns.StartContainerd(t, testnet.ContainerdOptions{ContentSocket: e.sock, SnapshotSocket: e.sock, DiffSocket: e.sock})
+	e.ctrd = ns.StartContainerd(t, testnet.ContainerdOptions{ContentSocket: e.sock, SnapshotSocket: e.sock, DiffSocket: e.sock, RunContainers: true})
 	if out, err := e.ctrd.TryCtr("snapshots", "--snapshotter", "localds", "ls"); err != nil {
-		notWired(t, "containerd-localds-grpc does not serve the snapshotter: add plugin.SnapshotService() to its Config.Services", out)
+		notWired(t, "containerd-localds-grpc does not serve the snapshotter: add daemon.SnapshotService() to its Config.Services", out)
 	}
-	// StartContainerd wrote the config; run it again so it can run
-	// containers (see startContainerd).
-	if err := e.ctrd.Proc.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	e.startContainerd(t)
 
 	// The datastore: two images from nothing downloaded; app:2 has one
 	// layer more, so it needs an unpack of its own.
@@ -339,7 +333,7 @@ func (e *e2e) restart(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.startDaemon(t)
-	e.startContainerd(t)
+	e.ctrd.Restart(t)
 }
 
 // volumesAfter checks novault, ls and rm through the CLI.

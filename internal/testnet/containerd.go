@@ -74,6 +74,10 @@ type ContainerdOptions struct {
 	ExtraConfig string
 	// LogLevel is containerd's log level; default "info".
 	LogLevel string
+	// RunContainers starts containerd so that it can run containers
+	// (cgroups and a private /run in its mount namespace; see
+	// containerdWithCgroups), not only pull and unpack.
+	RunContainers bool
 }
 
 // Containerd is a real containerd daemon running inside a test namespace,
@@ -87,6 +91,7 @@ type Containerd struct {
 	Root, State, ConfigPath string
 	Proc                    *Process
 	ctr                     string
+	runContainers           bool
 }
 
 // StartContainerd starts bin/containerd (see ContainerdBinary) inside ns
@@ -95,7 +100,6 @@ type Containerd struct {
 // reach anything outside; its config imports no drop-ins from /etc.
 func (ns *Namespace) StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 	t.Helper()
-	bin := ContainerdBinary(t, "containerd")
 	ctr := ContainerdBinary(t, "ctr")
 	dir := t.TempDir()
 	// Unix socket paths are limited to 107 bytes and t.TempDir() can be
@@ -106,12 +110,13 @@ func (ns *Namespace) StartContainerd(t testing.TB, opts ContainerdOptions) *Cont
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) }) // runs after the process is killed
 	c := &Containerd{
-		NS:         ns,
-		Address:    filepath.Join(sockDir, "c.sock"),
-		Root:       filepath.Join(dir, "root"),
-		State:      filepath.Join(dir, "state"),
-		ConfigPath: filepath.Join(dir, "config.toml"),
-		ctr:        ctr,
+		NS:            ns,
+		Address:       filepath.Join(sockDir, "c.sock"),
+		Root:          filepath.Join(dir, "root"),
+		State:         filepath.Join(dir, "state"),
+		ConfigPath:    filepath.Join(dir, "config.toml"),
+		ctr:           ctr,
+		runContainers: opts.RunContainers,
 	}
 	for _, d := range []string{c.Root, c.State, filepath.Join(dir, "tmp")} {
 		if err := os.MkdirAll(d, 0o711); err != nil {
@@ -121,9 +126,30 @@ func (ns *Namespace) StartContainerd(t testing.TB, opts ContainerdOptions) *Cont
 	if err := os.WriteFile(c.ConfigPath, []byte(c.config(opts, filepath.Join(dir, "tmp"))), 0o600); err != nil {
 		t.Fatalf("testnet: containerd config: %v", err)
 	}
-	c.Proc = ns.Start(t, bin, "--config", c.ConfigPath)
-	c.Proc.WaitLog(t, "containerd successfully booted", containerdStartTimeout)
+	c.start(t)
 	return c
+}
+
+// Restart starts containerd again on its existing root and config, the
+// way it was first started; the previous process must have ended.
+func (c *Containerd) Restart(t testing.TB) {
+	t.Helper()
+	c.start(t)
+}
+
+func (c *Containerd) start(t testing.TB) {
+	t.Helper()
+	bin := ContainerdBinary(t, "containerd")
+	if c.runContainers {
+		script, err := cgroupScript()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Proc = c.NS.Start(t, "sh", "-c", script+`exec "$0" --config "$1"`, bin, c.ConfigPath)
+	} else {
+		c.Proc = c.NS.Start(t, bin, "--config", c.ConfigPath)
+	}
+	c.Proc.WaitLog(t, "containerd successfully booted", containerdStartTimeout)
 }
 
 // config renders containerd's config.toml (version 3, as contrib/ uses).

@@ -1,38 +1,23 @@
 //go:build linux
 
-package snapshot
+package testnet
 
 import (
 	"bufio"
 	"fmt"
 	"os"
 	"strings"
-	"testing"
-
-	"github.com/localds/localds/internal/testnet"
 )
 
-// startContainerd (re)starts the test's containerd on its existing config
-// so that it can run containers. `ip netns exec` gives every process a
-// mount namespace with a fresh /sys, which has no cgroup mounts, and runc
-// refuses to start a container without them ("no cgroup mount found in
-// mountinfo"). The wrapper mounts the host's cgroup hierarchies again
-// (the same hierarchies: a cgroup mount of the same controllers shares
+// cgroupScript is why ContainerdOptions.RunContainers works: `ip netns
+// exec` gives every process a mount namespace with a fresh /sys, which has
+// no cgroup mounts, and runc refuses to start a container without them
+// ("no cgroup mount found in mountinfo"). The prelude mounts the host's
+// cgroup hierarchies again (a cgroup mount of the same controllers shares
 // the host's superblock) and a private /run, so shims' sockets and runc's
 // state never land in the host's /run. All of it stays in the mount
-// namespace of this containerd and its shims.
-func (e *e2e) startContainerd(t *testing.T) {
-	t.Helper()
-	script, err := cgroupScript()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := testnet.ContainerdBinary(t, "containerd")
-	p := e.ns.Start(t, "sh", "-c", script+`exec "$0" --config "$1"`, bin, e.ctrd.ConfigPath)
-	p.WaitLog(t, "containerd successfully booted", e2eWait)
-	e.ctrd.Proc = p
-}
-
+// namespace of that containerd and its shims.
+//
 // cgroupScript is a shell prelude that recreates the host's cgroup mounts
 // under /sys/fs/cgroup (read from this process's mountinfo, which is the
 // host's) and mounts a tmpfs on /run.
