@@ -28,13 +28,23 @@ if [ $had_policy -eq 0 ]; then
 	trap 'rm -f "$policy"' EXIT
 fi
 
+# Daemons that already run (the host's own avahi-daemon, say) are none of
+# this script's business: note them, so that only what the install itself
+# started is stopped below.
+responders=(avahi-daemon docker-registry)
+before=" $(pgrep -d ' ' -x "$(IFS='|'; echo "${responders[*]}")" 2>/dev/null || true) "
+
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
 
 # Some packages start their service through systemd units even with
-# policy-rc.d in place on machines without systemd; make sure nothing that
-# answers on the network is left running in the root namespace.
-for svc in avahi-daemon docker-registry; do
-	pkill -x "$svc" 2>/dev/null || true
+# policy-rc.d in place; a responder the install started must not be left
+# running in the root namespace. Processes that ran before are kept.
+for pid in $(pgrep -x "$(IFS='|'; echo "${responders[*]}")" 2>/dev/null || true); do
+	case "$before" in
+	*" $pid "*) ;;
+	*) echo "install-deps: stopping $(cat /proc/"$pid"/comm 2>/dev/null) (pid $pid), started by the install" >&2
+	   kill "$pid" 2>/dev/null || true ;;
+	esac
 done
