@@ -56,8 +56,8 @@ bench: deps build
 	$(GO) test -run '^$$' -bench 'VolumeCreate|Unpack' -benchtime 5x ./internal/snapshot/
 
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParseAnswer -fuzztime 60s ./resolver/
-	$(GO) test -run '^$$' -fuzz FuzzCanonicalHost -fuzztime 30s ./resolver/
+	$(GO) test -run '^$$' -fuzz FuzzParseAnswer -fuzztime 60s ./internal/mdns/
+	$(GO) test -run '^$$' -fuzz FuzzCanonicalHost -fuzztime 30s ./internal/mdns/
 	$(GO) test -run '^$$' -fuzz FuzzZoneHandle -fuzztime 60s ./internal/dsserver/
 
 lint:

@@ -1,231 +1,34 @@
 package dsserver
 
 import (
-	"context"
 	"fmt"
-	"net"
-	"net/netip"
-	"slices"
 	"strings"
 	"time"
 
-	"github.com/containerd/log"
+	"github.com/localds/localds/internal/mdns"
 )
 
 // DefaultPollInterval is how often the responder looks at its interfaces
-// and their addresses, so that it follows address changes without restart.
-const DefaultPollInterval = time.Second
+// and their addresses (mdns.DefaultPollInterval).
+const DefaultPollInterval = mdns.DefaultPollInterval
 
-// Responder answers mDNS for one host name on a set of interfaces: A
-// queries for NAME.local. and DNS-SD browses for its services. It follows
-// the interfaces' IPv4 addresses by polling and answers on each interface
-// only with that interface's addresses.
-type Responder struct {
-	host     string   // "name.local."
-	names    []string // interfaces asked for; empty: every suitable one
-	services []Service
-	poll     time.Duration
-
-	ifaces map[string]*ifaceResponder // owned by Run
-	warned map[string]string          // last warning per interface, to log changes only
-}
-
-// ResponderConfig configures a Responder.
-type ResponderConfig struct {
-	Hostname     string    // "name", "name.local" or "name.local."
-	Interfaces   []string  // interface names; empty means every up, multicast, non-loopback one with IPv4
-	Services     []Service // besides _workstation._tcp, which is always advertised
-	PollInterval time.Duration
-}
-
-// NewResponder checks cfg and returns a responder; Run starts it.
-func NewResponder(cfg ResponderConfig) (*Responder, error) {
-	host, err := CanonicalHostname(cfg.Hostname)
+// newResponder returns the datastore's mDNS responder: A queries for
+// hostname and DNS-SD browses for the workstation service and services,
+// on interfaces (every suitable one when empty).
+func newResponder(hostname string, interfaces []string, services []Service, poll time.Duration) (*mdns.Responder, error) {
+	host, err := mdns.QualifyHost(hostname)
 	if err != nil {
 		return nil, err
 	}
-	for _, s := range cfg.Services {
+	for _, s := range services {
 		if !strings.HasPrefix(s.Type, "_") || !strings.HasSuffix(s.Type, "._tcp") || s.Port <= 0 || s.Port > 65535 {
 			return nil, fmt.Errorf("bad service %q port %d: want _name._tcp and a port", s.Type, s.Port)
 		}
 	}
-	poll := cfg.PollInterval
-	if poll <= 0 {
-		poll = DefaultPollInterval
-	}
-	return &Responder{
-		host:     host,
-		names:    slices.Clone(cfg.Interfaces),
-		services: slices.Clone(cfg.Services),
-		poll:     poll,
-		ifaces:   map[string]*ifaceResponder{},
-		warned:   map[string]string{},
-	}, nil
-}
-
-// CanonicalHostname turns "Name", "name.local" or "name.local." into
-// "name.local.", refusing anything that is not a valid host name.
-func CanonicalHostname(name string) (string, error) {
-	n := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(name)), ".")
-	n = strings.TrimSuffix(n, ".local")
-	if n == "" {
-		return "", fmt.Errorf("empty host name")
-	}
-	if len(n)+len(".local.") > 253 {
-		return "", fmt.Errorf("host name %q is too long", name)
-	}
-	for _, label := range strings.Split(n, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return "", fmt.Errorf("host name %q: bad label %q", name, label)
-		}
-		for _, c := range []byte(label) {
-			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-				return "", fmt.Errorf("host name %q: label %q has character %q", name, label, c)
-			}
-		}
-	}
-	return n + ".local.", nil
-}
-
-// Host returns the fully qualified name answered for, e.g. "ds.local.".
-func (r *Responder) Host() string { return r.host }
-
-// Run answers until ctx is done, then says goodbye on every interface.
-func (r *Responder) Run(ctx context.Context) error {
-	t := time.NewTicker(r.poll)
-	defer t.Stop()
-	defer func() {
-		for name, ir := range r.ifaces {
-			ir.close(ctx)
-			delete(r.ifaces, name)
-		}
-	}()
-	for {
-		r.reconcile(ctx)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
-}
-
-// wanted lists the interfaces to answer on now.
-func (r *Responder) wanted(ctx context.Context) []net.Interface {
-	if len(r.names) > 0 {
-		var out []net.Interface
-		for _, n := range r.names {
-			ifi, err := net.InterfaceByName(n)
-			if err != nil {
-				r.warn(ctx, n, fmt.Sprintf("interface not found: %v", err))
-				continue
-			}
-			out = append(out, *ifi)
-		}
-		return out
-	}
-	all, err := net.Interfaces()
-	if err != nil {
-		log.G(ctx).WithError(err).Warn("mdns: list interfaces")
-		return nil
-	}
-	var out []net.Interface
-	for _, ifi := range all {
-		if ifi.Flags&net.FlagLoopback != 0 || ifi.Flags&net.FlagUp == 0 || ifi.Flags&net.FlagMulticast == 0 {
-			continue
-		}
-		if addrs, err := ifaceAddrs(&ifi); err == nil && len(addrs) > 0 {
-			out = append(out, ifi)
-		}
-	}
-	return out
-}
-
-// reconcile opens, updates and closes per-interface responders to match
-// the interfaces and addresses of the moment. One pass, bounded work.
-func (r *Responder) reconcile(ctx context.Context) {
-	seen := map[string]bool{}
-	for _, ifi := range r.wanted(ctx) {
-		seen[ifi.Name] = true
-		ir := r.ifaces[ifi.Name]
-		if ir != nil && ir.index != ifi.Index {
-			ir.close(ctx) // the interface was re-created: new index
-			delete(r.ifaces, ifi.Name)
-			ir = nil
-		}
-		if ir != nil {
-			select {
-			case <-ir.done: // reader gave up; reopen below
-				ir.conn.Close()
-				delete(r.ifaces, ifi.Name)
-				ir = nil
-			default:
-			}
-		}
-		if ir == nil {
-			conn, err := listenIface(ctx, &ifi)
-			if err != nil {
-				r.warn(ctx, ifi.Name, err.Error())
-				continue
-			}
-			ir = &ifaceResponder{name: ifi.Name, index: ifi.Index, conn: conn, done: make(chan struct{})}
-			r.ifaces[ifi.Name] = ir
-			go ir.serve(ctx)
-		}
-		r.update(ctx, ir, &ifi)
-	}
-	for name, ir := range r.ifaces {
-		if !seen[name] {
-			ir.close(ctx)
-			delete(r.ifaces, name)
-			log.G(ctx).WithField("interface", name).Info("mdns: interface gone, stopped answering there")
-		}
-	}
-}
-
-// update refreshes the zone of one interface from its current addresses
-// and sends pending announcements (two, a poll interval apart, after each
-// change: RFC 6762 §8.3).
-func (r *Responder) update(ctx context.Context, ir *ifaceResponder, ifi *net.Interface) {
-	var addrs []netip.Prefix
-	if ifi.Flags&net.FlagUp != 0 {
-		a, err := ifaceAddrs(ifi)
-		if err != nil {
-			r.warn(ctx, ifi.Name, err.Error())
-			return
-		}
-		addrs = a
-	}
-	old := ir.zone.Load()
-	if old == nil || !slices.Equal(old.addrs, addrs) {
-		z, err := newZone(r.host, ifi.HardwareAddr, addrs, r.services)
-		if err != nil {
-			r.warn(ctx, ifi.Name, err.Error())
-			return
-		}
-		ir.zone.Store(z)
-		ir.announce = 2
-		if len(addrs) == 0 {
-			r.warn(ctx, ifi.Name, "no IPv4 address (down or unconfigured): not answering there")
-		} else {
-			delete(r.warned, ifi.Name)
-			log.G(ctx).WithFields(log.Fields{"interface": ifi.Name, "host": r.host, "addresses": fmt.Sprint(addrs)}).
-				Info("mdns: answering")
-		}
-	}
-	if ir.announce > 0 {
-		ir.announce--
-		if err := ir.sendAnnouncement(ir.zone.Load(), hostTTL); err != nil {
-			log.G(ctx).WithError(err).WithField("interface", ifi.Name).Debug("mdns: announcement not sent")
-		}
-	}
-}
-
-// warn logs a problem with an interface once, until it changes.
-func (r *Responder) warn(ctx context.Context, name, msg string) {
-	if r.warned[name] == msg {
-		return
-	}
-	r.warned[name] = msg
-	log.G(ctx).WithField("interface", name).Warn("mdns: " + msg)
+	return mdns.NewResponder(mdns.ResponderConfig{
+		Host:         host,
+		Interfaces:   interfaces,
+		Zone:         zoneFunc(host, services),
+		PollInterval: poll,
+	})
 }

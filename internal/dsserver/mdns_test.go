@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/miekg/dns"
+
+	"github.com/localds/localds/internal/mdns"
 )
 
 var (
@@ -31,6 +33,12 @@ func testZone(t testing.TB, services ...Service) *zone {
 	return z
 }
 
+// handle answers one packet from z the way the responder does on the
+// interface z was built for.
+func handle(z *zone, pkt []byte, from netip.AddrPort) ([]mdns.Reply, error) {
+	return mdns.Respond(z, z.addrs, pkt, from)
+}
+
 // query packs the one-shot question the localds resolver sends.
 func query(t testing.TB, id uint16, name string, qtype uint16, qu bool) []byte {
 	t.Helper()
@@ -38,7 +46,7 @@ func query(t testing.TB, id uint16, name string, qtype uint16, qu bool) []byte {
 	m.Id = id
 	cls := uint16(dns.ClassINET)
 	if qu {
-		cls |= cacheFlush
+		cls |= mdns.CacheFlush
 	}
 	m.Question = []dns.Question{{Name: name, Qtype: qtype, Qclass: cls}}
 	b, err := m.Pack()
@@ -49,9 +57,9 @@ func query(t testing.TB, id uint16, name string, qtype uint16, qu bool) []byte {
 }
 
 // roundTrip sends the reply through the wire format, as the querier sees it.
-func roundTrip(t testing.TB, r reply) *dns.Msg {
+func roundTrip(t testing.TB, r mdns.Reply) *dns.Msg {
 	t.Helper()
-	b, err := r.msg.Pack()
+	b, err := r.Msg.Pack()
 	if err != nil {
 		t.Fatalf("pack reply: %v", err)
 	}
@@ -63,9 +71,9 @@ func roundTrip(t testing.TB, r reply) *dns.Msg {
 }
 
 // one asks z and wants exactly one reply.
-func one(t *testing.T, z *zone, pkt []byte, from netip.AddrPort) reply {
+func one(t *testing.T, z *zone, pkt []byte, from netip.AddrPort) mdns.Reply {
 	t.Helper()
-	rs, err := z.handle(pkt, from)
+	rs, err := handle(z, pkt, from)
 	if err != nil || len(rs) != 1 {
 		t.Fatalf("want one reply, got %d (err %v)", len(rs), err)
 	}
@@ -75,8 +83,8 @@ func one(t *testing.T, z *zone, pkt []byte, from netip.AddrPort) reply {
 func TestLegacyUnicastA(t *testing.T) {
 	z := testZone(t, testHTTP)
 	r := one(t, z, query(t, 0x1234, "DS-1.Local.", dns.TypeA, true), querier)
-	if r.to != querier {
-		t.Fatalf("reply to %v, want the querier %v", r.to, querier)
+	if r.To != querier {
+		t.Fatalf("reply to %v, want the querier %v", r.To, querier)
 	}
 	m := roundTrip(t, r)
 	if !m.Response || m.Id != 0x1234 || !m.Authoritative {
@@ -89,13 +97,13 @@ func TestLegacyUnicastA(t *testing.T) {
 		t.Fatalf("answers: %v", m.Answer)
 	}
 	a := m.Answer[0].(*dns.A)
-	if !a.A.Equal(net.ParseIP("10.77.1.2")) || a.Hdr.Ttl > legacyTTL || a.Hdr.Class != dns.ClassINET || a.Hdr.Name != hostFQDN {
+	if !a.A.Equal(net.ParseIP("10.77.1.2")) || a.Hdr.Ttl > mdns.LegacyTTL || a.Hdr.Class != dns.ClassINET || a.Hdr.Name != hostFQDN {
 		t.Fatalf("A record %v: want 10.77.1.2 only (the querier's subnet), TTL <= 10, no cache-flush bit", a)
 	}
 	// Also without the QU bit: a port other than 5353 makes it legacy.
 	r = one(t, z, query(t, 7, hostFQDN, dns.TypeA, false), querier)
-	if m := roundTrip(t, r); r.to != querier || m.Id != 7 {
-		t.Fatalf("legacy without QU: to %v id %d", r.to, m.Id)
+	if m := roundTrip(t, r); r.To != querier || m.Id != 7 {
+		t.Fatalf("legacy without QU: to %v id %d", r.To, m.Id)
 	}
 }
 
@@ -133,7 +141,7 @@ func TestLegacyUnicastBrowse(t *testing.T) {
 		}
 	}
 	// Not served over TLS: no _https._tcp answer.
-	if rs, err := z.handle(query(t, 43, "_https._tcp.local.", dns.TypePTR, true), querier); len(rs) != 0 || err != nil {
+	if rs, err := handle(z, query(t, 43, "_https._tcp.local.", dns.TypePTR, true), querier); len(rs) != 0 || err != nil {
 		t.Fatalf("_https without TLS: %v %v", rs, err)
 	}
 	z = testZone(t, testHTTP, testHTTPS)
@@ -177,15 +185,15 @@ func TestSilence(t *testing.T) {
 		"unknown service":   {query(t, 1, "_ftp._tcp.local.", dns.TypePTR, true), querier},
 		"empty":             {nil, querier},
 		"header only":       {make([]byte, 12), querier},
-		"oversized":         {make([]byte, maxPacket+1), querier},
+		"oversized":         {make([]byte, mdns.MaxPacket+1), querier},
 		"no address at all": {query(t, 1, hostFQDN, dns.TypeA, true), querier},
 	} {
 		zz := z
 		if name == "no address at all" {
 			zz, _ = newZone(hostFQDN, testMAC, nil, []Service{testHTTP})
 		}
-		if rs, _ := zz.handle(tc.pkt, tc.from); len(rs) != 0 {
-			t.Errorf("%s: replied %v", name, rs[0].msg)
+		if rs, _ := handle(zz, tc.pkt, tc.from); len(rs) != 0 {
+			t.Errorf("%s: replied %v", name, rs[0].Msg)
 		}
 	}
 }
@@ -195,16 +203,16 @@ func TestMulticastAndQU(t *testing.T) {
 	// A QM question from port 5353 (Avahi's way) gets a multicast answer.
 	r := one(t, z, query(t, 99, hostFQDN, dns.TypeA, false), mdnsPeer)
 	m := roundTrip(t, r)
-	if r.to != mdnsGroup || m.Id != 0 || len(m.Question) != 0 {
-		t.Fatalf("multicast reply: to %v id %d questions %v", r.to, m.Id, m.Question)
+	if r.To != mdns.Group || m.Id != 0 || len(m.Question) != 0 {
+		t.Fatalf("multicast reply: to %v id %d questions %v", r.To, m.Id, m.Question)
 	}
-	if a := m.Answer[0].(*dns.A); a.Hdr.Class != dns.ClassINET|cacheFlush || a.Hdr.Ttl != hostTTL {
+	if a := m.Answer[0].(*dns.A); a.Hdr.Class != dns.ClassINET|mdns.CacheFlush || a.Hdr.Ttl != mdns.HostTTL {
 		t.Fatalf("multicast A: %v", a)
 	}
 	// A QU question from port 5353 gets a unicast answer, not a legacy one.
 	r = one(t, z, query(t, 99, hostFQDN, dns.TypeA, true), mdnsPeer)
-	if m := roundTrip(t, r); r.to != mdnsPeer || len(m.Question) != 0 || m.Answer[0].Header().Ttl != hostTTL {
-		t.Fatalf("QU reply: to %v %v", r.to, m)
+	if m := roundTrip(t, r); r.To != mdnsPeer || len(m.Question) != 0 || m.Answer[0].Header().Ttl != mdns.HostTTL {
+		t.Fatalf("QU reply: to %v %v", r.To, m)
 	}
 	// Several questions in one packet: one legacy reply with all answers.
 	q := new(dns.Msg)
@@ -222,12 +230,12 @@ func TestMulticastAndQU(t *testing.T) {
 
 func TestAnnouncement(t *testing.T) {
 	z := testZone(t, testHTTP)
-	m := z.announcement(hostTTL)
+	m := z.Announcement(mdns.HostTTL)
 	b, err := m.Pack()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(b) > multicastSize {
+	if len(b) > mdns.MulticastSize {
 		t.Fatalf("announcement is %d bytes", len(b))
 	}
 	var n [256]int
@@ -238,22 +246,9 @@ func TestAnnouncement(t *testing.T) {
 	if n[dns.TypeA] != 2 || n[dns.TypePTR] != 4 || n[dns.TypeSRV] != 2 || n[dns.TypeTXT] != 2 {
 		t.Fatalf("announcement records: %v", m.Answer)
 	}
-	for _, rr := range z.announcement(0).Answer {
+	for _, rr := range z.Announcement(0).Answer {
 		if rr.Header().Ttl != 0 {
 			t.Fatalf("goodbye with TTL: %v", rr)
-		}
-	}
-}
-
-func TestCanonicalHostname(t *testing.T) {
-	for in, want := range map[string]string{"DS": "ds.local.", "ds.local": "ds.local.", "ds.local.": "ds.local.", "a.b": "a.b.local."} {
-		if got, err := CanonicalHostname(in); err != nil || got != want {
-			t.Errorf("CanonicalHostname(%q) = %q, %v", in, got, err)
-		}
-	}
-	for _, in := range []string{"", ".local", "-ds", "d s", "ds_1", strings.Repeat("a", 64), "a..b"} {
-		if _, err := CanonicalHostname(in); err == nil {
-			t.Errorf("CanonicalHostname(%q) accepted", in)
 		}
 	}
 }
@@ -283,19 +278,19 @@ func TestHostileQueries(t *testing.T) {
 	checkHandle(t, z, mb, querier)
 	loop := []byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1}
 	checkHandle(t, z, loop, querier)
-	checkHandle(t, z, make([]byte, maxPacket), querier)
+	checkHandle(t, z, make([]byte, mdns.MaxPacket), querier)
 }
 
 func checkHandle(t testing.TB, z *zone, pkt []byte, from netip.AddrPort) {
-	rs, _ := z.handle(pkt, from)
+	rs, _ := handle(z, pkt, from)
 	for _, r := range rs {
-		b, err := r.msg.Pack()
+		b, err := r.Msg.Pack()
 		if err != nil {
 			t.Fatalf("reply does not pack: %v", err)
 		}
-		limit := multicastSize
-		if r.to.Port() != mdnsPort {
-			limit = multicastSize // EDNS0 may raise the legacy limit up to this
+		limit := mdns.MulticastSize
+		if r.To.Port() != mdns.Port {
+			limit = mdns.MulticastSize // EDNS0 may raise the legacy limit up to this
 		}
 		if len(b) > limit {
 			t.Fatalf("reply of %d bytes", len(b))
@@ -309,7 +304,7 @@ func FuzzZoneHandle(f *testing.F) {
 		qtype uint16
 	}{{hostFQDN, dns.TypeA}, {"_workstation._tcp.local.", dns.TypePTR}, {"_http._tcp.local.", dns.TypePTR}, {wsInstance, dns.TypeANY}, {servicesEnum, dns.TypePTR}} {
 		f.Add(query(f, 1, q.name, q.qtype, true), uint16(40000))
-		f.Add(query(f, 0, q.name, q.qtype, false), uint16(mdnsPort))
+		f.Add(query(f, 0, q.name, q.qtype, false), uint16(mdns.Port))
 	}
 	z := testZone(f, testHTTP, testHTTPS)
 	f.Fuzz(func(t *testing.T, pkt []byte, port uint16) {

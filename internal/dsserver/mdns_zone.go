@@ -6,8 +6,12 @@ import (
 	"net/netip"
 	"strings"
 
-	"github.com/hashicorp/mdns"
+	// Aliased: this package's own mDNS noun is internal/mdns; hashicorp's
+	// only builds the DNS-SD records of the services here.
+	hcmdns "github.com/hashicorp/mdns"
 	"github.com/miekg/dns"
+
+	"github.com/localds/localds/internal/mdns"
 )
 
 // Service is one DNS-SD service the responder advertises for the host,
@@ -19,30 +23,33 @@ type Service struct {
 }
 
 const (
-	// workstationType is what Avahi publishes with publish-workstation=yes;
-	// its instance is "host [aa:bb:cc:dd:ee:ff]" and its port is 9.
-	workstationType = "_workstation._tcp"
+	// workstationPort is what Avahi publishes with publish-workstation=yes;
+	// the instance is "host [aa:bb:cc:dd:ee:ff]".
 	workstationPort = 9
 	// servicesEnum is the DNS-SD service type enumeration name (RFC 6763 §9).
 	servicesEnum = "_services._dns-sd._udp.local."
-	// hostTTL and serviceTTL are what hashicorp/mdns and Avahi use for
-	// ordinary (port 5353) responses; legacy unicast replies cap at legacyTTL
-	// (RFC 6762 §6.7).
-	hostTTL   = 120
-	legacyTTL = 10
-	// cacheFlush is the top bit of the rrclass of unique records (RFC 6762 §10.2).
-	cacheFlush = 1 << 15
 )
 
-// zone is what the responder answers on one interface: the host's A
-// records from the interface's current IPv4 addresses and the DNS-SD
-// records of the services. The service records come from hashicorp/mdns's
-// MDNSService; the host records and the choice of which address to answer
-// with are ours, so an interface never answers with another's address.
+var _ mdns.Zone = (*zone)(nil)
+
+// zone is what the datastore answers on one interface (an mdns.Zone): the
+// host's A records from the interface's current IPv4 addresses and the
+// DNS-SD records of the services. The service records come from
+// hashicorp/mdns's MDNSService; the host records and the choice of which
+// address to answer with are ours, so an interface never answers with
+// another's address.
 type zone struct {
 	host     string         // "name.local.", lower case
 	addrs    []netip.Prefix // IPv4 addresses of the interface, with their subnets
-	services []*mdns.MDNSService
+	services []*hcmdns.MDNSService
+}
+
+// zoneFunc is the mdns.ZoneFunc of host with services, besides the
+// workstation service that is always advertised.
+func zoneFunc(host string, services []Service) mdns.ZoneFunc {
+	return func(mac net.HardwareAddr, addrs []netip.Prefix) (mdns.Zone, error) {
+		return newZone(host, mac, addrs, services)
+	}
 }
 
 // newZone builds the zone for one interface. mac names the workstation
@@ -58,13 +65,13 @@ func newZone(host string, mac net.HardwareAddr, addrs []netip.Prefix, services [
 		ips = append(ips, net.IP(p.Addr().AsSlice()))
 	}
 	label := strings.TrimSuffix(host, ".local.")
-	all := append([]Service{{Type: workstationType, Port: workstationPort}}, services...)
+	all := append([]Service{{Type: mdns.WorkstationService, Port: workstationPort}}, services...)
 	for _, svc := range all {
 		instance := label
-		if svc.Type == workstationType && len(mac) > 0 {
+		if svc.Type == mdns.WorkstationService && len(mac) > 0 {
 			instance = fmt.Sprintf("%s [%s]", label, mac)
 		}
-		s, err := mdns.NewMDNSService(escapeLabel(instance), svc.Type, "local.", host, svc.Port, ips, svc.TXT)
+		s, err := hcmdns.NewMDNSService(escapeLabel(instance), svc.Type, "local.", host, svc.Port, ips, svc.TXT)
 		if err != nil {
 			return nil, fmt.Errorf("mdns service %s: %w", svc.Type, err)
 		}
@@ -109,37 +116,28 @@ func (z *zone) pick(src netip.Addr) []netip.Prefix {
 	return on
 }
 
-// onLink reports whether src lies in one of the interface's subnets, the
-// source address check RFC 6762 §11 asks of unicast replies.
-func (z *zone) onLink(src netip.Addr) bool {
-	for _, p := range z.addrs {
-		if p.Contains(src) {
-			return true
-		}
-	}
-	return false
-}
-
 // hostA returns A records of the host for the given addresses.
 func (z *zone) hostA(addrs []netip.Prefix) []dns.RR {
 	rrs := make([]dns.RR, 0, len(addrs))
 	for _, p := range addrs {
 		rrs = append(rrs, &dns.A{
-			Hdr: dns.RR_Header{Name: z.host, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: hostTTL},
+			Hdr: dns.RR_Header{Name: z.host, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: mdns.HostTTL},
 			A:   net.IP(p.Addr().AsSlice()),
 		})
 	}
 	return rrs
 }
 
-// records answers one question for a querier at src: the records that
+// Records answers one question for a querier at src: the records that
 // answer it, and the additional records that make the answer usable at
-// once (SRV, TXT and A after a PTR, as Avahi does and RFC 6763 §12 asks).
-func (z *zone) records(q dns.Question, src netip.Addr) (answer, extra []dns.RR) {
+// once. PTR answers go in the answer section and the SRV, TXT and A
+// records in the additional one, as Avahi does and RFC 6763 §12 asks, so
+// a one-shot browse resolves at once.
+func (z *zone) Records(q dns.Question, src netip.Addr) (answer, extra []dns.RR) {
 	if len(z.addrs) == 0 {
 		return nil, nil
 	}
-	if cls := q.Qclass &^ cacheFlush; cls != dns.ClassINET && cls != dns.ClassANY {
+	if cls := q.Qclass &^ mdns.CacheFlush; cls != dns.ClassINET && cls != dns.ClassANY {
 		return nil, nil
 	}
 	name := strings.ToLower(q.Name)
@@ -181,9 +179,9 @@ func (z *zone) records(q dns.Question, src netip.Addr) (answer, extra []dns.RR) 
 	return answer, extra
 }
 
-// announcement is the unsolicited response (RFC 6762 §8.3) listing every
+// Announcement is the unsolicited response (RFC 6762 §8.3) listing every
 // record of the zone, or with ttl 0 the goodbye (§10.1).
-func (z *zone) announcement(ttl uint32) *dns.Msg {
+func (z *zone) Announcement(ttl uint32) *dns.Msg {
 	m := &dns.Msg{MsgHdr: dns.MsgHdr{Response: true, Authoritative: true}, Compress: true}
 	if len(z.addrs) == 0 {
 		return nil
@@ -197,27 +195,13 @@ func (z *zone) announcement(ttl uint32) *dns.Msg {
 		})
 		m.Answer = append(m.Answer, s.Records(dns.Question{Name: svc, Qtype: dns.TypePTR, Qclass: dns.ClassINET})...)
 	}
-	m.Answer = dedupe(m.Answer)
+	m.Answer = mdns.Dedupe(m.Answer) // each service brings the host's A
 	for _, rr := range m.Answer {
 		h := rr.Header()
 		h.Ttl = ttl
 		if ttl != 0 && rr.Header().Rrtype != dns.TypePTR {
-			h.Class |= cacheFlush
+			h.Class |= mdns.CacheFlush
 		}
 	}
 	return m
-}
-
-// dedupe drops repeated records (each service brings the host's A).
-func dedupe(rrs []dns.RR) []dns.RR {
-	seen := map[string]bool{}
-	out := rrs[:0]
-	for _, rr := range rrs {
-		k := rr.String()
-		if !seen[k] {
-			seen[k] = true
-			out = append(out, rr)
-		}
-	}
-	return out
 }

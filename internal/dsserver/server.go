@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+
+	"github.com/localds/localds/internal/mdns"
 )
 
 const (
@@ -58,7 +60,7 @@ type Server struct {
 // New opens the datastore directory and loads the registry's manifests.
 func New(ctx context.Context, cfg Config) (*Server, error) {
 	if !cfg.NoMDNS {
-		if _, err := CanonicalHostname(cfg.Hostname); err != nil {
+		if _, err := mdns.QualifyHost(cfg.Hostname); err != nil {
 			return nil, fmt.Errorf("--hostname: %w", err)
 		}
 	}
@@ -132,7 +134,7 @@ func (s *Server) Run(ctx context.Context) error {
 			return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
 		}
 		lns = append(lns, ln)
-		services = append(services, Service{Type: "_http._tcp", Port: port(ln), TXT: []string{"path=/"}})
+		services = append(services, Service{Type: mdns.HTTPService, Port: port(ln), TXT: []string{"path=/"}})
 	}
 	if s.tls != nil && s.cfg.TLSListen != "" {
 		ln, err := lc.Listen(ctx, "tcp", s.cfg.TLSListen)
@@ -141,13 +143,11 @@ func (s *Server) Run(ctx context.Context) error {
 			return fmt.Errorf("listen on %s: %w", s.cfg.TLSListen, err)
 		}
 		lns = append(lns, tls.NewListener(ln, s.tls))
-		services = append(services, Service{Type: "_https._tcp", Port: port(ln), TXT: []string{"path=/"}})
+		services = append(services, Service{Type: mdns.HTTPSService, Port: port(ln), TXT: []string{"path=/"}})
 	}
-	var responder *Responder
+	var responder *mdns.Responder
 	if !s.cfg.NoMDNS {
-		r, err := NewResponder(ResponderConfig{
-			Hostname: s.cfg.Hostname, Interfaces: s.cfg.Interfaces, Services: services, PollInterval: s.cfg.PollInterval,
-		})
+		r, err := newResponder(s.cfg.Hostname, s.cfg.Interfaces, services, s.cfg.PollInterval)
 		if err != nil {
 			closeAll()
 			return err
