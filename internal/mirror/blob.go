@@ -11,6 +11,8 @@ import (
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/localds/localds/internal/httpclient"
 )
 
 // copyBufSize is the unit the mirror reads from the datastore and, held
@@ -34,15 +36,15 @@ func (m *Mirror) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.R
 		return
 	}
 	hdr := upstreamHeaders(r)
-	rng, hasRange := parseRange(r.Header.Get("Range"))
+	rng, hasRange := httpclient.ParseRange(r.Header.Get("Range"))
 	// An open range ("bytes=N-", what containerd sends to resume, also
 	// right after the mirror cut a response that failed verification) is
 	// served from a full fetch: the first N bytes are hashed but not
 	// sent, so the rest is verified like a whole blob. Only a bounded
 	// range (a parallel chunk) is forwarded as a range.
-	verifyPrefix := hasRange && rng.end < 0
+	verifyPrefix := hasRange && rng.End < 0
 	if hasRange && !verifyPrefix {
-		hdr.Set("Range", rng.header())
+		hdr.Set("Range", rng.String())
 	}
 	p, err := m.openPiece(ctx, http.MethodGet, t.host, t.upstreamPath(), hdr)
 	if err != nil {
@@ -62,29 +64,29 @@ func (m *Mirror) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.R
 			s.total, s.end = resp.ContentLength, resp.ContentLength-1
 		}
 		if verifyPrefix && s.total >= 0 {
-			if rng.start >= s.total {
+			if rng.Start >= s.total {
 				w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", s.total))
 				writeError(w, r, http.StatusRequestedRangeNotSatisfiable, codeRangeInvalid,
-					fmt.Sprintf("range %s: blob %s is %d bytes", rng.header(), t.dgst, s.total))
+					fmt.Sprintf("range %s: blob %s is %d bytes", rng, t.dgst, s.total))
 				return
 			}
-			skip, status = rng.start, http.StatusPartialContent
+			skip, status = rng.Start, http.StatusPartialContent
 		}
 		// With the length unknown the whole blob goes out as 200, which
 		// registry clients accept in answer to a Range.
 	case status == http.StatusPartialContent && hasRange && !verifyPrefix:
-		cr, err := parseContentRange(resp.Header.Get("Content-Range"))
-		if err == nil && (cr.start != rng.start || cr.end > rng.end) {
-			err = fmt.Errorf("asked for %s, got %s", rng.header(), cr)
+		cr, err := httpclient.ParseContentRange(resp.Header.Get("Content-Range"))
+		if err == nil && (cr.Start != rng.Start || cr.End > rng.End) {
+			err = fmt.Errorf("asked for %s, got %s", rng, cr)
 		}
-		if err == nil && resp.ContentLength >= 0 && resp.ContentLength != cr.end-cr.start+1 {
+		if err == nil && resp.ContentLength >= 0 && resp.ContentLength != cr.End-cr.Start+1 {
 			err = fmt.Errorf("Content-Length %d does not match %s", resp.ContentLength, cr)
 		}
 		if err != nil {
 			m.unavailable(ctx, w, r, t, fmt.Errorf("datastore range answer: %w", err))
 			return
 		}
-		s.start, s.end, s.total = cr.start, cr.end, cr.total
+		s.start, s.end, s.total = cr.Start, cr.End, cr.Total
 	default:
 		m.passError(ctx, w, r, resp)
 		return
@@ -100,7 +102,7 @@ func (m *Mirror) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.R
 		h.Set("Content-Type", "application/octet-stream")
 	}
 	if status == http.StatusPartialContent {
-		h.Set("Content-Range", contentRange{start: s.start + skip, end: s.end, total: s.total}.String())
+		h.Set("Content-Range", httpclient.ContentRange{Start: s.start + skip, End: s.end, Total: s.total}.String())
 	}
 	if s.end >= 0 {
 		h.Set("Content-Length", strconv.FormatInt(s.end-s.start-skip+1, 10))

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/localds/localds/internal/httpclient"
 )
 
 // The datastore name EVE-OS documents; unit tests reach it on loopback
@@ -155,13 +157,13 @@ func (f *fakeRegistry) serveBlob(w http.ResponseWriter, r *http.Request, b []byt
 		return
 	}
 	status, body := http.StatusOK, b
-	if rng, ok := parseRange(r.Header.Get("Range")); ok {
+	if rng, ok := httpclient.ParseRange(r.Header.Get("Range")); ok {
 		end := int64(len(b)) - 1
-		if rng.end >= 0 && rng.end < end {
-			end = rng.end
+		if rng.End >= 0 && rng.End < end {
+			end = rng.End
 		}
-		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", rng.start, end, len(b)))
-		status, body = http.StatusPartialContent, b[rng.start:end+1]
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", rng.Start, end, len(b)))
+		status, body = http.StatusPartialContent, b[rng.Start:end+1]
 	}
 	if !f.chunked {
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))

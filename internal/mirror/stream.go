@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+
+	"github.com/localds/localds/internal/httpclient"
 )
 
 // stream reads bytes [start, end] of one blob from the datastore as one
@@ -140,7 +142,7 @@ func (s *stream) resume() error {
 // answer is exactly that.
 func (s *stream) open(off int64) error {
 	hdr := s.hdr.Clone()
-	hdr.Set("Range", byteRange{start: off, end: s.end}.header())
+	hdr.Set("Range", httpclient.Range{Start: off, End: s.end}.String())
 	p, err := s.m.openPiece(s.ctx, http.MethodGet, s.t.host, s.t.upstreamPath(), hdr)
 	if err != nil {
 		return err
@@ -148,7 +150,7 @@ func (s *stream) open(off int64) error {
 	resp := p.resp
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
-		cr, err := parseContentRange(resp.Header.Get("Content-Range"))
+		cr, err := httpclient.ParseContentRange(resp.Header.Get("Content-Range"))
 		if err == nil {
 			err = s.checkResumed(cr, resp.ContentLength)
 		}
@@ -178,23 +180,23 @@ func (s *stream) open(off int64) error {
 }
 
 // checkResumed accepts a 206 only if it continues the stream exactly.
-func (s *stream) checkResumed(cr contentRange, contentLength int64) error {
+func (s *stream) checkResumed(cr httpclient.ContentRange, contentLength int64) error {
 	off := s.start + s.got
 	switch {
-	case cr.start != off:
+	case cr.Start != off:
 		return fmt.Errorf("asked for offset %d, got %s", off, cr)
-	case s.total >= 0 && cr.total >= 0 && cr.total != s.total:
-		return fmt.Errorf("blob is now %d bytes, was %d", cr.total, s.total)
-	case s.end >= 0 && cr.end != s.end:
+	case s.total >= 0 && cr.Total >= 0 && cr.Total != s.total:
+		return fmt.Errorf("blob is now %d bytes, was %d", cr.Total, s.total)
+	case s.end >= 0 && cr.End != s.end:
 		return fmt.Errorf("asked for bytes up to %d, got %s", s.end, cr)
-	case s.end < 0 && cr.total >= 0 && cr.end != cr.total-1:
+	case s.end < 0 && cr.Total >= 0 && cr.End != cr.Total-1:
 		return fmt.Errorf("asked for the rest of the blob, got %s", cr)
-	case contentLength >= 0 && contentLength != cr.end-cr.start+1:
+	case contentLength >= 0 && contentLength != cr.End-cr.Start+1:
 		return fmt.Errorf("Content-Length %d does not match %s", contentLength, cr)
 	}
 	if s.total < 0 {
-		s.total = cr.total
+		s.total = cr.Total
 	}
-	s.end = cr.end
+	s.end = cr.End
 	return nil
 }

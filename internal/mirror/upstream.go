@@ -14,7 +14,7 @@ import (
 
 	"github.com/containerd/log"
 
-	"github.com/localds/localds/resolver"
+	"github.com/localds/localds/internal/httpclient"
 )
 
 // Scheme says how the mirror talks to a datastore. containerd tells the
@@ -44,9 +44,7 @@ const (
 	// plainMemory is how long SchemeAuto remembers that a host speaks
 	// plain HTTP.
 	plainMemory = 10 * time.Minute
-	// maxRedirects bounds redirects from a datastore (to blob storage).
-	maxRedirects = 5
-	userAgent    = "localds-mirror"
+	userAgent   = "localds-mirror"
 )
 
 // forwardedRequestHeaders are the client headers the datastore needs: the
@@ -75,15 +73,15 @@ type upstream struct {
 }
 
 func newUpstream(opts Options, forget func(host string)) *upstream {
-	var tlsConf *tls.Config
-	if opts.TLS != nil {
-		tlsConf = opts.TLS.Clone()
+	tlsConf := opts.TLS
+	if tlsConf == nil {
+		tlsConf, _ = httpclient.ClientTLS("") // the system roots: cannot fail
 	}
 	tr := &http.Transport{
 		// No proxy: datastores sit on internal bridges that no proxy reaches.
 		Proxy:                 nil,
 		DialContext:           opts.DialContext,
-		TLSClientConfig:       tlsConf,
+		TLSClientConfig:       tlsConf.Clone(),
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: opts.ResponseHeaderTimeout,
 		MaxIdleConnsPerHost:   16,
@@ -95,18 +93,9 @@ func newUpstream(opts Options, forget func(host string)) *upstream {
 	u := &upstream{transport: tr, scheme: opts.Scheme, forget: forget, plain: map[string]time.Time{}}
 	u.client = &http.Client{
 		Transport: tr,
-		// Redirects are followed only to .local hosts: the mirror is a
-		// door to datastores on internal bridges, not an open proxy a
-		// datastore could point at any address.
-		CheckRedirect: func(req *http.Request, via []*http.Request) error {
-			if len(via) >= maxRedirects {
-				return fmt.Errorf("stopped after %d redirects", maxRedirects)
-			}
-			if !resolver.IsLocal(req.URL.Host) {
-				return fmt.Errorf("refusing redirect to %s: the mirror only talks to .local datastores", req.URL.Host)
-			}
-			return nil
-		},
+		// The mirror is a door to datastores on internal bridges, not an
+		// open proxy a datastore could point at any address.
+		CheckRedirect: httpclient.CheckRedirect,
 	}
 	return u
 }
