@@ -22,7 +22,8 @@ const copyBufSize = 64 << 10
 // serveBlob answers GET and HEAD of /v2/<name>/blobs/<digest>.
 func (m *Mirror) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.Request, t target) {
 	if m.prefetch != nil {
-		m.prefetch.wait(ctx, t.dgst)
+		// A blob being prefetched is answered from the store once it is in.
+		m.prefetch.inFlight.Wait(ctx, t.dgst)
 	}
 	if m.opts.Store != nil && m.serveFromStore(ctx, w, r, t) {
 		return

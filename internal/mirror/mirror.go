@@ -68,9 +68,8 @@ import (
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/log"
-	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/localds/localds/internal/prefetch"
 	"github.com/localds/localds/resolver"
 )
 
@@ -120,21 +119,12 @@ type Options struct {
 	// PrefetchTimeout bounds one prefetched blob; 0 means
 	// DefaultPrefetchTimeout.
 	PrefetchTimeout time.Duration
-	// StageLayer, if set, is offered every prefetched blob: a non-nil
-	// LayerStage copies the blob into the store itself, looking at it on
-	// the way (the daemon extracts layers while they download, see
-	// differ.Staging).
-	StageLayer func(ctx context.Context, desc ocispec.Descriptor) LayerStage
-}
-
-// LayerStage takes over copying one prefetched blob into the store. Copy
-// copies all of src to dst and reports only src's and dst's errors.
-// Commit is called once the blob is verified as the given digest and
-// stored, Abort otherwise; exactly one of them is called.
-type LayerStage interface {
-	Copy(dst io.Writer, src io.Reader) (int64, error)
-	Commit(verified digest.Digest)
-	Abort()
+	// Prefetches records the blobs being prefetched, and offers each to
+	// its Stager (the daemon's extracts layers while they download). The
+	// daemon shares it with the store containerd sees (prefetch.Store);
+	// nil with Prefetch means a Tracker of the mirror's own, without a
+	// Stager.
+	Prefetches *prefetch.Tracker
 }
 
 // Mirror is the http.Handler for /v2/. It is safe for concurrent use.
@@ -189,7 +179,11 @@ func New(opts Options) (*Mirror, error) {
 	}
 	m := &Mirror{opts: opts, up: newUpstream(opts, forget), bad: newBadBlobs(badBlobTTL, badBlobMax)}
 	if opts.Prefetch {
-		m.prefetch = newPrefetcher(m, opts.PrefetchConcurrency)
+		if opts.Prefetches == nil {
+			opts.Prefetches = prefetch.NewTracker(nil)
+			m.opts.Prefetches = opts.Prefetches
+		}
+		m.prefetch = newPrefetcher(m, opts.Prefetches, opts.PrefetchConcurrency)
 	}
 	return m, nil
 }
@@ -202,16 +196,6 @@ func (m *Mirror) Close() error {
 	}
 	m.up.transport.CloseIdleConnections()
 	return nil
-}
-
-// Prefetching returns a channel that is closed when the running prefetch
-// of dgst ends, or nil if dgst is not being prefetched (always nil without
-// Options.Prefetch).
-func (m *Mirror) Prefetching(dgst digest.Digest) <-chan struct{} {
-	if m.prefetch == nil {
-		return nil
-	}
-	return m.prefetch.running(dgst)
 }
 
 // ServeHTTP serves the registry API subset containerd pulls with.

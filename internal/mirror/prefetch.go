@@ -17,6 +17,8 @@ import (
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/localds/localds/internal/prefetch"
 )
 
 // Prefetch (Options.Prefetch): when the mirror serves an image manifest,
@@ -25,9 +27,10 @@ import (
 // containerd opens its writer for a blob that is already in the store it
 // skips the download: its metadata store asks the content backend (the
 // localds plugin) and, with the default "shared" content policy, only
-// records the blob. A blob request for a digest being prefetched waits for
-// the prefetch and is then answered from the store, so each blob crosses
-// the bridge once.
+// records the blob. Which blobs are in flight is recorded in
+// Options.Prefetches (package prefetch has the whole contract): a blob
+// request for a digest being prefetched waits for the prefetch and is
+// then answered from the store, so each blob crosses the bridge once.
 //
 // A prefetched blob that no pull adopts is not referenced by containerd's
 // metadata and is removed by containerd's next garbage collection.
@@ -41,25 +44,20 @@ const (
 	prefetchRefPrefix = "localds-prefetch-"
 )
 
+// prefetcher runs the mirror's prefetches; which blobs are in flight is
+// recorded in the shared prefetch.Tracker, not here.
 type prefetcher struct {
-	m     *Mirror
-	base  context.Context // cancelled by Mirror.Close
-	stop  context.CancelFunc
-	slots chan struct{}
-	wg    sync.WaitGroup
-
-	mu   sync.Mutex
-	jobs map[digest.Digest]*prefetchJob
+	m        *Mirror
+	inFlight *prefetch.Tracker
+	base     context.Context // cancelled by Mirror.Close
+	stop     context.CancelFunc
+	slots    chan struct{}
+	wg       sync.WaitGroup
 }
 
-type prefetchJob struct {
-	done chan struct{}
-	err  error // valid after done is closed
-}
-
-func newPrefetcher(m *Mirror, concurrency int) *prefetcher {
+func newPrefetcher(m *Mirror, inFlight *prefetch.Tracker, concurrency int) *prefetcher {
 	base, stop := context.WithCancel(context.Background())
-	return &prefetcher{m: m, base: base, stop: stop, slots: make(chan struct{}, concurrency), jobs: map[digest.Digest]*prefetchJob{}}
+	return &prefetcher{m: m, inFlight: inFlight, base: base, stop: stop, slots: make(chan struct{}, concurrency)}
 }
 
 // close stops running prefetches and waits (bounded) for them to end.
@@ -106,15 +104,11 @@ func (p *prefetcher) manifest(ctx context.Context, t target, hdr http.Header, me
 }
 
 func (p *prefetcher) start(ctx context.Context, t target, hdr http.Header, desc ocispec.Descriptor) {
-	p.mu.Lock()
-	if _, ok := p.jobs[desc.Digest]; ok {
-		p.mu.Unlock()
-		return
+	end, ok := p.inFlight.Begin(desc.Digest)
+	if !ok {
+		return // already being prefetched
 	}
-	job := &prefetchJob{done: make(chan struct{})}
-	p.jobs[desc.Digest] = job
 	p.wg.Add(1)
-	p.mu.Unlock()
 
 	// Detached from the manifest request, bounded by its own timeout and
 	// by the mirror's lifetime; the logger comes along.
@@ -134,37 +128,8 @@ func (p *prefetcher) start(ctx context.Context, t target, hdr http.Header, desc 
 		} else {
 			p.m.stats.prefetched.Add(1)
 		}
-		p.mu.Lock()
-		job.err = err
-		delete(p.jobs, desc.Digest)
-		p.mu.Unlock()
-		close(job.done)
+		end()
 	}()
-}
-
-// running returns the done channel of dgst's prefetch, nil if none runs.
-func (p *prefetcher) running(dgst digest.Digest) <-chan struct{} {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if job := p.jobs[dgst]; job != nil {
-		return job.done
-	}
-	return nil
-}
-
-// wait blocks while dgst is being prefetched (or until ctx ends), so the
-// request can then be answered from the store.
-func (p *prefetcher) wait(ctx context.Context, dgst digest.Digest) {
-	p.mu.Lock()
-	job := p.jobs[dgst]
-	p.mu.Unlock()
-	if job == nil {
-		return
-	}
-	select {
-	case <-job.done:
-	case <-ctx.Done():
-	}
 }
 
 // fetch streams one blob from the datastore (resuming like any blob
@@ -227,20 +192,18 @@ func (p *prefetcher) fetch(ctx context.Context, t target, hdr http.Header, desc 
 		dst = io.MultiWriter(cw, h)
 	}
 	copyBlob := func() (int64, error) { return io.CopyBuffer(dst, s, make([]byte, copyBufSize)) }
-	if p.m.opts.StageLayer != nil {
-		if stage := p.m.opts.StageLayer(ctx, desc); stage != nil {
-			staged := false
-			defer func() {
-				if !staged {
-					stage.Abort()
-				}
-			}()
-			// Published only once the blob is verified and committed,
-			// before the prefetch counts as done (containerd's Apply
-			// comes after that).
-			onCommit = func() { staged = true; stage.Commit(desc.Digest) }
-			copyBlob = func() (int64, error) { return stage.Copy(dst, s) }
-		}
+	if stage := p.inFlight.StageLayer(ctx, desc); stage != nil {
+		staged := false
+		defer func() {
+			if !staged {
+				stage.Abort()
+			}
+		}()
+		// Published only once the blob is verified and committed,
+		// before the prefetch counts as done (containerd's Apply
+		// comes after that).
+		onCommit = func() { staged = true; stage.Commit(desc.Digest) }
+		copyBlob = func() (int64, error) { return stage.Copy(dst, s) }
 	}
 	n, err := copyBlob()
 	if err != nil {

@@ -12,6 +12,8 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/plugins/content/local"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/localds/localds/internal/prefetch"
 )
 
 func newStore(t *testing.T) content.Store {
@@ -180,5 +182,41 @@ func TestPrefetchNeedsStore(t *testing.T) {
 	env := newTestEnv(t, newFakeRegistry(t), Options{})
 	if _, err := New(Options{DialContext: env.mirror.opts.DialContext, Prefetch: true}); err != errNoStore {
 		t.Errorf("Prefetch without Store: %v", err)
+	}
+}
+
+// TestPrefetchSharedTracker: the mirror records its prefetches in the
+// Tracker it is given (the daemon's store consults the same one) while
+// they run, and not after.
+func TestPrefetchSharedTracker(t *testing.T) {
+	reg := newFakeRegistry(t)
+	_, blobs := testImage(t, reg)
+	gate := make(chan struct{})
+	gated := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/blobs/") {
+			select {
+			case <-gate:
+			case <-time.After(10 * time.Second):
+			}
+		}
+		reg.ServeHTTP(w, r)
+	})
+	inFlight := prefetch.NewTracker(nil)
+	env := newTestEnv(t, gated, Options{Store: newStore(t), Prefetch: true, Prefetches: inFlight})
+	defer env.mirror.Close()
+
+	resp := env.do(t, http.MethodGet, env.url("/v2/app/manifests/1"), nil)
+	io.Copy(io.Discard, resp.Body)
+	for _, b := range blobs {
+		if inFlight.Running(b.Digest) == nil {
+			t.Errorf("blob %s not recorded as prefetching", b.Digest)
+		}
+	}
+	close(gate)
+	for _, b := range blobs {
+		waitFor(t, "the prefetch of "+b.Digest.String()+" to end", func() bool { return inFlight.Running(b.Digest) == nil })
+	}
+	if s := env.mirror.Stats(); s.Prefetched != 3 {
+		t.Errorf("stats after the prefetches ended: %+v", s)
 	}
 }

@@ -10,9 +10,18 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/localds/localds/internal/prefetch"
 )
 
-// recordingStage is a LayerStage that copies like the daemon's and
+// stagerFunc is a prefetch.Stager.
+type stagerFunc func(ctx context.Context, desc ocispec.Descriptor) prefetch.LayerStage
+
+func (f stagerFunc) StageLayer(ctx context.Context, desc ocispec.Descriptor) prefetch.LayerStage {
+	return f(ctx, desc)
+}
+
+// recordingStage is a prefetch.LayerStage that copies like the daemon's and
 // records what it saw and how it ended.
 type recordingStage struct {
 	mu       sync.Mutex
@@ -39,13 +48,14 @@ func TestPrefetchStagesBlobs(t *testing.T) {
 	reg.blobs[bad.Digest][10] ^= 1
 	var mu sync.Mutex
 	stages := map[digest.Digest]*recordingStage{}
-	env := newTestEnv(t, reg, Options{Store: newStore(t), Prefetch: true, StageLayer: func(ctx context.Context, desc ocispec.Descriptor) LayerStage {
+	stager := stagerFunc(func(ctx context.Context, desc ocispec.Descriptor) prefetch.LayerStage {
 		mu.Lock()
 		defer mu.Unlock()
 		st := &recordingStage{}
 		stages[desc.Digest] = st
 		return st
-	}})
+	})
+	env := newTestEnv(t, reg, Options{Store: newStore(t), Prefetch: true, Prefetches: prefetch.NewTracker(stager)})
 	defer env.mirror.Close()
 
 	resp := env.do(t, http.MethodGet, env.url("/v2/app/manifests/1"), nil)
