@@ -25,6 +25,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/localds/localds/internal/mdns"
 	"github.com/localds/localds/internal/snapshot"
 )
 
@@ -428,19 +429,10 @@ func checkFQDN(fqdn string) error {
 	if strings.Contains(host, ":") {
 		return bad("is an IPv6 address without brackets")
 	}
-	name := strings.TrimSuffix(host, ".")
-	if len(name) > 253 {
-		return bad("is longer than 253 characters")
-	}
-	for _, label := range strings.Split(name, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return bad("is not a valid host name")
-		}
-		for _, c := range []byte(label) {
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-				return bad("is not a valid host name")
-			}
-		}
+	// The one host-name rule, .local or not: RFC 1123 labels, any case,
+	// no underscore.
+	if err := mdns.CheckHostname(host); err != nil {
+		return bad(fmt.Sprintf("is not a valid host name: %v", err))
 	}
 	return nil
 }

@@ -143,6 +143,7 @@ func TestParseBad(t *testing.T) {
 		{"fqdn bad port", "[[datastore]]\nname = \"d\"\ntype = \"http\"\nfqdn = \"a.local:99999\"\n", "bad port"},
 		{"fqdn port text", "[[datastore]]\nname = \"d\"\ntype = \"http\"\nfqdn = \"a.local:http\"\n", "bad port"},
 		{"fqdn bad label", "[[datastore]]\nname = \"d\"\ntype = \"http\"\nfqdn = \"-a.local\"\n", "not a valid host name"},
+		{"fqdn underscore", "[[datastore]]\nname = \"d\"\ntype = \"http\"\nfqdn = \"d_s.local\"\n", "not a valid host name"},
 		{"path escapes", ds(`path = "../etc"`), "without '..'"},
 		{"duplicate datastore", ds("") + ds(""), `name "d" is used twice`},
 		{"token and user", ds("token = \"tok-secret\"\nusername = \"u\"\npassword = \"pw-secret\""), "either token or username"},
