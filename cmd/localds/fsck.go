@@ -9,10 +9,6 @@ import (
 	"github.com/localds/localds/internal/cas"
 )
 
-// defaultRoot is the node's persistent tree (EVE-OS's /persist); the CAS
-// lives at <root>/vault/cas.
-const defaultRoot = "/persist"
-
 func fsckCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "fsck",
@@ -22,7 +18,6 @@ func fsckCommand() *cli.Command {
 			"if anything is bad. With --remove, bad entries are deleted so the next pull\n" +
 			"fetches them again. Unfinished writes (ingest/) are counted, not checked.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "root", Value: defaultRoot, Usage: "localds root directory (the CAS is <root>/vault/cas)"},
 			&cli.BoolFlag{Name: "remove", Usage: "delete bad blobs and stray entries"},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {

@@ -14,7 +14,6 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"github.com/urfave/cli/v3"
 
 	"github.com/localds/localds/internal/cas"
 	"github.com/localds/localds/internal/testnet"
@@ -57,7 +56,8 @@ func corruptFile(t *testing.T, p string) {
 func runFsck(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	var out bytes.Buffer
-	app := &cli.Command{Name: "localds", Writer: &out, ErrWriter: &out, Commands: []*cli.Command{fsckCommand()}}
+	app := newApp()
+	app.Writer, app.ErrWriter = &out, &out
 	err := app.Run(context.Background(), append([]string{"localds", "fsck"}, args...))
 	return out.String(), err
 }

@@ -1,7 +1,7 @@
 // Command localds is the command line of localds: it resolves .local
 // datastores on the node's internal bridges, serves a datastore, pulls
 // images and manages volumes. Each subcommand lives in its own file and is
-// thin wiring over the library packages.
+// thin wiring over the library packages: flags in, a call, output out.
 package main
 
 import (
@@ -29,9 +29,9 @@ func newApp() *cli.Command {
 	return &cli.Command{
 		Name:  "localds",
 		Usage: "pull container images from .local datastores on the node's internal bridges",
-		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "debug", Usage: "log at debug level"},
-		},
+		// Declared once here, the ctr way; urfave/cli lets subcommands
+		// take them too (`localds volume ls --address S`).
+		Flags: globalFlags(),
 		Before: func(ctx context.Context, cmd *cli.Command) (context.Context, error) {
 			if cmd.Bool("debug") {
 				if err := log.SetLevel("debug"); err != nil {

@@ -10,14 +10,6 @@ import (
 	"github.com/localds/localds/resolver"
 )
 
-// interfaceFlag is shared by every subcommand that resolves .local names.
-func interfaceFlag() *cli.StringSliceFlag {
-	return &cli.StringSliceFlag{
-		Name:  "interface",
-		Usage: "glob of interface names to ask on (repeatable; default: every up Linux bridge with IPv4)",
-	}
-}
-
 func resolveCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "resolve",

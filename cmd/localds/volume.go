@@ -8,30 +8,19 @@ import (
 	"text/tabwriter"
 	"time"
 
-	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/snapshots"
-	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
-	"github.com/opencontainers/go-digest"
 	"github.com/urfave/cli/v3"
 
+	"github.com/localds/localds/internal/pull"
 	"github.com/localds/localds/internal/snapshot"
 )
-
-// labelGCRoot keeps a volume from containerd's garbage collector: a volume
-// is referenced by no image or container until one is created on it.
-const labelGCRoot = "containerd.io/gc.root"
 
 func volumeCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "volume",
 		Usage: "manage volumes: writable root filesystems <volumeUUID>#<generation> on the localds snapshotter",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "address", Aliases: []string{"a"}, Value: "/run/containerd/containerd.sock", Sources: cli.EnvVars("CONTAINERD_ADDRESS"), Usage: "containerd's socket"},
-			&cli.StringFlag{Name: "namespace", Aliases: []string{"n"}, Value: namespaces.Default, Sources: cli.EnvVars("CONTAINERD_NAMESPACE"), Usage: "containerd namespace"},
-			&cli.StringFlag{Name: "snapshotter", Value: "localds", Usage: "containerd's name of the localds snapshotter (its proxy_plugins entry)"},
-		},
 		Commands: []*cli.Command{
 			{
 				Name:      "create",
@@ -71,17 +60,6 @@ func volumeKeyArg(cmd *cli.Command) (string, error) {
 	return v.String(), nil
 }
 
-// containerdClient connects to containerd with the parent command's
-// --address and --namespace; ctx carries the namespace.
-func containerdClient(ctx context.Context, cmd *cli.Command) (*containerd.Client, context.Context, error) {
-	addr, ns := cmd.String("address"), cmd.String("namespace")
-	c, err := containerd.New(addr, containerd.WithDefaultNamespace(ns), containerd.WithTimeout(10*time.Second))
-	if err != nil {
-		return nil, ctx, fmt.Errorf("connect to containerd at %s: %w", addr, err)
-	}
-	return c, namespaces.WithNamespace(ctx, ns), nil
-}
-
 func volumeCreate(ctx context.Context, cmd *cli.Command) error {
 	key, err := volumeKeyArg(cmd)
 	if err != nil {
@@ -101,45 +79,24 @@ func volumeCreate(ctx context.Context, cmd *cli.Command) error {
 	} else if err != nil {
 		return fmt.Errorf("image %s: %w", ref, err)
 	}
-	sn := c.SnapshotService(snName)
-	place := "vault"
-	if cmd.Bool("novault") {
-		place = "novault"
-	}
 	start, announced := time.Now(), false
-	layers, err := createVolume(ctx, img, sn, snName, key, cmd.Bool("novault"), func(ev layerEvent) {
-		if !announced {
-			fmt.Fprintf(w, "unpacking %s into snapshotter %s (%d layers)\n", img.Name(), snName, ev.count)
-			announced = true
-		}
-		fmt.Fprintf(w, "  layer %d/%d %s %8s  %s\n", ev.index, ev.count, short(ev.diffID), humanSize(ev.size), ev.took.Round(time.Millisecond))
-	})
+	u := pull.Unpacker{
+		Snapshots:   c.SnapshotService(snName),
+		Snapshotter: snName,
+		Report: func(l pull.Layer) {
+			if !announced {
+				fmt.Fprintf(w, "unpacking %s into snapshotter %s (%d layers)\n", img.Name(), snName, l.Count)
+				announced = true
+			}
+			fmt.Fprintf(w, "  layer %d/%d %s %8s  %s\n", l.Index, l.Count, short(l.DiffID), humanSize(l.Size), l.Took.Round(time.Millisecond))
+		},
+	}
+	layers, err := u.CreateVolume(ctx, img, key, cmd.Bool("novault"))
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "volume %s created from %s (%s, %d layers) in %s\n", key, img.Name(), place, layers, time.Since(start).Round(time.Microsecond))
+	fmt.Fprintf(w, "volume %s created from %s (%s, %d layers) in %s\n", key, img.Name(), storagePlace(cmd.Bool("novault")), layers, time.Since(start).Round(time.Microsecond))
 	return nil
-}
-
-func short(d digest.Digest) string {
-	s := d.String()
-	if len(s) > 19 {
-		return s[:19]
-	}
-	return s
-}
-
-func humanSize(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 type volumeRow struct {
