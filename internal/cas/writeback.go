@@ -7,12 +7,9 @@ import (
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sys/unix"
-)
 
-// writebackChunk is how much written data may pile up in an ingest before
-// the kernel is asked to start writing it to disk.
-const writebackChunk = 8 << 20
+	"github.com/localds/localds/internal/writeback"
+)
 
 // Writer opens containerd's local-store writer and has the kernel write
 // its data back while it is written (sync_file_range), so that the fsync
@@ -37,7 +34,7 @@ func (s *store) ingestData(ref string) string {
 	return filepath.Join(s.dir, ingestDir, digest.FromString(ref).Encoded(), "data")
 }
 
-// writebackWriter starts the writeback of an ingest every writebackChunk
+// writebackWriter starts the writeback of an ingest every writeback.Chunk
 // bytes, through a descriptor of its own on the ingest's file, opened only
 // once a first hint is due (most blobs are smaller than that).
 type writebackWriter struct {
@@ -58,7 +55,7 @@ func (w *writebackWriter) Write(p []byte) (int, error) {
 		w.from, w.written = st.Offset-int64(n), st.Offset-int64(n)
 	}
 	w.written += int64(n)
-	if w.failed || w.written-w.from < writebackChunk {
+	if w.failed || w.written-w.from < writeback.Chunk {
 		return n, err
 	}
 	if w.f == nil {
@@ -70,7 +67,7 @@ func (w *writebackWriter) Write(p []byte) (int, error) {
 		w.f = f
 	}
 	// Only a hint: the commit's fsync reports any error that counts.
-	_ = unix.SyncFileRange(int(w.f.Fd()), w.from, w.written-w.from, unix.SYNC_FILE_RANGE_WRITE)
+	writeback.Start(w.f, w.from, w.written-w.from)
 	w.from = w.written
 	return n, err
 }
