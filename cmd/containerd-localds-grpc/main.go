@@ -1,7 +1,7 @@
 // Command containerd-localds-grpc is the daemon containerd loads as a proxy
 // plugin: containerd's content API over localds's CAS at <root>/vault/cas
 // and the localds snapshotter on one unix socket, and the .local registry
-// mirror, /healthz and /metrics on a loopback listener. It is thin wiring over package plugin: flags and the
+// mirror, /healthz and /metrics on a loopback listener. It is thin wiring over package daemon: flags and the
 // config file in, daemon.Serve until SIGTERM or SIGINT.
 package main
 
@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/containerd/log"
@@ -36,29 +37,17 @@ func newCommand() *cli.Command {
 		Usage: "serve localds's content store to containerd (proxy plugin) and the .local registry mirror",
 		Description: "Flags override the config file; the config file uses the flag names as TOML keys.\n" +
 			"containerd loads the socket with contrib/containerd/config.toml.",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Usage: "TOML config file (keys: root, address, mirror-listen, interface, hosts-dir, datastore-ca, snapshotter, prefetch, stage-layers, log-level)"},
-			&cli.StringFlag{Name: "root", Value: daemon.DefaultRoot, Usage: "localds root; the CAS is <root>/vault/cas"},
-			&cli.StringFlag{Name: "address", Value: daemon.DefaultAddress, Usage: "unix socket containerd connects to"},
-			&cli.StringFlag{Name: "mirror-listen", Value: daemon.DefaultMirrorListen, Usage: "address of the registry mirror, /healthz and /metrics (keep it on loopback)"},
-			&cli.StringSliceFlag{Name: "interface", Usage: "glob of bridge names to resolve .local hosts on (repeatable; default: every internal bridge)"},
-			&cli.StringFlag{Name: "hosts-dir", Usage: "containerd hosts.toml directory (e.g. /etc/containerd/certs.d); accepted, not used by the mirror yet (see --datastore-ca)"},
-			&cli.StringFlag{Name: "datastore-ca", Usage: "PEM file of CA certificates trusted, besides the system's, for HTTPS .local datastores (verified against the .local name)"},
-			&cli.BoolFlag{Name: "snapshotter", Value: true, Usage: "also serve the localds snapshotter on the socket (needs root and overlayfs; --snapshotter=false for content only)"},
-			&cli.BoolFlag{Name: "prefetch", Value: true, Usage: "when the mirror serves an image manifest, fetch its config and layers into the CAS at once, in parallel (--prefetch=false: only what containerd asks for)"},
-			&cli.BoolFlag{Name: "stage-layers", Value: true, Usage: "extract layers while they are prefetched (into <root>/vault/staging), so that applying one onto an empty snapshot on the same file system is a rename (--stage-layers=false: extract at apply)"},
-			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "trace, debug, info, warn or error"},
-		},
+		Flags: flags(),
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			if cmd.NArg() != 0 {
 				return fmt.Errorf("unexpected arguments %q (all settings are flags)", cmd.Args().Slice())
 			}
-			cfg, level, err := configFrom(cmd)
+			cfg, err := configFrom(cmd)
 			if err != nil {
 				return err
 			}
-			if err := log.SetLevel(level); err != nil {
-				return fmt.Errorf("--log-level %q: %w", level, err)
+			if err := log.SetLevel(cfg.LogLevel); err != nil {
+				return fmt.Errorf("--log-level %q: %w", cfg.LogLevel, err)
 			}
 			// containerd's own format (nanosecond timestamps), so the two
 			// logs line up.
@@ -70,62 +59,66 @@ func newCommand() *cli.Command {
 	}
 }
 
-// configFrom merges, per setting: the flag if given, else the config
-// file's value if set, else the flag's default.
-func configFrom(cmd *cli.Command) (daemon.Config, string, error) {
-	var fc daemon.FileConfig
+// flags are --config and one flag per setting of daemon.Config, named,
+// defaulted and described by it.
+func flags() []cli.Flag {
+	def := daemon.DefaultConfig()
+	fs := []cli.Flag{&cli.StringFlag{Name: "config", Usage: "TOML config file (keys: " + strings.Join(daemon.ConfigKeys(), ", ") + ")"}}
+	for _, s := range def.Settings() {
+		switch v := s.Field.(type) {
+		case *string:
+			fs = append(fs, &cli.StringFlag{Name: s.Key, Value: *v, Usage: s.Usage})
+		case *[]string:
+			fs = append(fs, &cli.StringSliceFlag{Name: s.Key, Value: *v, Usage: s.Usage})
+		case *bool:
+			fs = append(fs, &cli.BoolFlag{Name: s.Key, Value: *v, Usage: s.Usage})
+		default:
+			// A setting of a new type needs a case here; TestFlags fails first.
+			panic(fmt.Sprintf("daemon setting %s: no flag for %T", s.Key, v))
+		}
+	}
+	return fs
+}
+
+// configFrom is the daemon's configuration, per setting the flag if
+// given, else the config file's value if set, else the default; with the
+// mirror and services the settings ask for.
+func configFrom(cmd *cli.Command) (daemon.Config, error) {
+	cfg := daemon.DefaultConfig()
 	if path := cmd.String("config"); path != "" {
-		var err error
-		if fc, err = daemon.LoadConfigFile(path); err != nil {
-			return daemon.Config{}, "", err
+		if err := daemon.LoadConfigFile(path, &cfg); err != nil {
+			return daemon.Config{}, err
 		}
 	}
-	str := func(flag, file string) string {
-		if cmd.IsSet(flag) || file == "" {
-			return cmd.String(flag)
+	for _, s := range cfg.Settings() {
+		if !cmd.IsSet(s.Key) {
+			continue
 		}
-		return file
+		switch v := s.Field.(type) {
+		case *string:
+			*v = cmd.String(s.Key)
+		case *[]string:
+			*v = cmd.StringSlice(s.Key)
+		case *bool:
+			*v = cmd.Bool(s.Key)
+		}
 	}
-	ifaces := fc.Interface
-	if cmd.IsSet("interface") {
-		ifaces = cmd.StringSlice("interface")
+	if err := cfg.Validate(); err != nil {
+		return daemon.Config{}, err
 	}
-	cfg := daemon.Config{
-		Root:         str("root", fc.Root),
-		Address:      str("address", fc.Address),
-		MirrorListen: str("mirror-listen", fc.MirrorListen),
-		Interfaces:   ifaces,
-		HostsDir:     str("hosts-dir", fc.HostsDir),
-	}
-	mopts := mirror.Options{Prefetch: boolSetting(cmd, "prefetch", fc.Prefetch)}
-	// Staging needs the prefetch: the layers are extracted as it fetches.
-	cfg.StageLayers = mopts.Prefetch && boolSetting(cmd, "stage-layers", fc.StageLayers)
-	if ca := str("datastore-ca", fc.DatastoreCA); ca != "" {
-		tlsConf, err := daemon.DatastoreTLS(ca)
+	mopts := mirror.Options{Prefetch: cfg.Prefetch}
+	if cfg.DatastoreCA != "" {
+		tlsConf, err := daemon.DatastoreTLS(cfg.DatastoreCA)
 		if err != nil {
-			return daemon.Config{}, "", err
+			return daemon.Config{}, err
 		}
 		mopts.TLS = tlsConf
 	}
 	cfg.Mirror = daemon.RegistryMirror(mopts)
 	// The diff service only reads the CAS; it works with any snapshotter.
 	cfg.Services = append(cfg.Services, daemon.DiffService())
-	if boolSetting(cmd, "snapshotter", fc.Snapshotter) {
+	if cfg.Snapshotter {
 		cfg.Services = append(cfg.Services, daemon.SnapshotService())
 	}
-	for name, v := range map[string]string{"root": cfg.Root, "address": cfg.Address, "mirror-listen": cfg.MirrorListen} {
-		if v == "" {
-			return daemon.Config{}, "", fmt.Errorf("%s must not be empty", name)
-		}
-	}
-	return cfg, str("log-level", fc.LogLevel), nil
-}
-
-// boolSetting is the flag if given, else the config file's value if set,
-// else the flag's default.
-func boolSetting(cmd *cli.Command, flag string, file *bool) bool {
-	if !cmd.IsSet(flag) && file != nil {
-		return *file
-	}
-	return cmd.Bool(flag)
+	return cfg, nil
 }

@@ -125,6 +125,10 @@ func TestDaemonBadInput(t *testing.T) {
 	if err := os.WriteFile(syntax, []byte("root = [\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	oldKey := filepath.Join(dir, "old.toml")
+	if err := os.WriteFile(oldKey, []byte("hosts-dir = \"/etc/containerd/certs.d\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	notDir := filepath.Join(dir, "file")
 	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -138,6 +142,8 @@ func TestDaemonBadInput(t *testing.T) {
 		{"missing config", []string{"--config", filepath.Join(dir, "nope.toml")}, "nope.toml does not exist"},
 		{"unknown key", []string{"--config", typo}, "unknown key"},
 		{"syntax error", []string{"--config", syntax}, "line 1"},
+		{"removed key", []string{"--config", oldKey}, "hosts-dir was removed"},
+		{"removed flag", []string{"--hosts-dir", dir}, "flag provided but not defined: -hosts-dir"},
 		{"bad log level", []string{"--log-level", "loud"}, `--log-level "loud"`},
 		{"root is a file", []string{"--root", notDir}, "not a directory"},
 		{"arguments", []string{"extra"}, "unexpected arguments"},
@@ -161,35 +167,35 @@ func TestDaemonBadInput(t *testing.T) {
 // TestConfigPrecedence: flag > config file > default, per setting.
 func TestConfigPrecedence(t *testing.T) {
 	cfgFile := filepath.Join(t.TempDir(), "c.toml")
-	if err := os.WriteFile(cfgFile, []byte("root = \"/file-root\"\ninterface = [\"br*\"]\nhosts-dir = \"/file-hosts\"\nlog-level = \"debug\"\nsnapshotter = false\n"), 0o600); err != nil {
+	if err := os.WriteFile(cfgFile, []byte("root = \"/file-root\"\ninterface = [\"br*\"]\nmirror-listen = \"127.0.0.1:7000\"\nlog-level = \"debug\"\nsnapshotter = false\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	def := daemon.DefaultConfig()
 	run := func(args ...string) (daemon.Config, string) {
 		var cfg daemon.Config
-		var level string
 		cmd := newCommand()
 		cmd.Action = func(ctx context.Context, c *cli.Command) error {
 			var err error
-			cfg, level, err = configFrom(c)
+			cfg, err = configFrom(c)
 			return err
 		}
 		if err := cmd.Run(context.Background(), append([]string{"containerd-localds-grpc"}, args...)); err != nil {
 			t.Fatal(err)
 		}
-		return cfg, level
+		return cfg, cfg.LogLevel
 	}
 	cfg, level := run()
-	if cfg.Root != daemon.DefaultRoot || cfg.Address != daemon.DefaultAddress || cfg.MirrorListen != daemon.DefaultMirrorListen ||
-		cfg.Interfaces != nil || cfg.HostsDir != "" || level != "info" || cfg.Mirror == nil || len(cfg.Services) != 2 {
+	if cfg.Root != "/persist" || cfg.Address != "/run/localds/localds.sock" || cfg.MirrorListen != "127.0.0.1:5151" ||
+		cfg.Interfaces != nil || cfg.DatastoreCA != "" || level != "info" || cfg.Mirror == nil || len(cfg.Services) != 2 {
 		t.Fatalf("defaults: %+v %q", cfg, level)
 	}
 	cfg, level = run("--config", cfgFile)
-	if cfg.Root != "/file-root" || cfg.HostsDir != "/file-hosts" || !reflect.DeepEqual(cfg.Interfaces, []string{"br*"}) || level != "debug" ||
-		cfg.Address != daemon.DefaultAddress || len(cfg.Services) != 1 {
+	if cfg.Root != "/file-root" || cfg.MirrorListen != "127.0.0.1:7000" || !reflect.DeepEqual(cfg.Interfaces, []string{"br*"}) || level != "debug" ||
+		cfg.Address != def.Address || len(cfg.Services) != 1 {
 		t.Fatalf("from file: %+v %q", cfg, level)
 	}
 	cfg, level = run("--config", cfgFile, "--root", "/flag-root", "--interface", "bn1", "--interface", "bn2", "--log-level", "warn", "--snapshotter")
-	if cfg.Root != "/flag-root" || !reflect.DeepEqual(cfg.Interfaces, []string{"bn1", "bn2"}) || level != "warn" || cfg.HostsDir != "/file-hosts" || len(cfg.Services) != 2 {
+	if cfg.Root != "/flag-root" || !reflect.DeepEqual(cfg.Interfaces, []string{"bn1", "bn2"}) || level != "warn" || cfg.MirrorListen != "127.0.0.1:7000" || len(cfg.Services) != 2 {
 		t.Fatalf("flags over file: %+v %q", cfg, level)
 	}
 	// The diff service is always served; the snapshotter can be left out.
@@ -214,5 +220,49 @@ func TestConfigPrecedence(t *testing.T) {
 		if cfg, _ = run(tc.args...); cfg.StageLayers != tc.want {
 			t.Errorf("%q: StageLayers %v, want %v", tc.args, cfg.StageLayers, tc.want)
 		}
+	}
+}
+
+// TestFlags: every setting of daemon.Config is a flag with the setting's
+// default, and --config's help lists every key.
+func TestFlags(t *testing.T) {
+	def := daemon.DefaultConfig()
+	byName := map[string]cli.Flag{}
+	for _, f := range flags() {
+		byName[f.Names()[0]] = f
+	}
+	for _, s := range def.Settings() {
+		f, ok := byName[s.Key]
+		if !ok {
+			t.Errorf("setting %s has no flag", s.Key)
+			continue
+		}
+		var got any
+		switch f := f.(type) {
+		case *cli.StringFlag:
+			got = &f.Value
+		case *cli.StringSliceFlag:
+			got = &f.Value
+		case *cli.BoolFlag:
+			got = &f.Value
+		}
+		if !reflect.DeepEqual(got, s.Field) {
+			t.Errorf("flag --%s defaults to %v, the setting to %v", s.Key, got, s.Field)
+		}
+		if s.Usage == "" {
+			t.Errorf("setting %s has no usage", s.Key)
+		}
+	}
+	if len(byName) != len(def.Settings())+1 {
+		t.Errorf("%d flags for %d settings and --config", len(byName), len(def.Settings()))
+	}
+	usage := byName["config"].(*cli.StringFlag).Usage
+	for _, key := range daemon.ConfigKeys() {
+		if !strings.Contains(usage, key) {
+			t.Errorf("--config's help %q lacks %s", usage, key)
+		}
+	}
+	if !strings.Contains(usage, "stage-layers") {
+		t.Errorf("--config's help %q lacks stage-layers", usage)
 	}
 }

@@ -34,19 +34,31 @@ root = "/data"
 address = "/run/x/x.sock"
 mirror-listen = "127.0.0.1:6000"
 interface = ["br*", "bn1"]
-hosts-dir = "/etc/containerd/certs.d"
+datastore-ca = "/etc/localds/ca.pem"
 snapshotter = false
 log-level = "debug"
 `)
-	fc, err := daemon.LoadConfigFile(good)
-	no := false
-	want := daemon.FileConfig{Root: "/data", Address: "/run/x/x.sock", MirrorListen: "127.0.0.1:6000",
-		Interface: []string{"br*", "bn1"}, HostsDir: "/etc/containerd/certs.d", Snapshotter: &no, LogLevel: "debug"}
+	var fc daemon.Config
+	err := daemon.LoadConfigFile(good, &fc)
+	want := daemon.Config{Root: "/data", Address: "/run/x/x.sock", MirrorListen: "127.0.0.1:6000",
+		Interfaces: []string{"br*", "bn1"}, DatastoreCA: "/etc/localds/ca.pem", Snapshotter: false, LogLevel: "debug"}
 	if err != nil || !reflect.DeepEqual(fc, want) {
 		t.Fatalf("good config: %+v, %v", fc, err)
 	}
-	if fc, err := daemon.LoadConfigFile(write("empty.toml", "")); err != nil || !reflect.DeepEqual(fc, daemon.FileConfig{}) {
-		t.Fatalf("empty config: %+v, %v", fc, err)
+	var empty daemon.Config
+	if err := daemon.LoadConfigFile(write("empty.toml", ""), &empty); err != nil || !reflect.DeepEqual(empty, daemon.Config{}) {
+		t.Fatalf("empty config: %+v, %v", empty, err)
+	}
+	// Over the defaults: the file's keys replace them, false included;
+	// the rest (and an empty string) keep them.
+	over := daemon.DefaultConfig()
+	if err := daemon.LoadConfigFile(write("over.toml", "root = \"\"\nprefetch = false\naddress = \"/s.sock\"\n"), &over); err != nil {
+		t.Fatal(err)
+	}
+	wantOver := daemon.DefaultConfig()
+	wantOver.Prefetch, wantOver.Address = false, "/s.sock"
+	if !reflect.DeepEqual(over, wantOver) {
+		t.Fatalf("over the defaults: %+v, want %+v", over, wantOver)
 	}
 
 	for _, tc := range []struct {
@@ -58,11 +70,65 @@ log-level = "debug"
 		{"syntax", write("syntax.toml", "root = \"/data\"\naddress = \n"), "line 2", errdefs.IsInvalidArgument},
 		{"unknown key", write("typo.toml", "root = \"/data\"\nmirror_listen = \"x\"\n"), "mirror_listen", errdefs.IsInvalidArgument},
 		{"wrong type", write("type.toml", "interface = \"br0\"\n"), "line 1", errdefs.IsInvalidArgument},
+		{"removed key", write("old.toml", "hosts-dir = \"/etc/containerd/certs.d\"\n"), "hosts-dir was removed", errdefs.IsInvalidArgument},
 	} {
-		_, err := daemon.LoadConfigFile(tc.path)
+		cfg := daemon.DefaultConfig()
+		err := daemon.LoadConfigFile(tc.path, &cfg)
+		if !reflect.DeepEqual(cfg, daemon.DefaultConfig()) {
+			t.Errorf("%s: a bad file changed the config: %+v", tc.name, cfg)
+		}
 		if err == nil || !tc.is(err) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), tc.path) {
 			t.Errorf("%s: %v; want an error naming %s and saying %q", tc.name, err, tc.path, tc.want)
 		}
+	}
+}
+
+// TestConfigKeys: the keys are the toml tags of Config, every one
+// documented, and an unknown key's error lists them all (stage-layers
+// included: the list is derived, it cannot miss one).
+func TestConfigKeys(t *testing.T) {
+	want := []string{"root", "address", "mirror-listen", "interface", "datastore-ca", "snapshotter", "prefetch", "stage-layers", "log-level"}
+	if got := daemon.ConfigKeys(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("keys %q, want %q", got, want)
+	}
+	var cfg daemon.Config
+	for _, s := range cfg.Settings() {
+		if s.Usage == "" {
+			t.Errorf("%s has no usage", s.Key)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "typo.toml")
+	if err := os.WriteFile(path, []byte("stage_layers = true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := daemon.LoadConfigFile(path, &cfg)
+	if err == nil || !strings.Contains(err.Error(), "(valid keys: "+strings.Join(want, ", ")+")") {
+		t.Fatalf("unknown key: %v; want every valid key listed", err)
+	}
+}
+
+// TestConfigValidate: root, address and mirror-listen are needed; staging
+// rides on the prefetch.
+func TestConfigValidate(t *testing.T) {
+	def := daemon.DefaultConfig()
+	if err := def.Validate(); err != nil || !def.StageLayers {
+		t.Fatalf("defaults: %v, StageLayers %v", err, def.StageLayers)
+	}
+	for _, key := range []string{"root", "address", "mirror-listen"} {
+		cfg := daemon.DefaultConfig()
+		for _, s := range cfg.Settings() {
+			if s.Key == key {
+				*s.Field.(*string) = ""
+			}
+		}
+		if err := cfg.Validate(); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), key+" must not be empty") {
+			t.Errorf("empty %s: %v", key, err)
+		}
+	}
+	cfg := daemon.DefaultConfig()
+	cfg.Prefetch = false
+	if err := cfg.Validate(); err != nil || cfg.StageLayers {
+		t.Fatalf("without prefetch: %v, StageLayers %v", err, cfg.StageLayers)
 	}
 }
 

@@ -48,9 +48,9 @@ func TestContribContainerdConfig(t *testing.T) {
 		t.Fatalf("%s: %v", path, err)
 	}
 	want := map[string]proxy{
-		"localds-cas":          {"content", daemon.DefaultAddress},
-		daemon.SnapshotterName: {"snapshot", daemon.DefaultAddress},
-		daemon.DifferName:      {"diff", daemon.DefaultAddress},
+		"localds-cas":          {"content", daemon.DefaultConfig().Address},
+		daemon.SnapshotterName: {"snapshot", daemon.DefaultConfig().Address},
+		daemon.DifferName:      {"diff", daemon.DefaultConfig().Address},
 	}
 	if cfg.Version != 3 || !reflect.DeepEqual(cfg.DisabledPlugins, []string{"io.containerd.content.v1.content"}) || !reflect.DeepEqual(cfg.ProxyPlugins, want) {
 		t.Fatalf("%s: %+v", path, cfg)
@@ -86,7 +86,7 @@ func TestContribContainerdConfig(t *testing.T) {
 	for _, want := range []string{
 		`disabled_plugins = ['io.containerd.content.v1.content']`,
 		"[proxy_plugins.localds-cas]", "[proxy_plugins.localds]",
-		"type = 'content'", "type = 'snapshot'", "address = '" + daemon.DefaultAddress + "'",
+		"type = 'content'", "type = 'snapshot'", "address = '" + daemon.DefaultConfig().Address + "'",
 		"snapshotter = 'localds'",
 		"[proxy_plugins.localds-diff]", "type = 'diff'", "differ = 'localds-diff'",
 	} {
@@ -100,13 +100,16 @@ func TestContribContainerdConfig(t *testing.T) {
 // states the real defaults; the systemd unit starts the daemon on the
 // socket containerd's config names.
 func TestContribDaemonConfig(t *testing.T) {
-	fc, err := daemon.LoadConfigFile(filepath.Join(contribDir, "containerd", "containerd-localds-grpc.toml"))
-	if err != nil {
+	// Read over an empty config: every setting with a default must be
+	// stated in the file to show it.
+	var fc daemon.Config
+	if err := daemon.LoadConfigFile(filepath.Join(contribDir, "containerd", "containerd-localds-grpc.toml"), &fc); err != nil {
 		t.Fatal(err)
 	}
-	if fc.Root != daemon.DefaultRoot || fc.Address != daemon.DefaultAddress || fc.MirrorListen != daemon.DefaultMirrorListen ||
-		fc.Snapshotter == nil || !*fc.Snapshotter || fc.Prefetch == nil || !*fc.Prefetch || fc.LogLevel != "info" || fc.Interface != nil || fc.HostsDir != "" {
-		t.Fatalf("example config does not show the defaults: %+v", fc)
+	def := daemon.DefaultConfig()
+	def.ShutdownTimeout = 0 // not a setting
+	if !reflect.DeepEqual(fc, def) {
+		t.Fatalf("example config does not show the defaults: %+v, want %+v", fc, def)
 	}
 	unit, err := os.ReadFile(filepath.Join(contribDir, "systemd", "containerd-localds-grpc.service"))
 	if err != nil {
@@ -118,7 +121,7 @@ func TestContribDaemonConfig(t *testing.T) {
 			execStart = v
 		}
 	}
-	for _, want := range []string{"containerd-localds-grpc", "--address " + daemon.DefaultAddress, "--root " + daemon.DefaultRoot} {
+	for _, want := range []string{"containerd-localds-grpc", "--address " + def.Address, "--root " + def.Root} {
 		if !strings.Contains(execStart, want) {
 			t.Errorf("unit's ExecStart %q lacks %q", execStart, want)
 		}

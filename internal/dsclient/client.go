@@ -12,11 +12,11 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/localds/localds/internal/httpclient"
 )
 
 const (
-	// maxRedirects bounds a redirect chain (all on the same host).
-	maxRedirects = 10
 	// responseHeaderTimeout bounds the wait for a status line: a datastore
 	// on a bridge answers in milliseconds, one that went away never does.
 	responseHeaderTimeout = 30 * time.Second
@@ -24,13 +24,13 @@ const (
 
 // newClient builds the HTTP client for one source: dials through dial
 // (the .local resolver), verifies TLS against the URL's host name with
-// the datastore's chain, follows redirects only on the same host, and adds
+// the datastore's chain, follows redirects by httpclient's policy, and adds
 // credentials only to requests for the datastore's own host:port.
 //
 // dialed is told the remote address of every new connection, so errors
 // can name the address tried even when TLS fails before any request.
 func newClient(src Source, dial func(ctx context.Context, network, addr string) (net.Conn, error), dialed func(addr string)) (*http.Client, *http.Transport, error) {
-	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	tlsCfg, _ := httpclient.ClientTLS("") // the system roots: cannot fail
 	if src.Datastore != nil {
 		var err error
 		if tlsCfg, err = src.Datastore.TLSConfig(); err != nil {
@@ -81,39 +81,10 @@ func newClient(src Source, dial func(ctx context.Context, network, addr string) 
 	return client, tr, nil
 }
 
-// checkRedirect follows a redirect only to the same host name and never
-// from https down to http: a datastore that sends us elsewhere is either
-// misconfigured or hostile, and either way the user should see it.
+// checkRedirect is httpclient's redirect policy; a refused redirect is
+// final, another try would be refused the same way.
 func checkRedirect(req *http.Request, via []*http.Request) error {
-	if len(via) >= maxRedirects {
-		return permanent(fmt.Errorf("stopped after %d redirects: %w", maxRedirects, errdefs.ErrFailedPrecondition))
-	}
-	from := via[len(via)-1].URL
-	to := req.URL
-	sameHost := strings.EqualFold(strings.TrimSuffix(from.Hostname(), "."), strings.TrimSuffix(to.Hostname(), "."))
-	// http://h/ -> https://h/ changes the effective port but not the host.
-	upgrade := from.Scheme == "http" && to.Scheme == "https" && from.Port() == "" && to.Port() == ""
-	samePort := hostPort(from.Scheme, from.Port()) == hostPort(to.Scheme, to.Port()) || upgrade
-	if !sameHost || !samePort {
-		return permanent(fmt.Errorf("redirect %d from host %s to another host %s refused: %w",
-			req.Response.StatusCode, from.Host, to.Host, errdefs.ErrPermissionDenied))
-	}
-	if from.Scheme == "https" && to.Scheme != "https" {
-		return permanent(fmt.Errorf("redirect from %s to %s refused: it leaves https: %w",
-			from.Redacted(), to.Redacted(), errdefs.ErrPermissionDenied))
-	}
-	return nil
-}
-
-// hostPort is the effective port of a URL.
-func hostPort(scheme, port string) string {
-	if port != "" {
-		return port
-	}
-	if scheme == "https" {
-		return "443"
-	}
-	return "80"
+	return permanent(httpclient.CheckRedirect(req, via))
 }
 
 // authTransport adds the datastore's credentials to requests for its own
@@ -153,7 +124,7 @@ func (a *authTransport) ownHost(req *http.Request) bool {
 	if !strings.EqualFold(host, strings.TrimSuffix(req.URL.Hostname(), ".")) {
 		return false
 	}
-	return hostPort(req.URL.Scheme, port) == hostPort(req.URL.Scheme, req.URL.Port())
+	return httpclient.EffectivePort(req.URL.Scheme, port) == httpclient.EffectivePort(req.URL.Scheme, req.URL.Port())
 }
 
 // permanentError marks an error that a retry cannot fix (a refused

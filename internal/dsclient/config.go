@@ -7,9 +7,7 @@ package dsclient
 import (
 	"bytes"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -25,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/localds/localds/internal/httpclient"
 	"github.com/localds/localds/internal/mdns"
 	"github.com/localds/localds/internal/snapshot"
 )
@@ -286,8 +285,8 @@ func (d Datastore) Validate() error {
 		if d.Type == TypeHTTP {
 			return fmt.Errorf("datastore %q: cert_chain is set but type is http (use https): %w", d.Name, errdefs.ErrInvalidArgument)
 		}
-		if _, err := d.certPool(); err != nil {
-			return fmt.Errorf("datastore %q: %w", d.Name, err)
+		if _, err := httpclient.CAPool(d.CertChain); err != nil {
+			return fmt.Errorf("datastore %q: cert_chain: %w", d.Name, err)
 		}
 	}
 	return nil
@@ -345,57 +344,17 @@ func (d Datastore) ImageRef(rel string) (string, error) {
 	return d.FQDN + "/" + r.Context().RepositoryStr() + sep + r.Identifier(), nil
 }
 
-// TLSConfig is the client TLS configuration for the datastore: RootCAs from
-// CertChain, or the system pool when it is empty. ServerName is left to
-// net/http, which takes it from the URL host, so a certificate for the
+// TLSConfig is the client TLS configuration for the datastore, by
+// httpclient's trust rule: CertChain (inline PEM or a file path) replaces
+// the system roots, which apply only when it is empty. ServerName is left
+// to net/http, which takes it from the URL host, so a certificate for the
 // .local name verifies even though the dial goes to an IP.
 func (d Datastore) TLSConfig() (*tls.Config, error) {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if d.CertChain == "" {
-		return cfg, nil
-	}
-	pool, err := d.certPool()
+	cfg, err := httpclient.ClientTLS(d.CertChain)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", d, err)
+		return nil, fmt.Errorf("%s: cert_chain: %w", d, err)
 	}
-	cfg.RootCAs = pool
 	return cfg, nil
-}
-
-// certPool parses CertChain: inline PEM when it holds a PEM block, a file
-// path otherwise.
-func (d Datastore) certPool() (*x509.CertPool, error) {
-	data := []byte(d.CertChain)
-	src := "inline cert_chain"
-	if !strings.Contains(d.CertChain, "-----BEGIN") {
-		b, err := os.ReadFile(d.CertChain)
-		if err != nil {
-			return nil, fmt.Errorf("cert_chain: %w", err)
-		}
-		data, src = b, "cert_chain "+d.CertChain
-	}
-	pool := x509.NewCertPool()
-	n := 0
-	for rest := data; ; {
-		var blk *pem.Block
-		blk, rest = pem.Decode(rest)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue // a key or parameters in the bundle are not trusted
-		}
-		cert, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("%s: certificate %d: %v: %w", src, n+1, err, errdefs.ErrInvalidArgument)
-		}
-		pool.AddCert(cert)
-		n++
-	}
-	if n == 0 {
-		return nil, fmt.Errorf("%s holds no PEM certificate: %w", src, errdefs.ErrInvalidArgument)
-	}
-	return pool, nil
 }
 
 // checkFQDN accepts "host" or "host:port" (IPv6 in brackets), nothing with

@@ -732,22 +732,3 @@ func TestConcurrentFetchRefused(t *testing.T) {
 	}
 	checkDownload(t, d, dl, content)
 }
-
-func TestParseContentRange(t *testing.T) {
-	for v, want := range map[string][2]int64{
-		"bytes 0-9/10":   {0, 10},
-		"bytes 5-9/*":    {5, -1},
-		"bytes */10":     {-1, 10},
-		"bytes 10-10/11": {10, 11},
-	} {
-		s, tot, err := parseContentRange(v)
-		if err != nil || s != want[0] || tot != want[1] {
-			t.Errorf("%q: %d %d %v", v, s, tot, err)
-		}
-	}
-	for _, v := range []string{"", "bytes", "bytes 5-4/10", "bytes 0-10/10", "items 0-1/2", "bytes -1-2/3", "bytes 0-1/x"} {
-		if _, _, err := parseContentRange(v); err == nil {
-			t.Errorf("%q accepted", v)
-		}
-	}
-}

@@ -7,16 +7,13 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptrace"
-	"strconv"
-	"strings"
-	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
-)
 
-// errStalled cancels an attempt whose body stopped delivering bytes.
-var errStalled = errors.New("no data received within the stall timeout")
+	"github.com/localds/localds/internal/httpclient"
+	"github.com/localds/localds/internal/writeback"
+)
 
 // errTooBig marks a file over Options.MaxSize; what was fetched is dropped.
 var errTooBig = errors.New("file too big")
@@ -59,7 +56,7 @@ func (f *fetch) attempt(ctx context.Context, statePath string) error {
 				return err
 			}
 		} else {
-			req.Header.Set("Range", "bytes="+strconv.FormatInt(f.offset, 10)+"-")
+			req.Header.Set("Range", httpclient.Range{Start: f.offset, End: -1}.String())
 			if v != "" {
 				req.Header.Set("If-Range", v)
 			}
@@ -87,7 +84,8 @@ func (f *fetch) attempt(ctx context.Context, statePath string) error {
 			return permanent(err)
 		}
 	case http.StatusPartialContent:
-		start, total, err := parseContentRange(resp.Header.Get("Content-Range"))
+		cr, err := httpclient.ParseContentRange(resp.Header.Get("Content-Range"))
+		start, total := cr.Start, cr.Total
 		switch {
 		case err != nil:
 			return permanent(fmt.Errorf("206 with %w", err))
@@ -106,7 +104,7 @@ func (f *fetch) attempt(ctx context.Context, statePath string) error {
 			}
 		}
 	case http.StatusRequestedRangeNotSatisfiable:
-		_, total, _ := parseContentRange(resp.Header.Get("Content-Range"))
+		total, _ := httpclient.ParseUnsatisfiedRange(resp.Header.Get("Content-Range"))
 		if total >= 0 && total == f.offset {
 			return nil // we have it all; an earlier run stopped before verifying
 		}
@@ -120,22 +118,20 @@ func (f *fetch) attempt(ctx context.Context, statePath string) error {
 	if err := f.checkSize(f.st.Size); err != nil {
 		return err
 	}
-	return f.copyBody(ctx, resp, cancel)
+	return f.copyBody(resp, func() { cancel(httpclient.ErrStalled) })
 }
 
 // copyBody appends the body to the partial file and the hash, cutting the
-// connection when it stalls, and checks the length when it is known. Each
+// connection (cut) when it stalls, and checks the length when it is known. Each
 // chunk goes to disk first and to the hash after, so the hash only ever
 // covers bytes that are on disk; hashing runs on its own goroutine so it
 // overlaps receiving and writing the next chunk.
-func (f *fetch) copyBody(ctx context.Context, resp *http.Response, cancel context.CancelCauseFunc) error {
+func (f *fetch) copyBody(resp *http.Response, cut func()) error {
 	if _, err := f.f.Seek(f.offset, io.SeekStart); err != nil {
 		return permanent(fmt.Errorf("seek %s: %w", f.f.Name(), err))
 	}
-	stall := f.d.opts.StallTimeout
-	timer := time.AfterFunc(stall, func() { cancel(errStalled) })
-	defer timer.Stop()
-	body := &stallReader{r: resp.Body, timer: timer, d: stall}
+	body := httpclient.NewStallReader(resp.Body, f.d.opts.StallTimeout, cut)
+	defer body.Stop()
 	// With a sink the bytes go there, unhashed (the sink verifies them),
 	// read into its own buffers if it lends them; otherwise to the partial
 	// file and the hash.
@@ -171,8 +167,8 @@ func (f *fetch) copyBody(ctx context.Context, resp *http.Response, cancel contex
 			if err := f.checkSize(f.offset); err != nil {
 				return err
 			}
-			if f.offset-flushed >= writebackChunk && f.src.Sink == nil {
-				startWriteback(f.f, flushed, f.offset-flushed)
+			if f.offset-flushed >= writeback.Chunk && f.src.Sink == nil {
+				writeback.Start(f.f, flushed, f.offset-flushed)
 				flushed = f.offset
 			}
 			f.progress(PhaseDownload, f.offset, f.st.Size)
@@ -183,9 +179,6 @@ func (f *fetch) copyBody(ctx context.Context, resp *http.Response, cancel contex
 			break
 		}
 		if rerr != nil {
-			if cause := context.Cause(ctx); errors.Is(cause, errStalled) {
-				return fmt.Errorf("after %d bytes: %w", f.offset-start, errStalled)
-			}
 			return fmt.Errorf("after %d bytes: %w", f.offset-start, rerr)
 		}
 	}
@@ -198,10 +191,6 @@ func (f *fetch) copyBody(ctx context.Context, resp *http.Response, cancel contex
 	return nil
 }
 
-// writebackChunk is how much written data may pile up before the kernel
-// is asked to start writing it to disk.
-const writebackChunk = 8 << 20
-
 // fill reads until buf is full or r fails; io.EOF means a clean end.
 func fill(r io.Reader, buf []byte) (int, error) {
 	n := 0
@@ -213,21 +202,6 @@ func fill(r io.Reader, buf []byte) (int, error) {
 		}
 	}
 	return n, nil
-}
-
-// stallReader re-arms the stall timer on every read that returns data.
-type stallReader struct {
-	r     io.Reader
-	timer *time.Timer
-	d     time.Duration
-}
-
-func (s *stallReader) Read(p []byte) (int, error) {
-	n, err := s.r.Read(p)
-	if n > 0 {
-		s.timer.Reset(s.d)
-	}
-	return n, err
 }
 
 // progressReader reports bytes read so far (re-hashing a partial file).
@@ -244,36 +218,4 @@ func (p *progressReader) Read(b []byte) (int, error) {
 		p.report(p.n)
 	}
 	return n, err
-}
-
-// parseContentRange reads "bytes START-END/TOTAL" or "bytes */TOTAL";
-// total is -1 for "*". For the unsatisfied form start is -1.
-func parseContentRange(v string) (start, total int64, err error) {
-	rest, ok := strings.CutPrefix(v, "bytes ")
-	if !ok {
-		return -1, -1, fmt.Errorf("bad Content-Range %q", v)
-	}
-	rng, tot, ok := strings.Cut(rest, "/")
-	if !ok {
-		return -1, -1, fmt.Errorf("bad Content-Range %q", v)
-	}
-	total = -1
-	if tot != "*" {
-		if total, err = strconv.ParseInt(tot, 10, 64); err != nil || total < 0 {
-			return -1, -1, fmt.Errorf("bad Content-Range %q", v)
-		}
-	}
-	if rng == "*" {
-		return -1, total, nil
-	}
-	s, e, ok := strings.Cut(rng, "-")
-	if !ok {
-		return -1, -1, fmt.Errorf("bad Content-Range %q", v)
-	}
-	start, err1 := strconv.ParseInt(s, 10, 64)
-	end, err2 := strconv.ParseInt(e, 10, 64)
-	if err1 != nil || err2 != nil || start < 0 || end < start || (total >= 0 && end >= total) {
-		return -1, -1, fmt.Errorf("bad Content-Range %q", v)
-	}
-	return start, total, nil
 }
