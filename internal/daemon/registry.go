@@ -5,15 +5,16 @@ import (
 	"fmt"
 	"net/http"
 
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-
 	"github.com/localds/localds/internal/mirror"
 )
 
 // RegistryMirror is the MirrorFunc of the .local registry mirror (package
-// internal/mirror): opts with the daemon's Discoverer and content store filled
-// in where unset, and the mirror's counters exported on /metrics. The
-// daemon closes the mirror (its pooled datastore connections) at shutdown.
+// internal/mirror): opts with the daemon's Discoverer and content store
+// filled in where unset, its prefetches recorded in the daemon's
+// prefetch.Tracker (which the store containerd sees waits on, and which
+// hands layers to the staging), and the mirror's counters exported on
+// /metrics. The daemon closes the mirror (its pooled datastore
+// connections) at shutdown.
 func RegistryMirror(opts mirror.Options) MirrorFunc {
 	return func(ctx context.Context, d Deps) (http.Handler, error) {
 		if opts.Discoverer == nil && opts.DialContext == nil {
@@ -22,15 +23,9 @@ func RegistryMirror(opts mirror.Options) MirrorFunc {
 		if opts.Store == nil {
 			opts.Store = d.Store
 		}
-		if opts.StageLayer == nil && opts.Prefetch && d.Staging != nil {
-			// Layers are extracted while prefetched, for the diff service.
-			opts.StageLayer = func(ctx context.Context, desc ocispec.Descriptor) mirror.LayerStage {
-				if st := d.Staging.Begin(ctx, desc); st != nil {
-					return st
-				}
-				return nil // not a nil *differ.Stage in the interface
-			}
-		}
+		// Always the daemon's: a Tracker the store does not consult would
+		// break the prefetch contract (containerd downloading it twice).
+		opts.Prefetches = d.Prefetches
 		m, err := mirror.New(opts)
 		if err != nil {
 			return nil, err
