@@ -61,9 +61,6 @@ func NewResponder(cfg ResponderConfig) (*Responder, error) {
 	}, nil
 }
 
-// Host returns the fully qualified name answered for, e.g. "ds.local.".
-func (r *Responder) Host() string { return r.host }
-
 // Run answers until ctx is done, then says goodbye on every interface.
 func (r *Responder) Run(ctx context.Context) error {
 	t := time.NewTicker(r.poll)
