@@ -1,4 +1,4 @@
-// Package plugin is the daemon containerd loads as a proxy plugin: one unix
+// Package daemon is the daemon containerd loads as a proxy plugin: one unix
 // socket with containerd's gRPC APIs over localds's content store (and,
 // through Config.Services, more of them, e.g. the snapshotter), and one
 // loopback HTTP listener with the registry mirror, /healthz and /metrics.
@@ -32,14 +32,6 @@ import (
 	"github.com/localds/localds/resolver"
 )
 
-// Defaults of the daemon, as DESIGN.md's conventions fix them.
-const (
-	DefaultRoot            = "/persist"
-	DefaultAddress         = "/run/localds/localds.sock"
-	DefaultMirrorListen    = "127.0.0.1:5151"
-	DefaultShutdownTimeout = 10 * time.Second
-)
-
 // SocketMode lets root and the socket's group (containerd runs as root)
 // connect, nobody else.
 const SocketMode = 0o660
@@ -47,38 +39,6 @@ const SocketMode = 0o660
 // maxMsgSize matches containerd's own gRPC limits (16 MiB), so whatever a
 // containerd client sends to containerd it can send to us.
 const maxMsgSize = 16 << 20
-
-// Config is what the daemon serves and where.
-type Config struct {
-	// Root is the localds root; the CAS is <Root>/vault/cas. Default /persist.
-	Root string
-	// Address is the unix socket path. Default /run/localds/localds.sock.
-	Address string
-	// MirrorListen is the TCP address of the mirror, health and metrics
-	// listener. Default 127.0.0.1:5151; port 0 picks a free port (see Ready).
-	MirrorListen string
-	// Interfaces are the globs of bridges .local names are resolved on
-	// (resolver.Options.Interfaces); empty means every internal bridge.
-	Interfaces []string
-	// HostsDir is containerd's hosts.toml directory, given to the mirror
-	// builder in Deps (RegistryMirror does not use it yet).
-	HostsDir string
-	// Mirror builds the /v2/ handler; nil (or a nil handler) serves 404 for
-	// every /v2/ path (containerd then goes to the upstream itself).
-	Mirror MirrorFunc
-	// StageLayers extracts layers (tar, gzip, zstd) while the mirror
-	// prefetches them, into <Root>/vault/staging, for the diff service to
-	// move onto the snapshot (differ.Staging). Without it Deps.Staging is
-	// nil and layers are extracted at apply.
-	StageLayers bool
-	// Services are more gRPC APIs for the same socket (the snapshotter).
-	Services []ServiceFunc
-	// ShutdownTimeout bounds the graceful shutdown: in-flight requests
-	// that take longer are cut. Default 10s.
-	ShutdownTimeout time.Duration
-	// Ready, if set, is called once both listeners accept connections.
-	Ready func(Addrs)
-}
 
 // Addrs are the addresses the daemon actually listens on.
 type Addrs struct {
@@ -91,7 +51,6 @@ type Deps struct {
 	Root       string
 	Store      content.Store
 	Discoverer *resolver.Discoverer
-	HostsDir   string
 	// Metrics registers collectors on the daemon's /metrics.
 	Metrics prometheus.Registerer
 	// Staging is where the mirror's prefetch extracts layers for the diff
@@ -123,21 +82,6 @@ func (f RegisterFunc) Register(s *grpc.Server) error { return f(s) }
 
 // ServiceFunc builds a Service once the store is open.
 type ServiceFunc func(ctx context.Context, d Deps) (Service, error)
-
-func (c *Config) setDefaults() {
-	if c.Root == "" {
-		c.Root = DefaultRoot
-	}
-	if c.Address == "" {
-		c.Address = DefaultAddress
-	}
-	if c.MirrorListen == "" {
-		c.MirrorListen = DefaultMirrorListen
-	}
-	if c.ShutdownTimeout <= 0 {
-		c.ShutdownTimeout = DefaultShutdownTimeout
-	}
-}
 
 // server is one running daemon; it lives for one Serve call.
 type server struct {
@@ -202,7 +146,6 @@ func Serve(ctx context.Context, cfg Config) error {
 		Root:       cfg.Root,
 		Store:      store,
 		Discoverer: resolver.NewDiscoverer(resolver.Options{Interfaces: cfg.Interfaces}),
-		HostsDir:   cfg.HostsDir,
 		Metrics:    reg,
 	}
 
