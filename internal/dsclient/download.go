@@ -22,6 +22,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/localds/localds/internal/layout"
 )
 
 // Phase is the stage a pull is in, for progress display.
@@ -45,7 +47,7 @@ type Progress struct {
 
 // Defaults for Options.
 const (
-	DefaultRoot         = "/persist"
+	DefaultRoot         = layout.DefaultRoot
 	DefaultRetries      = 5
 	DefaultBackoff      = 200 * time.Millisecond
 	DefaultStallTimeout = 30 * time.Second
