@@ -3,7 +3,6 @@ package daemon
 import (
 	"bytes"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -16,6 +15,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/localds/localds/internal/httpclient"
 	"github.com/localds/localds/internal/layout"
 	"github.com/localds/localds/internal/mirror"
 )
@@ -50,9 +50,9 @@ type Config struct {
 	// Interfaces are the globs of bridges .local names are resolved on
 	// (resolver.Options.Interfaces); empty means every internal bridge.
 	Interfaces []string `toml:"interface" usage:"glob of bridge names to resolve .local hosts on (repeatable; default: every internal bridge)"`
-	// DatastoreCA is a PEM file of CAs the mirror trusts, besides the
-	// system's, for HTTPS datastores (see DatastoreTLS).
-	DatastoreCA string `toml:"datastore-ca" usage:"PEM file of CA certificates trusted, besides the system's, for HTTPS .local datastores (verified against the .local name)"`
+	// DatastoreCA is a PEM file of the only CAs the mirror trusts for
+	// HTTPS datastores (see DatastoreTLS).
+	DatastoreCA string `toml:"datastore-ca" usage:"PEM file of the CA certificates trusted for HTTPS .local datastores, instead of the system's (verified against the .local name)"`
 	// Snapshotter asks the command to add SnapshotService to Services.
 	Snapshotter bool `toml:"snapshotter" usage:"also serve the localds snapshotter on the socket (needs root and overlayfs; --snapshotter=false for content only)"`
 	// Prefetch asks the command's registry mirror to prefetch
@@ -233,31 +233,15 @@ func configFileError(path string, err error) error {
 	}
 }
 
-// maxCAFileSize bounds a CA bundle: a few certificates, not megabytes.
-const maxCAFileSize = 1 << 20
-
 // DatastoreTLS is the mirror's TLS client configuration for HTTPS
-// datastores: the system's CAs plus the PEM certificates in caFile (a
-// private CA of the datastores, e.g. one made for their .local names).
+// datastores, by httpclient's trust rule: the PEM certificates in caFile
+// (a private CA of the datastores, e.g. one made for their .local names)
+// replace the system's CAs, since no public CA issues .local names.
 // Certificates are still verified against the .local name.
 func DatastoreTLS(caFile string) (*tls.Config, error) {
-	st, err := os.Stat(caFile)
+	cfg, err := httpclient.ClientTLS(caFile)
 	if err != nil {
 		return nil, fmt.Errorf("datastore CA file: %w", err)
 	}
-	if st.IsDir() || st.Size() > maxCAFileSize {
-		return nil, fmt.Errorf("datastore CA file %s: not a PEM bundle (directory or over %d bytes): %w", caFile, maxCAFileSize, errdefs.ErrInvalidArgument)
-	}
-	pem, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, fmt.Errorf("datastore CA file: %w", err)
-	}
-	pool, err := x509.SystemCertPool()
-	if err != nil || pool == nil {
-		pool = x509.NewCertPool()
-	}
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("datastore CA file %s holds no PEM certificate: %w", caFile, errdefs.ErrInvalidArgument)
-	}
-	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+	return cfg, nil
 }

@@ -133,7 +133,7 @@ func TestConfigValidate(t *testing.T) {
 }
 
 // TestDatastoreTLS: the CA file's certificates verify a datastore
-// certificate for its .local name (besides the system's CAs); a missing,
+// certificate for its .local name (in place of the system's CAs); a missing,
 // directory or non-PEM file is a clear error.
 func TestDatastoreTLS(t *testing.T) {
 	dir := t.TempDir()
