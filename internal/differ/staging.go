@@ -169,6 +169,8 @@ func (s *Staging) Begin(ctx context.Context, desc ocispec.Descriptor) *Stage {
 	return startStage(ctx, s, desc, dir)
 }
 
+var _ prefetch.Stager = (*Staging)(nil)
+
 // StageLayer is Begin as the prefetch asks for it (prefetch.Stager): nil
 // stays an untyped nil when desc is not staged.
 func (s *Staging) StageLayer(ctx context.Context, desc ocispec.Descriptor) prefetch.LayerStage {
