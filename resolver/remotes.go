@@ -10,6 +10,8 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/containerd/errdefs"
+
+	"github.com/localds/localds/internal/httpclient"
 )
 
 // RemoteOptions configure New.
@@ -43,7 +45,9 @@ type RemoteOptions struct {
 // A .local host without a hosts.toml entry is tried over HTTPS first and
 // falls back to plain HTTP, as containerd does for localhost: datastores
 // on internal bridges mostly serve plain HTTP, and a TLS one still has its
-// certificate checked against the .local name.
+// certificate checked against the .local name. Redirects from a .local
+// host are followed only to the same host and port and never from https
+// to http, as in localds's other datastore clients.
 func New(ctx context.Context, opts RemoteOptions) (remotes.Resolver, error) {
 	disc := opts.Discoverer
 	if disc == nil {
@@ -80,18 +84,25 @@ func New(ctx context.Context, opts RemoteOptions) (remotes.Resolver, error) {
 
 	hosts := func(host string) ([]docker.RegistryHost, error) {
 		rhosts, err := configured(host)
-		if err != nil || opts.PlainHTTP || !IsLocal(host) {
+		if err != nil {
 			return rhosts, err
 		}
+		fallback := !opts.PlainHTTP && IsLocal(host)
 		if dir, _ := hostDir(host); dir != "" {
-			return rhosts, nil // hosts.toml decides the scheme
+			fallback = false // hosts.toml decides the scheme
 		}
 		for i := range rhosts {
-			if rhosts[i].Scheme == "https" && IsLocal(rhosts[i].Host) {
-				c := *rhosts[i].Client
-				c.Transport = docker.NewHTTPFallback(c.Transport)
-				rhosts[i].Client = &c
+			if !IsLocal(rhosts[i].Host) {
+				continue // other registries keep containerd's client (Docker Hub sends blobs to a CDN)
 			}
+			c := *rhosts[i].Client
+			// A datastore is held to the datastore clients' redirect policy:
+			// the same host and port, never down from https.
+			c.CheckRedirect = httpclient.CheckRedirect
+			if fallback && rhosts[i].Scheme == "https" {
+				c.Transport = docker.NewHTTPFallback(c.Transport)
+			}
+			rhosts[i].Client = &c
 		}
 		return rhosts, nil
 	}

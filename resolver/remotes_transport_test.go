@@ -2,6 +2,7 @@ package resolver_test
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -77,5 +78,57 @@ func TestRemoteTransport(t *testing.T) {
 			}
 			t.Fatalf("the transport saw %q, want %q among them", rec.seen, tc.want)
 		})
+	}
+}
+
+// TestRemoteRedirects: a .local registry's redirects are followed only on
+// its own host and port; another registry keeps containerd's (a CDN
+// redirect is how Docker Hub serves blobs).
+func TestRemoteRedirects(t *testing.T) {
+	var srvURL string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/v2/":
+		case "/v2/same/manifests/1":
+			http.Redirect(w, r, "/v2/moved/manifests/1", http.StatusFound)
+		case "/v2/other/manifests/1":
+			http.Redirect(w, r, "http://other.local:"+srvURL[strings.LastIndex(srvURL, ":")+1:]+"/v2/moved/manifests/1", http.StatusFound)
+		case "/v2/ip/manifests/1":
+			http.Redirect(w, r, srvURL+"/v2/moved/manifests/1", http.StatusFound)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	srvURL = srv.URL
+	// Every host name reaches srv; the recorder notes where requests went.
+	rec := &recorder{next: &http.Transport{DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, strings.TrimPrefix(srv.URL, "http://"))
+	}}}
+	r, err := resolver.New(context.Background(), resolver.RemoteOptions{PlainHTTP: true,
+		Transport: func(http.RoundTripper) http.RoundTripper { return rec }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := srv.URL[strings.LastIndex(srv.URL, ":")+1:]
+	ds := "ds.local:" + port
+	if _, _, err := r.Resolve(context.Background(), ds+"/same:1"); !errdefs.IsNotFound(err) {
+		t.Errorf("redirect on the same host: %v, want it followed to a 404", err)
+	}
+	for _, repo := range []string{"other", "ip"} {
+		if _, _, err := r.Resolve(context.Background(), ds+"/"+repo+":1"); !errdefs.IsPermissionDenied(err) {
+			t.Errorf("redirect from %s to another host (%s): %v, want permission denied", ds, repo, err)
+		}
+	}
+	rec.mu.Lock()
+	for _, s := range rec.seen {
+		if !strings.HasPrefix(s, "http://"+ds+"/") {
+			t.Errorf("a refused redirect was followed: %s", s)
+		}
+	}
+	rec.mu.Unlock()
+	// Not a .local registry: containerd's policy, the redirect is followed.
+	if _, _, err := r.Resolve(context.Background(), "127.0.0.1:"+port+"/other:1"); !errdefs.IsNotFound(err) {
+		t.Errorf("a non-.local registry's redirect: %v, want it followed to a 404", err)
 	}
 }
