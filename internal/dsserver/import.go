@@ -18,6 +18,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/localds/localds/internal/reponame"
 )
 
 // maxArchiveEntries bounds the work one archive can cause.
@@ -176,7 +178,7 @@ func importRef(ref, fallback string) (name.Tag, error) {
 		}
 		repo = strings.ToLower(strings.Join(parts, "/"))
 	}
-	if !repoPattern.MatchString(repo) || !tagPattern.MatchString(tag) {
+	if reponame.CheckRepository(repo) != nil || reponame.CheckTag(tag) != nil {
 		return name.Tag{}, fmt.Errorf("cannot name image %q (repository %q, tag %q)", ref, repo, tag)
 	}
 	return name.NewTag("localds.invalid/"+repo+":"+tag, name.StrictValidation)

@@ -13,19 +13,18 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 
 	"github.com/containerd/log"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/localds/localds/internal/reponame"
 )
 
 // maxManifestSize is the largest manifest accepted (distribution's limit).
 const maxManifestSize = 4 << 20
-
-var tagPattern = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$`)
 
 // manifestStore makes go-containerregistry's in-memory manifests durable.
 // Every accepted manifest is written to disk before ggcr's registry hears
@@ -108,7 +107,7 @@ func (m *manifestStore) put(w http.ResponseWriter, req *http.Request, repo, ref 
 			writeRegError(w, http.StatusBadRequest, "DIGEST_INVALID", fmt.Sprintf("manifest content has %s, pushed as %s", got, want))
 			return
 		}
-	} else if !tagPattern.MatchString(ref) {
+	} else if reponame.CheckTag(ref) != nil {
 		writeRegError(w, http.StatusBadRequest, "TAG_INVALID", fmt.Sprintf("invalid tag %q", ref))
 		return
 	} else {
@@ -224,7 +223,7 @@ func (m *manifestStore) delete(w http.ResponseWriter, req *http.Request, repo, r
 			}
 		}
 		os.Remove(m.revisionPath(repo, h))
-	} else if tagPattern.MatchString(ref) {
+	} else if reponame.CheckTag(ref) == nil {
 		os.Remove(m.tagPath(repo, ref))
 	} else {
 		writeRegError(w, http.StatusBadRequest, "TAG_INVALID", fmt.Sprintf("invalid tag %q", ref))
@@ -275,7 +274,7 @@ func (m *manifestStore) load(ctx context.Context) error {
 		}
 		rel, _ := filepath.Rel(m.root, filepath.Dir(p))
 		repo := filepath.ToSlash(rel)
-		if !repoPattern.MatchString(repo) {
+		if reponame.CheckRepository(repo) != nil {
 			log.G(ctx).WithField("path", p).Warn("registry: skipping directory with an invalid repository name")
 			return fs.SkipDir
 		}
@@ -320,7 +319,7 @@ func (m *manifestStore) load(ctx context.Context) error {
 		repo, tag := t[0], t[1]
 		b, err := os.ReadFile(m.tagPath(repo, tag))
 		s, ok := byKey[repo+"@"+strings.TrimSpace(string(b))]
-		if err != nil || !ok || !tagPattern.MatchString(tag) {
+		if err != nil || !ok || reponame.CheckTag(tag) != nil {
 			log.G(ctx).WithFields(log.Fields{"repo": repo, "tag": tag}).Warn("registry: skipping stored tag")
 			continue
 		}

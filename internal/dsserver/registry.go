@@ -10,19 +10,16 @@ import (
 	stdlog "log"
 	"net/http"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	"github.com/containerd/log"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/localds/localds/internal/reponame"
 )
 
 var errNotFound = registry.ErrNotFound
-
-// repoPattern is the OCI distribution repository name grammar; it also
-// keeps "..", "." and empty components out of paths built from names.
-var repoPattern = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*$`)
 
 // Registry is an OCI distribution registry whose data lives on disk under
 // one directory. Manifests, tags, the catalog and referrers are
@@ -123,7 +120,7 @@ func (r *Registry) serve(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	if rt.repo != "" || (rt.kind != "base" && rt.kind != "catalog") {
-		if len(rt.repo) > 255 || !repoPattern.MatchString(rt.repo) {
+		if reponame.CheckRepository(rt.repo) != nil {
 			writeRegError(w, http.StatusBadRequest, "NAME_INVALID", fmt.Sprintf("invalid repository name %q", rt.repo))
 			return
 		}

@@ -4,12 +4,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"regexp"
 	"strconv"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/localds/localds/internal/reponame"
 	"github.com/localds/localds/resolver"
 )
 
@@ -17,19 +17,6 @@ import (
 const (
 	kindManifest = "manifests"
 	kindBlob     = "blobs"
-)
-
-// Limits from the distribution spec: a repository name is at most 255
-// characters (with its domain; the name alone cannot be longer), a tag at
-// most 128.
-const maxNameLen = 255
-
-var (
-	// pathComponent is the distribution grammar's path-component:
-	// alpha-numeric runs joined by one of the separators [_.], __ or -+.
-	pathComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$`)
-	// tagRe is the distribution grammar's tag.
-	tagRe = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 )
 
 // supportedAlgorithms are the digest algorithms the mirror verifies.
@@ -100,22 +87,10 @@ func parsePath(escaped string) (name, kind, ref string, err error) {
 			message: fmt.Sprintf("path %q: the mirror serves only /v2/<name>/manifests/<reference> and /v2/<name>/blobs/<digest>", escaped)}
 	}
 	name = strings.Join(segs[:len(segs)-2], "/")
-	if err := checkName(name); err != nil {
-		return "", "", "", err
+	if err := reponame.CheckRepository(name); err != nil {
+		return "", "", "", badRequest(codeNameInvalid, "%v (want lower-case letters and digits joined by '.', '_', '__' or '-', components separated by '/', at most 255 characters)", err)
 	}
 	return name, kind, segs[len(segs)-1], nil
-}
-
-func checkName(name string) error {
-	if len(name) > maxNameLen {
-		return badRequest(codeNameInvalid, "repository name is longer than %d characters", maxNameLen)
-	}
-	for _, c := range strings.Split(name, "/") {
-		if !pathComponent.MatchString(c) {
-			return badRequest(codeNameInvalid, "repository name %q: component %q is not lower-case letters and digits joined by '.', '_', '__' or '-'", name, c)
-		}
-	}
-	return nil
 }
 
 // parseDigest accepts only well-formed digests of the algorithms the
@@ -144,7 +119,7 @@ func parseRef(kind, ref string) (digest.Digest, error) {
 	if kind == kindBlob {
 		return "", badRequest(codeDigestInvalid, "blob reference %q is not a digest", ref)
 	}
-	if !tagRe.MatchString(ref) {
+	if reponame.CheckTag(ref) != nil {
 		return "", badRequest(codeTagInvalid, "tag %q: want 1 to 128 characters of letters, digits, '_', '.' and '-', not starting with '.' or '-'", ref)
 	}
 	return "", nil
