@@ -1,4 +1,4 @@
-// Package content is localds's content-addressable store: containerd's own
+// Package cas is localds's content-addressable store: containerd's own
 // local content store (plugins/content/local) rooted at <root>/vault/cas, so
 // the on-disk format is containerd's (blobs/<alg>/<hex>, ingest/<ref hash>/)
 // and tools that know it keep working.

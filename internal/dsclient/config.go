@@ -1,4 +1,4 @@
-// Package datastore reads EVE-style datastore configuration (TOML) and
+// Package dsclient is the client of a datastore: it reads EVE-style datastore configuration (TOML) and
 // downloads image archives from HTTP/HTTPS datastores into the downloader
 // area, resumably and verified against a sha256 before anything is handed
 // back.

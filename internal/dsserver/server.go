@@ -1,4 +1,4 @@
-// Package serve is the datastore side of localds: one process that
+// Package dsserver is the datastore server (`localds serve`): one process that
 // answers mDNS for its host name (A and the _workstation, _http and
 // _https DNS-SD services), serves an OCI registry under /v2/ whose data
 // persists under a directory, and serves the files of that directory over
