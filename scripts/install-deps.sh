@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what localds' tests and demo need on a fresh Debian machine, as root.
 # Debian packages come with service start-up disabled: no responder may ever
-# run in the root network namespace (DESIGN.md, network rules); tests start
+# run in the root network namespace (docs/design.md, tests and the network); tests start
 # daemons themselves, inside namespaces they create.
 set -euo pipefail
 

@@ -21,7 +21,7 @@ import (
 const contribDir = "../../contrib"
 
 // TestContribContainerdConfig: the containerd config users install is the
-// one DESIGN.md gives, points at the daemon's default socket, and the real
+// one docs/design.md describes, points at the daemon's default socket, and the real
 // containerd of the pinned version reads it so.
 func TestContribContainerdConfig(t *testing.T) {
 	path := filepath.Join(contribDir, "containerd", "config.toml")

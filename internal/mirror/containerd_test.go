@@ -25,7 +25,7 @@ import (
 
 // loopbackOnly keeps containerd's own client on loopback in unit tests:
 // if the mirror failed, containerd would try the .local server itself,
-// and that must never leave the machine (DESIGN.md, network rules).
+// and that must never leave the machine (docs/design.md, tests and the network).
 func loopbackOnly(c *http.Client) error {
 	tr, ok := c.Transport.(*http.Transport)
 	if !ok {

@@ -5,7 +5,7 @@
 // (Avahi) running inside them, and re-executed test binaries that run Go test
 // code inside a namespace.
 //
-// The network rules of DESIGN.md hold for everything here: packets only flow
+// The network rules of docs/design.md hold for everything here: packets only flow
 // inside namespaces this package creates, those namespaces have no default
 // route and no link to the host's interfaces, nothing is started in the root
 // namespace, every wait is bounded, and everything is removed at t.Cleanup,
