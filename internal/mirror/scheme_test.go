@@ -107,3 +107,39 @@ func TestAutoFallsBackToHTTP(t *testing.T) {
 		t.Errorf("https only against a plain datastore: %s", resp.Status)
 	}
 }
+
+// TestRedirects: the mirror follows a datastore's redirect on its own
+// host and port only (httpclient's policy), never to another host, even
+// a .local one: it is not a proxy a datastore can point anywhere.
+func TestRedirects(t *testing.T) {
+	reg := newFakeRegistry(t)
+	d, b := reg.addBlob(1000)
+	redirects := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/v2/same/blobs/" + d.String():
+			http.Redirect(w, r, "/v2/app/blobs/"+d.String(), http.StatusTemporaryRedirect)
+		case "/v2/other/blobs/" + d.String():
+			http.Redirect(w, r, "http://other.local:5000/v2/app/blobs/"+d.String(), http.StatusTemporaryRedirect)
+		case "/v2/port/blobs/" + d.String():
+			http.Redirect(w, r, "http://"+dsName+":5001/v2/app/blobs/"+d.String(), http.StatusTemporaryRedirect)
+		default:
+			reg.ServeHTTP(w, r)
+		}
+	})
+	env := newTestEnv(t, redirects, Options{})
+	resp := env.do(t, http.MethodGet, env.url("/v2/same/blobs/"+d.String()), nil)
+	if got, _ := io.ReadAll(resp.Body); resp.StatusCode != http.StatusOK || !bytes.Equal(got, b) {
+		t.Fatalf("redirect on the datastore's own host: %s", resp.Status)
+	}
+	for _, repo := range []string{"other", "port"} {
+		resp := env.do(t, http.MethodGet, env.url("/v2/"+repo+"/blobs/"+d.String()), nil)
+		if resp.StatusCode != http.StatusBadGateway || errorCode(t, resp) != codeUnavailable {
+			t.Errorf("redirect to another host (%s): %s", repo, resp.Status)
+		}
+	}
+	for _, r := range reg.seen() {
+		if r.Host != dsHost {
+			t.Errorf("the mirror followed a redirect to %s", r.Host)
+		}
+	}
+}
