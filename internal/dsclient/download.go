@@ -66,9 +66,10 @@ type Options struct {
 	// Backoff is the first wait between tries, doubling up to 5 s; default
 	// 200 ms.
 	Backoff time.Duration
-	// StallTimeout cuts a response that delivers no byte for this long (a
-	// datastore whose address vanished never sends a reset), so the
-	// transfer resumes from a fresh connection; default 30 s.
+	// StallTimeout cuts a response when a read of its body waits this long
+	// for a byte (a datastore whose address vanished never sends a
+	// reset), so the transfer resumes from a fresh connection; time the
+	// disk or the sink takes does not count. Default 30 s.
 	StallTimeout time.Duration
 	// MaxSize is the largest file accepted, 0 for no limit. A datastore
 	// that announces or sends more is refused and what it sent is
