@@ -210,9 +210,7 @@ func BenchmarkVolumeCreate(b *testing.B) {
 			}
 			*c.t += time.Since(t0)
 			b.StopTimer()
-			if err := sn.Remove(ctx, key); err != nil {
-				b.Fatal(err)
-			}
+			removeVolume(b, ctx, sn, key)
 			b.StartTimer()
 			n++
 		}

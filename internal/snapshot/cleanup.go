@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
@@ -18,7 +19,9 @@ import (
 
 // Remove deletes the snapshot key and then its directories (and any other
 // directory no snapshot owns). The metastore refuses to remove a snapshot
-// that others depend on (errdefs.ErrFailedPrecondition).
+// that others depend on, and checkRemovable a volume that `localds volume
+// rm` did not ask to remove (both errdefs.ErrFailedPrecondition, which
+// containerd's garbage collection logs and skips, keeping the snapshot).
 func (o *snapshotter) Remove(ctx context.Context, key string) (err error) {
 	var removals []string
 	// Directories go after the transaction has committed: once the key is
@@ -30,6 +33,13 @@ func (o *snapshotter) Remove(ctx context.Context, key string) (err error) {
 		}
 	}()
 	return o.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+		_, info, _, err := storage.GetInfo(ctx, key)
+		if err != nil {
+			return fmt.Errorf("remove snapshot %q: %w", clip(key), err)
+		}
+		if err := checkRemovable(info, time.Now()); err != nil {
+			return err
+		}
 		if _, _, err := storage.Remove(ctx, key); err != nil {
 			return fmt.Errorf("remove snapshot %q: %w", clip(key), err)
 		}

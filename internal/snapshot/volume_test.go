@@ -147,9 +147,7 @@ func TestVolumePlacementOnDisk(t *testing.T) {
 		t.Errorf("remove of a layer with dependants: %v; want FailedPrecondition", err)
 	}
 	for _, k := range []string{vault, novault, viaContainerd} {
-		if err := sn.Remove(ctx, k); err != nil {
-			t.Fatalf("remove %s: %v", k, err)
-		}
+		removeVolume(t, ctx, sn, k)
 	}
 	for _, d := range []string{"vault/volumes", "novault/volumes"} {
 		if names, _ := readDirNames(filepath.Join(root, d)); len(names) != 0 {
