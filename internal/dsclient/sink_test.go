@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 )
 
 // memSink is a Sink that keeps what it got in memory, as if durable
@@ -212,5 +213,36 @@ func TestSinkTakesVerifiedFile(t *testing.T) {
 	}
 	if files := areaFiles(t, d); len(files) != 0 {
 		t.Errorf("area holds %v", files)
+	}
+}
+
+// slowSink takes its time over every write, like an import behind a busy
+// disk.
+type slowSink struct {
+	memSink
+	delay time.Duration
+}
+
+func (s *slowSink) Write(p []byte) (int, error) {
+	time.Sleep(s.delay)
+	return s.memSink.Write(p)
+}
+
+// TestSlowSinkIsNoStall: only waiting for the datastore counts toward the
+// stall timeout; a sink slower than it is not taken for a stalled
+// connection (the connection is never cut and nothing is fetched twice).
+func TestSlowSinkIsNoStall(t *testing.T) {
+	content := randomBytes(3 << 20)
+	fs := newFileServer(t, content)
+	d := newDownloader(t, t.TempDir(), Options{StallTimeout: 100 * time.Millisecond, Retries: -1})
+	sink := &slowSink{delay: 300 * time.Millisecond}
+	if _, err := d.Fetch(context.Background(), Source{URL: mustURL(t, fs.srv.URL+"/x.tar"), SHA256: hexOf(content), Sink: sink}); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(sink.held, content) {
+		t.Fatalf("sink got %d bytes of %d", len(sink.held), len(content))
+	}
+	if sent, reqs := fs.stats(); reqs != 1 || sent != int64(len(content)) {
+		t.Errorf("%d requests sent %d bytes, want one sending each byte once", reqs, sent)
 	}
 }
