@@ -9,8 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -38,21 +36,6 @@ func nsClient(ns *testnet.Namespace) *http.Client {
 	}}
 }
 
-const registryConfig = `version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %s
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: :5000
-`
-
 // BenchmarkBlobServe measures blob download throughput over the test
 // bridge, in one run and with one client, of `localds serve` and of
 // Debian's docker-registry (distribution, filesystem storage), both in the
@@ -62,11 +45,7 @@ func BenchmarkBlobServe(b *testing.B) {
 	testnet.RequireDockerRegistry(b)
 	s := newSite(b)
 	s.serve(b, b.TempDir(), "--listen", ":8080")
-	cfg := filepath.Join(b.TempDir(), "config.yml")
-	if err := os.WriteFile(cfg, fmt.Appendf(nil, registryConfig, b.TempDir()), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	reg := s.app.Start(b, "docker-registry", "serve", cfg)
+	reg := testnet.StartDockerRegistry(b, s.app, ":5000", b.TempDir())
 
 	c := nsClient(s.node)
 	servers := []struct{ name, base string }{
