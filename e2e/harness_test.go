@@ -91,7 +91,7 @@ func newSite(t testing.TB, ports ...int) *site {
 	testnet.StartAvahi(t, s.app, testnet.AvahiConfig{HostName: dsName, AllowInterfaces: []string{"eth0"}})
 	for _, port := range ports {
 		s.regDirs[port] = t.TempDir()
-		testnet.StartDockerRegistry(t, s.app, fmt.Sprintf(":%d", port), s.regDirs[port])
+		testnet.StartDockerRegistry(t, s.app, testnet.DockerRegistry{Addr: fmt.Sprintf(":%d", port), Dir: s.regDirs[port]})
 	}
 	t.Logf("test hosts (node, app, avahi-daemon, docker-registry on %v) ready in %v", ports, time.Since(start).Round(time.Millisecond))
 	return s

@@ -286,37 +286,7 @@ const (
 // key.pem from tlsDir if that is not empty.
 func startAuthRegistry(t *testing.T, ns *testnet.Namespace, port int, dir, tlsDir string) *testnet.Process {
 	t.Helper()
-	tmp := t.TempDir()
-	htpasswd := filepath.Join(tmp, "htpasswd")
-	writeFile(t, htpasswd, []byte(authHtpasswd))
-	conf := filepath.Join(tmp, "config.yml")
-	writeFile(t, conf, fmt.Appendf(nil, `version: 0.1
-log:
-  level: info
-storage:
-  filesystem:
-    rootdirectory: %s
-  maintenance:
-    uploadpurging:
-      enabled: false
-auth:
-  htpasswd:
-    realm: localds-e2e
-    path: %s
-http:
-  addr: :%d
-  secret: localds-e2e
-`, dir, htpasswd, port))
-	if tlsDir != "" {
-		b, err := os.ReadFile(conf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		writeFile(t, conf, fmt.Appendf(b, "  tls:\n    certificate: %s\n    key: %s\n", filepath.Join(tlsDir, "cert.pem"), filepath.Join(tlsDir, "key.pem")))
-	}
-	p := ns.Start(t, "docker-registry", "serve", conf)
-	p.WaitLog(t, "listening on", e2eWait)
-	return p
+	return testnet.StartDockerRegistry(t, ns, testnet.DockerRegistry{Addr: fmt.Sprintf(":%d", port), Dir: dir, Htpasswd: authHtpasswd, TLSDir: tlsDir})
 }
 
 // pushAuth pushes img to ref with the registry account, from a RunTest

@@ -45,7 +45,7 @@ func BenchmarkBlobServe(b *testing.B) {
 	testnet.RequireDockerRegistry(b)
 	s := newSite(b)
 	s.serve(b, b.TempDir(), "--listen", ":8080")
-	reg := testnet.StartDockerRegistry(b, s.app, ":5000", b.TempDir())
+	reg := testnet.StartDockerRegistry(b, s.app, testnet.DockerRegistry{Addr: ":5000", Dir: b.TempDir()})
 
 	c := nsClient(s.node)
 	servers := []struct{ name, base string }{

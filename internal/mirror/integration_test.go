@@ -66,8 +66,8 @@ func TestMirrorWithDockerRegistry(t *testing.T) {
 	n.Connect(node, "br0", app, "eth0", appOldIP+"/24")
 	testnet.StartAvahi(t, app, testnet.AvahiConfig{HostName: dsName, AllowInterfaces: []string{"eth0"}})
 	storage := t.TempDir()
-	testnet.StartDockerRegistry(t, app, ":5000", storage)
-	testnet.StartDockerRegistry(t, app, ":80", storage)
+	testnet.StartDockerRegistry(t, app, testnet.DockerRegistry{Addr: ":5000", Dir: storage})
+	testnet.StartDockerRegistry(t, app, testnet.DockerRegistry{Addr: ":80", Dir: storage})
 	t.Logf("test hosts ready in %v", time.Since(start).Round(time.Millisecond))
 	node.RunTest(t, map[string]string{"APP_NS": app.Name})
 }

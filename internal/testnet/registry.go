@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -26,15 +27,27 @@ func RequireDockerRegistry(t testing.TB) {
 	t.Skip(msg)
 }
 
-// StartDockerRegistry runs Debian's docker-registry in ns, listening on
-// addr (":5000" or "10.1.0.2:5000"), with filesystem storage in dir
-// (several registries may share dir when they only read what another
-// wrote), and waits until it listens.
-func StartDockerRegistry(t testing.TB, ns *Namespace, addr, dir string) *Process {
+// DockerRegistry configures a docker-registry test server.
+type DockerRegistry struct {
+	// Addr is where it listens (":5000" or "10.1.0.2:5000").
+	Addr string
+	// Dir holds its filesystem storage; several registries may share one
+	// when they only read what another wrote.
+	Dir string
+	// Htpasswd, if set, is an htpasswd file's content: basic auth on.
+	Htpasswd string
+	// TLSDir, if set, holds cert.pem and key.pem: HTTPS instead of HTTP.
+	TLSDir string
+}
+
+// StartDockerRegistry runs Debian's docker-registry in ns as cfg says and
+// waits until it listens.
+func StartDockerRegistry(t testing.TB, ns *Namespace, cfg DockerRegistry) *Process {
 	t.Helper()
 	RequireDockerRegistry(t)
-	conf := filepath.Join(t.TempDir(), "config.yml")
-	yml := fmt.Sprintf(`version: 0.1
+	tmp := t.TempDir()
+	var b strings.Builder
+	fmt.Fprintf(&b, `version: 0.1
 log:
   level: info
   accesslog:
@@ -45,11 +58,20 @@ storage:
   maintenance:
     uploadpurging:
       enabled: false
-http:
-  addr: %s
-  secret: localds-test
-`, dir, addr)
-	if err := os.WriteFile(conf, []byte(yml), 0o644); err != nil {
+`, cfg.Dir)
+	if cfg.Htpasswd != "" {
+		htpasswd := filepath.Join(tmp, "htpasswd")
+		if err := os.WriteFile(htpasswd, []byte(cfg.Htpasswd), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "auth:\n  htpasswd:\n    realm: localds-test\n    path: %s\n", htpasswd)
+	}
+	fmt.Fprintf(&b, "http:\n  addr: %s\n  secret: localds-test\n", cfg.Addr)
+	if cfg.TLSDir != "" {
+		fmt.Fprintf(&b, "  tls:\n    certificate: %s\n    key: %s\n", filepath.Join(cfg.TLSDir, "cert.pem"), filepath.Join(cfg.TLSDir, "key.pem"))
+	}
+	conf := filepath.Join(tmp, "config.yml")
+	if err := os.WriteFile(conf, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	p := ns.Start(t, "docker-registry", "serve", conf)
