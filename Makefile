@@ -11,7 +11,7 @@ CONTAINERD_DIR = $(shell $(GO) mod download -json github.com/containerd/containe
 CMDS := localds containerd-localds-grpc
 GOTEST_FLAGS ?= -count=1 -timeout 25m
 
-.PHONY: all build containerd deps test unit demo bench fuzz lint notice clean
+.PHONY: all build containerd deps test unit demo bench fuzz lint notice clean conformance
 
 all: build
 
@@ -34,8 +34,16 @@ $(BIN)/containerd: go.mod
 
 # The whole suite: unit tests everywhere, integration tests (root, network
 # namespaces, real avahi-daemon) where the machine allows them.
-test: deps lint build containerd
+test: deps lint build containerd conformance
 	LOCALDS_BIN_DIR=$(BIN) $(GO) test $(GOTEST_FLAGS) ./...
+
+# The OCI distribution conformance suite (the version pinned as a tool in
+# go.mod) from a test namespace against `localds serve`, sha256 and sha512
+# runs, failing on any failure; Debian's docker-registry's figures are
+# printed beside them as a baseline. Takes well under a minute.
+conformance: build
+	$(GO) build -o $(BIN)/oci-conformance github.com/opencontainers/distribution-spec/conformance
+	LOCALDS_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 10m -v -run '^TestConformance' ./internal/dsserver/
 
 # Unit tests only: -short skips everything that needs root or namespaces.
 unit:
