@@ -168,10 +168,19 @@ func volumeRemove(ctx context.Context, cmd *cli.Command) error {
 	}
 	for _, ct := range ctrs {
 		if ct.Snapshotter == snName && ct.SnapshotKey == key {
-			return fmt.Errorf("volume %s is the root filesystem of container %s; delete the container first (ctr containers rm %s): %w", key, ct.ID, ct.ID, errdefs.ErrFailedPrecondition)
+			return fmt.Errorf("volume %s is the root filesystem of container %s; delete the container first, keeping its root (ctr containers rm --keep-snapshot %s): %w", key, ct.ID, ct.ID, errdefs.ErrFailedPrecondition)
 		}
 	}
 	sn := c.SnapshotService(snName)
+	// The snapshotter removes a volume only when asked this way: a removal
+	// request label first, then Remove (snapshot.LabelRemove says why).
+	mark := snapshots.Info{Name: key, Labels: map[string]string{snapshot.LabelRemoveInherited: snapshot.RemoveRequest(time.Now())}}
+	if _, err := sn.Update(ctx, mark, "labels."+snapshot.LabelRemoveInherited); err != nil {
+		if errdefs.IsNotFound(err) {
+			return fmt.Errorf("no volume %s in namespace %s: %w", key, cmd.String("namespace"), err)
+		}
+		return fmt.Errorf("mark volume %s for removal: %w", key, err)
+	}
 	if err := sn.Remove(ctx, key); err != nil {
 		if errdefs.IsNotFound(err) {
 			return fmt.Errorf("no volume %s in namespace %s: %w", key, cmd.String("namespace"), err)
@@ -187,7 +196,7 @@ func volumeRemove(ctx context.Context, cmd *cli.Command) error {
 		err = ls.Delete(ctx, l, leases.SynchronousDelete)
 	}
 	if err != nil {
-		fmt.Fprintf(cmd.Root().ErrWriter, "localds: volume %s removed; containerd will delete its files in its next garbage collection (%v)\n", key, errors.Unwrap(err))
+		fmt.Fprintf(cmd.Root().ErrWriter, "localds: volume %s removed; containerd will delete its files in its next garbage collection if that runs within %s, else they are kept (%v)\n", key, snapshot.RemoveGrace, errors.Unwrap(err))
 	}
 	fmt.Fprintf(cmd.Root().Writer, "volume %s removed\n", key)
 	return nil

@@ -53,6 +53,12 @@ func (o *snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 	if _, ok := base.Labels[snapshots.LabelSnapshotGIDMapping]; ok {
 		return nil, fmt.Errorf("snapshot %q: user namespace remapping labels are not supported by localds: %w", clip(key), errdefs.ErrNotImplemented)
 	}
+	if adoptRequested(base.Labels) {
+		if !pl.volume {
+			return nil, fmt.Errorf("snapshot %q: label %s applies only to volume keys (<uuid>#<generation>): %w", clip(key), LabelAdopt, errdefs.ErrInvalidArgument)
+		}
+		return o.adopt(ctx, key, parent, pl, base.Labels)
+	}
 
 	var (
 		s         storage.Snapshot

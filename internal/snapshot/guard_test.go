@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 )
@@ -121,4 +122,77 @@ func TestVolumeRemoveGuard(t *testing.T) {
 	if err := sn.Remove(ctx, "layer1"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestVolumeAdopt: a volume containerd forgot (its record here kept by the
+// guard under containerd's old key) is taken back under a new key with
+// its data; the wrong namespace, image chain or place is refused, and a
+// volume that does not exist cannot be adopted.
+func TestVolumeAdopt(t *testing.T) {
+	sn, _, ctx := newTestSnapshotter(t)
+	commitLayer(t, ctx, sn, "default/1/sha256:aa", "", nil)
+	commitLayer(t, ctx, sn, "default/2/sha256:bb", "", nil)
+	forgotten := "default/17/" + testUUID + "#1"
+	m, err := sn.Prepare(ctx, forgotten, "default/1/sha256:aa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(upperOf(t, m), "data"), []byte("kept\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	adopt := func(key, parent string, more map[string]string) ([]mount.Mount, error) {
+		labels := map[string]string{LabelAdoptInherited: "true"}
+		for k, v := range more {
+			labels[k] = v
+		}
+		return sn.Prepare(ctx, key, parent, snapshots.WithLabels(labels))
+	}
+	for _, c := range []struct {
+		key, parent string
+		labels      map[string]string
+		is          func(error) bool
+	}{
+		{"other/30/" + testUUID + "#1", "other/3/sha256:aa", nil, errdefs.IsFailedPrecondition},
+		{"default/31/" + testUUID + "#1", "default/2/sha256:bb", nil, errdefs.IsFailedPrecondition},
+		{"default/32/" + testUUID + "#1", "default/1/sha256:aa", map[string]string{LabelNovaultInherited: "true"}, errdefs.IsInvalidArgument},
+		{"default/33/" + testUUID + "#7", "default/1/sha256:aa", nil, errdefs.IsNotFound},
+		{forgotten, "default/1/sha256:aa", nil, errdefs.IsAlreadyExists},
+		{"extract-1", "default/1/sha256:aa", nil, errdefs.IsInvalidArgument},
+	} {
+		if _, err := adopt(c.key, c.parent, c.labels); !c.is(err) {
+			t.Errorf("adopt %s on %s %v: %v", c.key, c.parent, c.labels, err)
+		}
+	}
+
+	// Re-pulled image: same chain ID under a new containerd key.
+	adopted := "default/40/" + testUUID + "#1"
+	commitLayer(t, ctx, sn, "default/39/sha256:aa", "", nil)
+	m, err = adopt(adopted, "default/39/sha256:aa", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(upperOf(t, m), "data")); err != nil || string(b) != "kept\n" {
+		t.Fatalf("adopted volume's data: %q, %v", b, err)
+	}
+	if _, err := sn.Stat(ctx, forgotten); !errdefs.IsNotFound(err) {
+		t.Errorf("old record after adoption: %v; want NotFound", err)
+	}
+	info, err := sn.Stat(ctx, adopted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := info.Labels[LabelAdoptInherited]; ok {
+		t.Errorf("adopt label kept on the volume: %v", info.Labels)
+	}
+	// The old chain lost its only child and may go; the volume stays.
+	if err := sn.Remove(ctx, "default/1/sha256:aa"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(upperOf(t, m), "data")); err != nil || string(b) != "kept\n" {
+		t.Fatalf("adopted volume's data after cleanup: %q, %v", b, err)
+	}
+	removeVolume(t, ctx, sn, adopted)
 }
