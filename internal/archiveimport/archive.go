@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/platforms"
+	"github.com/localds/localds/internal/progress"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -216,7 +217,7 @@ func (a *archive) scan(ctx context.Context, r io.Reader) error {
 	}
 	// Counting below the tar reader gives each entry's offset in the
 	// archive (the tar reader reads no further ahead than a header).
-	return a.scanTar(ctx, &offsetReader{r: r, progress: a.progress})
+	return a.scanTar(ctx, &progress.Reader{R: r, Report: a.progress})
 }
 
 // newRefPrefix makes this import's ingest refs unique.
@@ -229,11 +230,11 @@ func (a *archive) newRefPrefix() error {
 	return nil
 }
 
-// countingReader is the archive stream under the tar reader: offset is
+// countingReader is the archive stream under the tar reader: Total is
 // how many bytes of the archive the tar reader has taken.
 type countingReader interface {
 	io.Reader
-	offset() int64
+	Total() int64
 }
 
 // scanTar reads tar entries from r until the end-of-archive marker,
@@ -254,7 +255,7 @@ func (a *archive) scanTar(ctx context.Context, r countingReader) error {
 			if _, err := io.Copy(io.Discard, tr); err != nil {
 				return fmt.Errorf("import: read archive after %d entries: %w", a.entries, readErr(err))
 			}
-			if err := a.stream.boundary(r.offset(), a.entries); err != nil {
+			if err := a.stream.boundary(r.Total(), a.entries); err != nil {
 				return err
 			}
 		}
@@ -286,7 +287,7 @@ func (a *archive) scanTar(ctx context.Context, r countingReader) error {
 		default:
 			return fmt.Errorf("import: archive entry %q is not a regular file, directory or link (type %q): %w", h.Name, h.Typeflag, errdefs.ErrInvalidArgument)
 		}
-		if err := a.readFile(ctx, tr, h, name, a.refPrefix+fmt.Sprint(a.entries), r.offset()); err != nil {
+		if err := a.readFile(ctx, tr, h, name, a.refPrefix+fmt.Sprint(a.entries), r.Total()); err != nil {
 			return err
 		}
 	}

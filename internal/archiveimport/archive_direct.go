@@ -248,21 +248,3 @@ func (a *archive) resend(ctx context.Context, cw content.Writer, desc ocispec.De
 	}
 	return a.copyBlob(ctx, cw, io.NewSectionReader(a.ra, off, desc.Size), desc)
 }
-
-// offsetReader counts the bytes read from the archive.
-type offsetReader struct {
-	r        io.Reader
-	n        int64
-	progress func(int64)
-}
-
-func (o *offsetReader) Read(p []byte) (int, error) {
-	n, err := o.r.Read(p)
-	o.n += int64(n)
-	if o.progress != nil && n > 0 {
-		o.progress(o.n)
-	}
-	return n, err
-}
-
-func (o *offsetReader) offset() int64 { return o.n }

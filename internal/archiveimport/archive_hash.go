@@ -91,7 +91,7 @@ func (hr *hashReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (hr *hashReader) offset() int64 { return hr.n }
+func (hr *hashReader) Total() int64 { return hr.n }
 
 // errHasherStopped: the hash was asked for after close.
 var errHasherStopped = errors.New("import: the archive hasher has stopped")

@@ -84,7 +84,7 @@ func TestHashReaderChunks(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := sha256.Sum256(data)
-	if sum != hex.EncodeToString(want[:]) || hr.offset() != int64(len(data)) {
-		t.Fatalf("sum %s at %d, want %x at %d", sum, hr.offset(), want, len(data))
+	if sum != hex.EncodeToString(want[:]) || hr.Total() != int64(len(data)) {
+		t.Fatalf("sum %s at %d, want %x at %d", sum, hr.Total(), want, len(data))
 	}
 }

@@ -167,7 +167,7 @@ func (s *StreamImport) Verify() error {
 	} else if got, herr := s.hr.sum(); herr != nil {
 		err = herr
 	} else if got != s.sha256 {
-		err = fmt.Errorf("import: the archive's sha256 is %s, expected %s (%d bytes); nothing imported: %w", got, s.sha256, s.hr.offset(), errdefs.ErrDataLoss)
+		err = fmt.Errorf("import: the archive's sha256 is %s, expected %s (%d bytes); nothing imported: %w", got, s.sha256, s.hr.Total(), errdefs.ErrDataLoss)
 	}
 	s.hr.close()
 	if err != nil {
@@ -283,7 +283,7 @@ func (s *StreamImport) scan() error {
 		}
 	}
 	// A header starts on a 512-byte block.
-	if pad := (512 - s.hr.offset()%512) % 512; pad > 0 {
+	if pad := (512 - s.hr.Total()%512) % 512; pad > 0 {
 		if _, err := io.CopyN(io.Discard, s.hr, pad); err != nil {
 			return fmt.Errorf("import: read archive: %w", readErr(err))
 		}

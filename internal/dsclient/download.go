@@ -24,6 +24,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/localds/localds/internal/layout"
+	"github.com/localds/localds/internal/progress"
 )
 
 // Phase is the stage a pull is in, for progress display.
@@ -323,7 +324,7 @@ func (f *fetch) reuseVerified(ctx context.Context) (*Download, error) {
 		return nil, fmt.Errorf("fetch %s: %w", f.src.URL.Redacted(), err)
 	}
 	h := sha256.New()
-	n, err := io.Copy(h, &progressReader{r: vf, report: func(done int64) { f.progress(PhaseVerify, done, -1) }})
+	n, err := io.Copy(h, &progress.Reader{R: vf, Report: func(done int64) { f.progress(PhaseVerify, done, -1) }})
 	if err != nil {
 		vf.Close()
 		return nil, fmt.Errorf("fetch %s: re-verify %s: %w", f.src.URL.Redacted(), final, err)
@@ -356,7 +357,7 @@ func (f *fetch) loadPartial(ctx context.Context, statePath string) error {
 	if f.src.Sink != nil {
 		return f.resumeSink(ctx)
 	}
-	n, err := io.Copy(f.h, &progressReader{r: io.NewSectionReader(f.f, 0, 1<<62), report: func(done int64) {
+	n, err := io.Copy(f.h, &progress.Reader{R: io.NewSectionReader(f.f, 0, 1<<62), Report: func(done int64) {
 		f.progress(PhaseDownload, done, st.Size)
 	}})
 	if err != nil {

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"github.com/localds/localds/internal/progress"
 )
 
 // Sink takes a download's bytes in place of the partial file (set
@@ -111,7 +113,7 @@ func (f *fetch) feedVerified(ctx context.Context) (*Download, error) {
 	if err := f.src.Sink.Restart(); err != nil {
 		return nil, permanent(err)
 	}
-	n, err := io.CopyBuffer(writerOnly{f.src.Sink}, &progressReader{r: vf, report: func(done int64) {
+	n, err := io.CopyBuffer(writerOnly{f.src.Sink}, &progress.Reader{R: vf, Report: func(done int64) {
 		f.progress(PhaseDownload, done, -1)
 	}}, make([]byte, copyBufferSize))
 	if err != nil {

@@ -203,19 +203,3 @@ func fill(r io.Reader, buf []byte) (int, error) {
 	}
 	return n, nil
 }
-
-// progressReader reports bytes read so far (re-hashing a partial file).
-type progressReader struct {
-	r      io.Reader
-	n      int64
-	report func(int64)
-}
-
-func (p *progressReader) Read(b []byte) (int, error) {
-	n, err := p.r.Read(b)
-	p.n += int64(n)
-	if n > 0 {
-		p.report(p.n)
-	}
-	return n, err
-}
