@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -36,6 +39,16 @@ func volumeCommand() *cli.Command {
 				Name:   "ls",
 				Usage:  "list volumes with image, size and vault/novault",
 				Action: volumeList,
+			},
+			{
+				Name:      "adopt",
+				Usage:     "give a volume containerd forgot (`ctr containers rm`, `ctr snapshots rm`) back to containerd, with its data",
+				ArgsUsage: "KEY",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "image", Required: true, Usage: "the image the volume was created from (its layers are the volume's lower layers)"},
+					&cli.BoolFlag{Name: "novault", Usage: "the volume is under <root>/novault"},
+				},
+				Action: volumeAdopt,
 			},
 			{
 				Name:      "rm",
@@ -146,8 +159,96 @@ func volumeList(ctx context.Context, cmd *cli.Command) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.key, image, size, r.place, r.created.UTC().Format(time.RFC3339))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	known := map[string]bool{}
+	for _, r := range rows {
+		known[r.key] = true
+	}
+	listForgotten(cmd, known)
+	return nil
 }
+
+// listForgotten names the volume directories under --root that containerd
+// does not list: the snapshotter keeps a volume whose containerd record
+// was removed by anything but `localds volume rm`.
+func listForgotten(cmd *cli.Command, known map[string]bool) {
+	var lost []string
+	for _, novault := range []bool{false, true} {
+		dir := filepath.Dir(snapshot.VolumeDir(cmd.String("root"), snapshot.Volume{}, novault))
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			if !errors.Is(err, os.ErrNotExist) {
+				fmt.Fprintf(cmd.Root().ErrWriter, "localds: cannot look for volumes containerd forgot: %v\n", err)
+			}
+			continue
+		}
+		for _, e := range entries {
+			base, ok := strings.CutSuffix(e.Name(), ".container")
+			v, err := snapshot.ParseVolume(base)
+			if !ok || err != nil || known[v.String()] {
+				continue
+			}
+			lost = append(lost, fmt.Sprintf("%s\t%s", v, storagePlace(novault)))
+		}
+	}
+	if len(lost) == 0 {
+		return
+	}
+	w := cmd.Root().Writer
+	fmt.Fprintf(w, "\nkept on disk but unknown to containerd in namespace %s (give one back with `localds volume adopt --image REF [--novault] KEY`):\n", cmd.String("namespace"))
+	for _, l := range lost {
+		fmt.Fprintf(w, "  %s\n", l)
+	}
+}
+
+// volumeAdopt gives a volume back to containerd: a Prepare of its key on
+// its image asking the snapshotter to take over the existing directory
+// (snapshot.LabelAdopt) instead of creating one.
+func volumeAdopt(ctx context.Context, cmd *cli.Command) error {
+	key, err := volumeKeyArg(cmd)
+	if err != nil {
+		return err
+	}
+	c, ctx, err := containerdClient(ctx, cmd)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ref, snName, novault := cmd.String("image"), cmd.String("snapshotter"), cmd.Bool("novault")
+	img, err := c.GetImage(ctx, ref)
+	if err != nil {
+		return fmt.Errorf("image %s: %w", ref, err)
+	}
+	sn := c.SnapshotService(snName)
+	chain, _, err := pull.Unpacker{Snapshots: sn, Snapshotter: snName}.Unpack(ctx, img)
+	if err != nil {
+		return err
+	}
+	labels := map[string]string{
+		snapshot.LabelImage:          img.Name(),
+		snapshot.LabelImageInherited: img.Name(),
+		snapshot.LabelAdoptInherited: "true",
+		labelGCRoot:                  time.Now().UTC().Format(time.RFC3339),
+	}
+	if novault {
+		labels[snapshot.LabelNovault] = "true"
+		labels[snapshot.LabelNovaultInherited] = "true"
+	}
+	if _, err := sn.Prepare(ctx, key, chain, snapshots.WithLabels(labels)); err != nil {
+		if errdefs.IsAlreadyExists(err) {
+			return fmt.Errorf("volume %s is known to containerd (localds volume ls): %w", key, err)
+		}
+		return fmt.Errorf("adopt volume %s: %w", key, err)
+	}
+	fmt.Fprintf(cmd.Root().Writer, "volume %s adopted on %s (%s)\n", key, img.Name(), storagePlace(novault))
+	return nil
+}
+
+// labelGCRoot keeps a volume from containerd's garbage collection while
+// containerd knows it (as volume create does).
+const labelGCRoot = "containerd.io/gc.root"
 
 func volumeRemove(ctx context.Context, cmd *cli.Command) error {
 	key, err := volumeKeyArg(cmd)
