@@ -129,6 +129,7 @@ func runConformance(t testing.TB, ns *testnet.Namespace, suite, addr, sha512 str
 		"OCI_API_TAGS_DELETE=true",
 		"OCI_API_TAGS_LIST=true",
 		"OCI_API_REFERRER=true",
+		"OCI_API_BLOBS_UPLOAD_CANCEL=true",
 		"OCI_DATA_SHA512=" + sha512,
 	}
 	start := time.Now()

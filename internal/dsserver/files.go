@@ -126,6 +126,7 @@ func (fsrv *fileServer) serveFile(w http.ResponseWriter, req *http.Request, rel 
 	h.Set("Digest", "sha-256="+base64.StdEncoding.EncodeToString(sum))
 	h.Set("Repr-Digest", "sha-256=:"+base64.StdEncoding.EncodeToString(sum)+":")
 	h.Set("ETag", `"sha256:`+hex.EncodeToString(sum)+`"`)
+	ignoreForeignRange(req)
 	http.ServeContent(w, req, fi.Name(), fi.ModTime(), f)
 }
 
@@ -149,6 +150,7 @@ func (fsrv *fileServer) serveSumFile(w http.ResponseWriter, req *http.Request, r
 	}
 	body := hex.EncodeToString(sum) + "  " + path.Base(rel) + "\n"
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	ignoreForeignRange(req)
 	http.ServeContent(w, req, path.Base(rel)+".sha256", fi.ModTime(), strings.NewReader(body))
 }
 

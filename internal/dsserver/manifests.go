@@ -1,7 +1,6 @@
 package dsserver
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,7 +9,6 @@ import (
 	"io/fs"
 	"mime"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,29 +24,33 @@ import (
 // maxManifestSize is the largest manifest accepted (distribution's limit).
 const maxManifestSize = 4 << 20
 
-// manifestStore makes go-containerregistry's in-memory manifests durable.
-// Every accepted manifest is written to disk before ggcr's registry hears
-// of it, and replayed into it at start:
+// manifestStore keeps manifests and tags on disk and serves them:
 //
-//	DIR/.registry/blobs/sha256/<hex>                       the manifest bytes
+//	DIR/.registry/blobs/<alg>/<hex>                               the manifest bytes
 //	DIR/.registry/repositories/<repo>/_manifests/revisions/<hex>  its media type
-//	DIR/.registry/repositories/<repo>/_manifests/tags/<tag>       "sha256:<hex>"
+//	DIR/.registry/repositories/<repo>/_manifests/tags/<tag>       "<alg>:<hex>"
 //
+// A revision's algorithm is told by its name's length (64 hex digits:
+// sha256, 128: sha512), which keeps the sha256 layout of earlier versions.
 // ("_manifests" cannot be a repository path component, so no repository
-// name collides with it.)
+// name collides with it.) The disk is the only truth; the referrers index
+// is derived from it at start and kept up to date on push and delete.
 type manifestStore struct {
-	root  string
-	blobs *blobStore
-	ggcr  http.Handler
-	mu    sync.Mutex
+	root      string
+	blobs     *blobStore
+	referrers *referrers
+	mu        sync.Mutex // serialises pushes and deletes
 }
 
-// manifestFields are the parts of an image manifest or index checked on push.
+// manifestFields are the parts of an image manifest or index read on push.
 type manifestFields struct {
-	MediaType string          `json:"mediaType"`
-	Config    *v1.Descriptor  `json:"config"`
-	Layers    []v1.Descriptor `json:"layers"`
-	Manifests []v1.Descriptor `json:"manifests"`
+	MediaType    string            `json:"mediaType"`
+	ArtifactType string            `json:"artifactType"`
+	Config       *v1.Descriptor    `json:"config"`
+	Layers       []v1.Descriptor   `json:"layers"`
+	Manifests    []v1.Descriptor   `json:"manifests"`
+	Subject      *v1.Descriptor    `json:"subject"`
+	Annotations  map[string]string `json:"annotations"`
 }
 
 func (m *manifestStore) dir(repo string) string {
@@ -59,11 +61,23 @@ func (m *manifestStore) revisionPath(repo string, h v1.Hash) string {
 	return filepath.Join(m.dir(repo), "revisions", h.Hex)
 }
 
+// revisionDigest is the digest a revision file name stands for.
+func revisionDigest(name string) (v1.Hash, error) {
+	alg := "sha256"
+	if len(name) == 128 {
+		alg = "sha512"
+	}
+	return parseDigest(alg + ":" + name)
+}
+
 func (m *manifestStore) tagPath(repo, tag string) string {
 	return filepath.Join(m.dir(repo), "tags", tag)
 }
 
 func (m *manifestStore) hasRevision(repo string, h v1.Hash) bool {
+	if _, err := parseDigest(h.String()); err != nil {
+		return false
+	}
 	_, err := os.Stat(m.revisionPath(repo, h))
 	return err == nil
 }
@@ -96,6 +110,9 @@ func (m *manifestStore) put(w http.ResponseWriter, req *http.Request, repo, ref 
 		writeRegError(w, http.StatusBadRequest, "MANIFEST_INVALID", "no media type in Content-Type nor in the manifest")
 		return
 	}
+	// A manifest pushed by tag is named by its sha256, the canonical
+	// algorithm; one pushed by digest keeps that digest's algorithm.
+	h := digestOf(body)
 	tag := ""
 	if strings.Contains(ref, ":") {
 		want, err := parseDigest(ref)
@@ -103,10 +120,11 @@ func (m *manifestStore) put(w http.ResponseWriter, req *http.Request, repo, ref 
 			writeRegError(w, http.StatusBadRequest, "DIGEST_INVALID", err.Error())
 			return
 		}
-		if got := digestOf(body); got != want {
+		if got := hashBytes(want.Algorithm, body); got != want {
 			writeRegError(w, http.StatusBadRequest, "DIGEST_INVALID", fmt.Sprintf("manifest content has %s, pushed as %s", got, want))
 			return
 		}
+		h = want
 	} else if reponame.CheckTag(ref) != nil {
 		writeRegError(w, http.StatusBadRequest, "TAG_INVALID", fmt.Sprintf("invalid tag %q", ref))
 		return
@@ -120,23 +138,25 @@ func (m *manifestStore) put(w http.ResponseWriter, req *http.Request, repo, ref 
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	undo, err := m.persist(ctx, repo, tag, mt, body)
-	if err != nil {
+	if err := m.persist(ctx, repo, tag, mt, h, body); err != nil {
 		log.G(ctx).WithError(err).WithField("repo", repo).Error("registry: manifest not stored")
-		writeStorageError(req.Context(), w, err)
+		writeStorageError(ctx, w, err)
 		return
 	}
-	rec := m.forward(ctx, http.MethodPut, repo, ref, mt, body)
-	if rec.Code != http.StatusCreated {
-		undo()
-	} else {
-		rec.Header().Set("Location", "/v2/"+repo+"/manifests/"+digestOf(body).String())
+	if mf.Subject != nil {
+		m.referrers.add(repo, mf.Subject.Digest, referrerDescriptor(mt, h, int64(len(body)), mf))
+		// Tells the client this registry indexes referrers, so it need
+		// not keep a referrers tag schema index itself.
+		w.Header().Set("OCI-Subject", mf.Subject.Digest.String())
 	}
-	copyRecorded(w, rec)
+	w.Header().Set("Location", "/v2/"+repo+"/manifests/"+h.String())
+	w.Header().Set("Docker-Content-Digest", h.String())
+	w.WriteHeader(http.StatusCreated)
 }
 
 // checkRefs refuses an index whose manifests, or an image whose config
-// and layers, were not pushed first, as distribution does.
+// and layers, were not pushed first, as distribution does. The subject
+// need not exist: referrers may be pushed before what they refer to.
 func (m *manifestStore) checkRefs(repo string, mt types.MediaType, mf manifestFields) (code, msg string) {
 	switch {
 	case mt.IsIndex():
@@ -157,7 +177,7 @@ func (m *manifestStore) checkRefs(repo string, mt types.MediaType, mf manifestFi
 			if len(d.URLs) > 0 || !d.MediaType.IsDistributable() {
 				continue // foreign layer, fetched from elsewhere
 			}
-			if _, err := parseDigest(d.Digest.String()); err != nil || !m.blobs.has(d.Digest) {
+			if !m.blobs.has(d.Digest) {
 				return "MANIFEST_BLOB_UNKNOWN", fmt.Sprintf("manifest refers to blob %s, not pushed", d.Digest)
 			}
 		}
@@ -165,90 +185,71 @@ func (m *manifestStore) checkRefs(repo string, mt types.MediaType, mf manifestFi
 	return "", ""
 }
 
-// persist writes the manifest bytes, its revision and its tag, and returns
-// how to take the revision and tag back if ggcr refuses the manifest.
-func (m *manifestStore) persist(ctx context.Context, repo, tag, mt string, body []byte) (undo func(), err error) {
-	h, err := m.blobs.putBytes(ctx, body)
-	if err != nil {
-		return nil, fmt.Errorf("store manifest: %w", err)
+// persist writes the manifest bytes, its revision and its tag; on error
+// it takes back what it wrote of them.
+func (m *manifestStore) persist(ctx context.Context, repo, tag, mt string, h v1.Hash, body []byte) error {
+	if _, err := m.blobs.putBytes(ctx, h.Algorithm, body); err != nil {
+		return fmt.Errorf("store manifest: %w", err)
 	}
 	rev := m.revisionPath(repo, h)
 	_, statErr := os.Stat(rev)
 	newRev := errors.Is(statErr, os.ErrNotExist)
 	if err := writeFileAtomic(rev, []byte(mt+"\n")); err != nil {
-		return nil, fmt.Errorf("store manifest revision: %w", err)
+		return fmt.Errorf("store manifest revision: %w", err)
 	}
-	var oldTag []byte
 	if tag != "" {
-		oldTag, _ = os.ReadFile(m.tagPath(repo, tag))
 		if err := writeFileAtomic(m.tagPath(repo, tag), []byte(h.String()+"\n")); err != nil {
 			if newRev {
 				os.Remove(rev)
 			}
-			return nil, fmt.Errorf("store tag %s: %w", tag, err)
+			return fmt.Errorf("store tag %s: %w", tag, err)
 		}
 	}
-	return func() {
-		if newRev {
-			os.Remove(rev)
-		}
-		if tag != "" {
-			if oldTag != nil {
-				writeFileAtomic(m.tagPath(repo, tag), oldTag)
-			} else {
-				os.Remove(m.tagPath(repo, tag))
-			}
-		}
-	}, nil
+	return nil
 }
 
 // delete handles DELETE /v2/<repo>/manifests/<ref>. Deleting a digest
-// also deletes the tags that point at it, on disk and in ggcr.
+// also deletes the tags that point at it and its place in the referrers.
 func (m *manifestStore) delete(w http.ResponseWriter, req *http.Request, repo, ref string) {
-	ctx := req.Context()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if strings.Contains(ref, ":") {
-		h, err := parseDigest(ref)
-		if err != nil {
-			writeRegError(w, http.StatusBadRequest, "DIGEST_INVALID", err.Error())
+	if !strings.Contains(ref, ":") {
+		if reponame.CheckTag(ref) != nil {
+			writeRegError(w, http.StatusBadRequest, "TAG_INVALID", fmt.Sprintf("invalid tag %q", ref))
 			return
 		}
-		tags, _ := os.ReadDir(filepath.Join(m.dir(repo), "tags"))
-		for _, t := range tags {
-			b, err := os.ReadFile(m.tagPath(repo, t.Name()))
-			if err == nil && strings.TrimSpace(string(b)) == h.String() {
-				os.Remove(m.tagPath(repo, t.Name()))
-				m.forward(ctx, http.MethodDelete, repo, t.Name(), "", nil)
-			}
+		if err := os.Remove(m.tagPath(repo, ref)); errors.Is(err, os.ErrNotExist) {
+			writeRegError(w, http.StatusNotFound, "MANIFEST_UNKNOWN", fmt.Sprintf("tag %q not in %s", ref, repo))
+			return
+		} else if err != nil {
+			writeStorageError(req.Context(), w, fmt.Errorf("delete tag %s of %s: %w", ref, repo, err))
+			return
 		}
-		os.Remove(m.revisionPath(repo, h))
-	} else if reponame.CheckTag(ref) == nil {
-		os.Remove(m.tagPath(repo, ref))
-	} else {
-		writeRegError(w, http.StatusBadRequest, "TAG_INVALID", fmt.Sprintf("invalid tag %q", ref))
+		w.WriteHeader(http.StatusAccepted)
 		return
 	}
-	copyRecorded(w, m.forward(ctx, http.MethodDelete, repo, ref, "", nil))
-}
-
-// forward hands a manifest request to ggcr's registry in process.
-func (m *manifestStore) forward(ctx context.Context, method, repo, ref, mt string, body []byte) *httptest.ResponseRecorder {
-	req := httptest.NewRequestWithContext(ctx, method, "/v2/"+repo+"/manifests/"+ref, bytes.NewReader(body))
-	if mt != "" {
-		req.Header.Set("Content-Type", mt)
+	h, err := parseDigest(ref)
+	if err != nil {
+		writeRegError(w, http.StatusBadRequest, "DIGEST_INVALID", err.Error())
+		return
 	}
-	rec := httptest.NewRecorder()
-	m.ggcr.ServeHTTP(rec, req)
-	return rec
-}
-
-func copyRecorded(w http.ResponseWriter, rec *httptest.ResponseRecorder) {
-	for k, v := range rec.Header() {
-		w.Header()[k] = v
+	if !m.hasRevision(repo, h) {
+		writeRegError(w, http.StatusNotFound, "MANIFEST_UNKNOWN", fmt.Sprintf("manifest %s not in %s", h, repo))
+		return
 	}
-	w.WriteHeader(rec.Code)
-	w.Write(rec.Body.Bytes())
+	tags, _ := os.ReadDir(filepath.Join(m.dir(repo), "tags"))
+	for _, t := range tags {
+		b, err := os.ReadFile(m.tagPath(repo, t.Name()))
+		if err == nil && strings.TrimSpace(string(b)) == h.String() {
+			os.Remove(m.tagPath(repo, t.Name()))
+		}
+	}
+	if err := os.Remove(m.revisionPath(repo, h)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		writeStorageError(req.Context(), w, fmt.Errorf("delete manifest %s of %s: %w", h, repo, err))
+		return
+	}
+	m.referrers.remove(repo, h)
+	w.WriteHeader(http.StatusAccepted)
 }
 
 // stored is one manifest revision found on disk.
@@ -259,12 +260,10 @@ type stored struct {
 	body []byte
 }
 
-// load replays the manifests and tags on disk into ggcr's registry:
-// images first, then indexes (which ggcr checks against their children),
-// then tags. Corrupt entries are logged and skipped.
+// load reads every stored manifest once at start to rebuild the referrers
+// index. Corrupt entries are logged and skipped (and answer 404 later).
 func (m *manifestStore) load(ctx context.Context) error {
-	var revs []stored
-	var tags [][2]string // repo, tag
+	revs, tags := 0, 0
 	err := filepath.WalkDir(m.root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -285,52 +284,25 @@ func (m *manifestStore) load(ctx context.Context) error {
 				log.G(ctx).WithError(err).WithField("repo", repo).Warn("registry: skipping stored manifest")
 				continue
 			}
-			revs = append(revs, s)
+			revs++
+			var mf manifestFields
+			if json.Unmarshal(s.body, &mf) == nil && mf.Subject != nil {
+				m.referrers.add(repo, mf.Subject.Digest, referrerDescriptor(s.mt, s.h, int64(len(s.body)), mf))
+			}
 		}
 		entries, _ = os.ReadDir(filepath.Join(p, "tags"))
-		for _, e := range entries {
-			tags = append(tags, [2]string{repo, e.Name()})
-		}
+		tags += len(entries)
 		return fs.SkipDir
 	})
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("load manifests from %s: %w", m.root, err)
 	}
-	byKey := map[string]stored{}
-	pending := revs
-	for pass := 0; pass <= len(revs) && len(pending) > 0; pass++ {
-		var later []stored
-		for _, s := range pending {
-			if rec := m.forward(ctx, http.MethodPut, s.repo, s.h.String(), s.mt, s.body); rec.Code != http.StatusCreated {
-				later = append(later, s)
-				continue
-			}
-			byKey[s.repo+"@"+s.h.String()] = s
-		}
-		if len(later) == len(pending) {
-			break
-		}
-		pending = later
-	}
-	for _, s := range pending {
-		log.G(ctx).WithFields(log.Fields{"repo": s.repo, "digest": s.h.String()}).Warn("registry: stored manifest refused on replay")
-	}
-	for _, t := range tags {
-		repo, tag := t[0], t[1]
-		b, err := os.ReadFile(m.tagPath(repo, tag))
-		s, ok := byKey[repo+"@"+strings.TrimSpace(string(b))]
-		if err != nil || !ok || reponame.CheckTag(tag) != nil {
-			log.G(ctx).WithFields(log.Fields{"repo": repo, "tag": tag}).Warn("registry: skipping stored tag")
-			continue
-		}
-		m.forward(ctx, http.MethodPut, repo, tag, s.mt, s.body)
-	}
-	log.G(ctx).WithFields(log.Fields{"manifests": len(byKey), "tags": len(tags)}).Info("registry: loaded stored manifests")
+	log.G(ctx).WithFields(log.Fields{"manifests": revs, "tags": tags}).Info("registry: loaded stored manifests")
 	return nil
 }
 
 func (m *manifestStore) readRevision(repo, name string) (stored, error) {
-	h, err := parseDigest("sha256:" + name)
+	h, err := revisionDigest(name)
 	if err != nil {
 		return stored{}, err
 	}

@@ -1,13 +1,10 @@
 package dsserver
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
-	stdlog "log"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -19,39 +16,37 @@ import (
 	"github.com/localds/localds/internal/reponame"
 )
 
+// errNotFound is what the blob store answers for content it does not
+// have (go-containerregistry's sentinel, as blobStore keeps its
+// BlobHandler interface).
 var errNotFound = registry.ErrNotFound
 
 // Registry is an OCI distribution registry whose data lives on disk under
-// one directory. Manifests, tags, the catalog and referrers are
-// go-containerregistry's registry (pkg/registry), made durable by a
-// manifestStore; blobs and uploads are served from files by this package,
-// because ggcr's handlers keep uploads in memory, re-hash a blob on every
-// request and do not take open-ended Range requests.
+// one directory. Everything is served by this package from files: blobs
+// and uploads (streamed to disk, hashed once, Range requests served by
+// sendfile), manifests, tags, the catalog and the referrers API (see
+// manifestStore). go-containerregistry's pkg/registry is not used: it keeps
+// manifests and uploads in memory, knows sha256 only, and its referrers
+// list carries the config media type where the manifest's artifactType
+// belongs.
 type Registry struct {
 	store     *blobStore
 	uploads   *uploads
 	manifests *manifestStore
-	ggcr      http.Handler
 	readOnly  bool
 }
 
-// NewRegistry opens (or creates) the registry stored in dir and loads the
-// manifests stored there.
+// NewRegistry opens (or creates) the registry stored in dir and indexes
+// the manifests stored there.
 func NewRegistry(ctx context.Context, dir string) (*Registry, error) {
 	store, err := newBlobStore(dir)
 	if err != nil {
 		return nil, err
 	}
-	ggcr := registry.New(
-		registry.Logger(stdlog.New(debugWriter{ctx}, "", 0)),
-		registry.WithBlobHandler(store),
-		registry.WithReferrersSupport(true),
-	)
 	r := &Registry{
 		store:     store,
 		uploads:   newUploads(store),
-		manifests: &manifestStore{root: filepath.Join(dir, "repositories"), blobs: store, ggcr: ggcr},
-		ggcr:      ggcr,
+		manifests: &manifestStore{root: filepath.Join(dir, "repositories"), blobs: store, referrers: newReferrers()},
 	}
 	if err := r.manifests.load(ctx); err != nil {
 		return nil, err
@@ -125,7 +120,19 @@ func (r *Registry) serve(w http.ResponseWriter, req *http.Request) {
 			return
 		}
 	}
+	if req.Method != http.MethodGet && req.Method != http.MethodHead && rt.kind != "blob" && rt.kind != "upload" && rt.kind != "manifest" {
+		writeRegError(w, http.StatusMethodNotAllowed, "UNSUPPORTED", req.Method+" on "+rt.kind)
+		return
+	}
 	switch rt.kind {
+	case "base":
+		writeJSON(w, "application/json", struct{}{})
+	case "catalog":
+		r.manifests.catalog(w, req)
+	case "tags":
+		r.manifests.tags(w, req, rt.repo)
+	case "referrers":
+		r.manifests.referrers.serve(w, req, rt.repo, rt.ref)
 	case "blob":
 		r.handleBlob(w, req, rt.ref)
 	case "upload":
@@ -137,16 +144,10 @@ func (r *Registry) serve(w http.ResponseWriter, req *http.Request) {
 		case http.MethodDelete:
 			r.manifests.delete(w, req, rt.repo, rt.ref)
 		case http.MethodGet, http.MethodHead:
-			r.ggcr.ServeHTTP(w, req)
+			r.manifests.get(w, req, rt.repo, rt.ref)
 		default:
 			writeRegError(w, http.StatusMethodNotAllowed, "UNSUPPORTED", req.Method+" on a manifest")
 		}
-	default:
-		if req.Method != http.MethodGet && req.Method != http.MethodHead {
-			writeRegError(w, http.StatusMethodNotAllowed, "UNSUPPORTED", req.Method+" on "+rt.kind)
-			return
-		}
-		r.ggcr.ServeHTTP(w, req)
 	}
 }
 
@@ -197,15 +198,5 @@ func mismatchMessage(err error) string {
 	return ErrDigestMismatch.Error()
 }
 
-func digestOf(b []byte) v1.Hash {
-	return v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", sha256.Sum256(b))}
-}
-
-// debugWriter sends ggcr's own request log to containerd/log at debug
-// level; the server logs every request itself.
-type debugWriter struct{ ctx context.Context }
-
-func (d debugWriter) Write(p []byte) (int, error) {
-	log.G(d.ctx).Debug("ggcr registry: " + string(bytes.TrimSpace(p)))
-	return len(p), nil
-}
+// digestOf is b's canonical (sha256) digest.
+func digestOf(b []byte) v1.Hash { return hashBytes("sha256", b) }

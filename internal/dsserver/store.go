@@ -3,14 +3,12 @@ package dsserver
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"syscall"
 
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -24,18 +22,6 @@ var ErrDiskFull = errors.New("disk full")
 // the digest it was pushed under.
 var ErrDigestMismatch = errors.New("digest mismatch")
 
-var hexDigest = regexp.MustCompile(`^[a-f0-9]{64}$`)
-
-// parseDigest accepts only "sha256:<64 lower-case hex>", the form that
-// names a file in the store; anything else could not be a path we made.
-func parseDigest(s string) (v1.Hash, error) {
-	const prefix = "sha256:"
-	if len(s) != len(prefix)+64 || s[:len(prefix)] != prefix || !hexDigest.MatchString(s[len(prefix):]) {
-		return v1.Hash{}, fmt.Errorf("invalid digest %q: want sha256:<64 lower-case hex digits>", s)
-	}
-	return v1.Hash{Algorithm: "sha256", Hex: s[len(prefix):]}, nil
-}
-
 // tempFile is what the store writes new content to; a test can make
 // writes fail as on a full disk.
 type tempFile interface {
@@ -45,7 +31,8 @@ type tempFile interface {
 	Name() string
 }
 
-// blobStore keeps blobs content-addressed under root: blobs/sha256/<hex>.
+// blobStore keeps blobs content-addressed under root: blobs/<alg>/<hex>
+// (sha256 or sha512).
 // New content is written to root/tmp or root/uploads, hashed while it is
 // written, fsynced, and renamed into blobs/ only once its digest checks
 // out, so nothing unverified is ever visible. It implements
@@ -57,7 +44,7 @@ type blobStore struct {
 }
 
 func newBlobStore(root string) (*blobStore, error) {
-	for _, d := range []string{"blobs/sha256", "tmp", "uploads"} {
+	for _, d := range []string{"blobs/sha256", "blobs/sha512", "tmp", "uploads"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return nil, fmt.Errorf("create blob store: %w", err)
 		}
@@ -78,7 +65,7 @@ func newBlobStore(root string) (*blobStore, error) {
 }
 
 func (s *blobStore) path(h v1.Hash) string {
-	return filepath.Join(s.root, "blobs", "sha256", h.Hex)
+	return filepath.Join(s.root, "blobs", h.Algorithm, h.Hex)
 }
 
 // open returns the blob file and its size, or registry.ErrNotFound.
@@ -145,6 +132,9 @@ func (s *blobStore) Delete(_ context.Context, _ string, h v1.Hash) error {
 
 // has reports whether the blob is in the store.
 func (s *blobStore) has(h v1.Hash) bool {
+	if _, err := parseDigest(h.String()); err != nil {
+		return false
+	}
 	fi, err := os.Stat(s.path(h))
 	return err == nil && fi.Mode().IsRegular()
 }
@@ -159,7 +149,7 @@ func (s *blobStore) ingest(ctx context.Context, h v1.Hash, r io.Reader) (int64, 
 	if err != nil {
 		return 0, storageError("create temporary file", err)
 	}
-	hw := sha256.New()
+	hw := newHasher(h.Algorithm)
 	n, err := io.Copy(io.MultiWriter(f, hw), contextReader{ctx, r})
 	if err != nil {
 		discard(f)
@@ -169,12 +159,25 @@ func (s *blobStore) ingest(ctx context.Context, h v1.Hash, r io.Reader) (int64, 
 }
 
 // commit checks the hash of a fully written temporary file and renames it
-// into place, or removes it.
+// into place, or removes it. hw hashed the file as it was written; when
+// want is of another algorithm (an upload session hashes sha256 only,
+// not knowing the digest to come), the file is read back and hashed.
 func (s *blobStore) commit(f tempFile, hw hash.Hash, want v1.Hash) error {
+	alg := want.Algorithm
+	if alg == "" {
+		alg = "sha256"
+	}
 	got := fmt.Sprintf("%x", hw.Sum(nil))
+	if newHasher(alg).Size() != hw.Size() {
+		var err error
+		if got, err = rehash(f.Name(), alg); err != nil {
+			discard(f)
+			return err
+		}
+	}
 	if got != want.Hex {
 		discard(f)
-		return fmt.Errorf("%w: content has sha256:%s, pushed as %s", ErrDigestMismatch, got, want)
+		return fmt.Errorf("%w: content has %s:%s, pushed as %s", ErrDigestMismatch, alg, got, want)
 	}
 	if err := f.Sync(); err != nil {
 		discard(f)
@@ -192,9 +195,24 @@ func (s *blobStore) commit(f tempFile, hw hash.Hash, want v1.Hash) error {
 	return nil
 }
 
-// putBytes stores small content (manifests) under its own digest.
-func (s *blobStore) putBytes(ctx context.Context, b []byte) (v1.Hash, error) {
-	h := v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", sha256.Sum256(b))}
+// rehash reads a written file back and returns its hex digest under alg.
+func rehash(path, alg string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("reopen upload to hash it with %s: %w", alg, err)
+	}
+	defer f.Close()
+	hw := newHasher(alg)
+	if _, err := io.Copy(hw, f); err != nil {
+		return "", fmt.Errorf("hash upload with %s: %w", alg, err)
+	}
+	return fmt.Sprintf("%x", hw.Sum(nil)), nil
+}
+
+// putBytes stores small content (manifests) under its own digest of
+// algorithm alg.
+func (s *blobStore) putBytes(ctx context.Context, alg string, b []byte) (v1.Hash, error) {
+	h := hashBytes(alg, b)
 	if s.has(h) {
 		return h, nil
 	}
@@ -216,8 +234,8 @@ func (s *blobStore) readVerified(h v1.Hash, limit int64) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read blob %s: %w", h, err)
 	}
-	if got := fmt.Sprintf("%x", sha256.Sum256(b)); got != h.Hex {
-		return nil, fmt.Errorf("blob %s is corrupt: %w: content has sha256:%s", h, ErrDigestMismatch, got)
+	if got := hashBytes(h.Algorithm, b); got != h {
+		return nil, fmt.Errorf("blob %s is corrupt: %w: content has %s", h, ErrDigestMismatch, got)
 	}
 	return b, nil
 }

@@ -139,6 +139,27 @@ func (s *upload) location(repo string) string {
 	return "/v2/" + repo + "/blobs/uploads/" + s.id
 }
 
+// continues checks that a chunk's Content-Range (if any) starts where the
+// data received so far ends. If not it answers 416 with the session's
+// Location and Range and keeps the session, as the distribution spec asks,
+// so the client can ask where it stands and resume.
+func (s *upload) continues(w http.ResponseWriter, req *http.Request, repo string) bool {
+	cr := req.Header.Get("Content-Range")
+	if cr == "" {
+		return true
+	}
+	var start, end int64
+	if _, err := fmt.Sscanf(cr, "%d-%d", &start, &end); err == nil && start == s.size && end >= start-1 {
+		return true
+	}
+	w.Header().Set("Location", s.location(repo))
+	w.Header().Set("Range", s.rangeHeader())
+	w.Header().Set("Docker-Upload-UUID", s.id)
+	writeRegError(w, http.StatusRequestedRangeNotSatisfiable, "BLOB_UPLOAD_INVALID",
+		fmt.Sprintf("Content-Range %q does not continue the %d bytes received", cr, s.size))
+	return false
+}
+
 // handleUpload serves POST, PATCH, PUT, GET and DELETE on
 // /v2/<repo>/blobs/uploads/[<id>].
 func (r *Registry) handleUpload(w http.ResponseWriter, req *http.Request, repo, id string) {
@@ -165,13 +186,8 @@ func (r *Registry) handleUpload(w http.ResponseWriter, req *http.Request, repo, 
 		w.WriteHeader(http.StatusNoContent)
 		return
 	case http.MethodPatch:
-		var start, end int64
-		if cr := req.Header.Get("Content-Range"); cr != "" {
-			if _, err := fmt.Sscanf(cr, "%d-%d", &start, &end); err != nil || start != s.size {
-				writeRegError(w, http.StatusRequestedRangeNotSatisfiable, "BLOB_UPLOAD_INVALID",
-					fmt.Sprintf("Content-Range %q does not continue the %d bytes received", cr, s.size))
-				return
-			}
+		if !s.continues(w, req, repo) {
+			return
 		}
 		if err := s.write(ctx, req.Body); err != nil {
 			r.uploads.drop(s)
@@ -182,6 +198,9 @@ func (r *Registry) handleUpload(w http.ResponseWriter, req *http.Request, repo, 
 		h, err := parseDigest(req.URL.Query().Get("digest"))
 		if err != nil {
 			writeRegError(w, http.StatusBadRequest, "DIGEST_INVALID", err.Error())
+			return
+		}
+		if !s.continues(w, req, repo) {
 			return
 		}
 		if err := s.write(ctx, req.Body); err != nil {
@@ -276,6 +295,7 @@ func (r *Registry) handleBlob(w http.ResponseWriter, req *http.Request, ref stri
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.Header().Set("ETag", `"`+h.String()+`"`)
 		w.Header().Set("Cache-Control", "max-age=31536000, immutable")
+		ignoreForeignRange(req)
 		http.ServeContent(w, req, "", time.Time{}, f)
 	case http.MethodDelete:
 		if err := r.store.Delete(req.Context(), "", h); err != nil {
