@@ -57,21 +57,40 @@ func TestConformance(t *testing.T) {
 	}
 }
 
-// TestConformanceDockerRegistry is the baseline: the same runs against
-// Debian's docker-registry, figures logged only (its failures are not
-// ours to assert). Run it with `-run TestConformance -v` to see both.
-func TestConformanceDockerRegistry(t *testing.T) {
+// TestConformanceFigures prints the suite's figures for `localds serve`
+// beside Debian's docker-registry, the baseline, one line per run (`make
+// conformance` shows them). Nothing is asserted: docker-registry's
+// failures are not ours, and TestConformance asserts localds's.
+func TestConformanceFigures(t *testing.T) {
 	s := newSite(t)
 	testnet.RequireDockerRegistry(t)
 	suite := conformanceSuite(t)
-	for _, run := range conformanceRuns {
-		t.Run(run.name, func(t *testing.T) {
-			p := testnet.StartDockerRegistry(t, s.app, testnet.DockerRegistry{Addr: "10.77.1.2:5000", Dir: t.TempDir()})
-			defer p.Stop()
-			sum := runConformance(t, s.node, suite, "10.77.1.2:5000", run.sha512)
-			t.Logf("docker-registry, %s run: %s", run.name, sum)
-		})
+	servers := []struct {
+		name  string
+		addr  string
+		start func(t *testing.T) *testnet.Process
+	}{
+		{"localds serve", "10.77.1.2", func(t *testing.T) *testnet.Process { return s.serve(t, t.TempDir()) }},
+		{"docker-registry", "10.77.1.2:5000", func(t *testing.T) *testnet.Process {
+			return testnet.StartDockerRegistry(t, s.app, testnet.DockerRegistry{Addr: "10.77.1.2:5000", Dir: t.TempDir()})
+		}},
 	}
+	var table []string
+	for _, srv := range servers {
+		for _, run := range conformanceRuns {
+			t.Run(strings.ReplaceAll(srv.name, " ", "-")+"/"+run.name, func(t *testing.T) {
+				p := srv.start(t)
+				defer p.Stop()
+				sum := runConformance(t, s.node, suite, srv.addr, run.sha512)
+				table = append(table, fmt.Sprintf("| %-15s | %-6s | %5d | %4d | %4d | %8d |", srv.name, run.name,
+					sum.counts["Pass"], sum.counts["FAIL"], sum.counts["Skip"], sum.counts["Disabled"]))
+			})
+		}
+	}
+	t.Logf("OCI distribution conformance suite (%s):\n"+
+		"| registry        | run    |  pass | fail | skip | disabled |\n"+
+		"|-----------------|--------|-------|------|------|----------|\n%s",
+		conformancePkg, strings.Join(table, "\n"))
 }
 
 // conformanceSuite returns the suite's binary: $LOCALDS_BIN_DIR/oci-conformance
