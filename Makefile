@@ -41,7 +41,9 @@ test: deps lint build containerd conformance
 # go.mod) from a test namespace against `localds serve`, sha256 and sha512
 # runs, failing on any failure; Debian's docker-registry's figures are
 # printed beside them as a baseline. Takes well under a minute.
-conformance: build
+conformance:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/localds
 	$(GO) build -o $(BIN)/oci-conformance github.com/opencontainers/distribution-spec/conformance
 	LOCALDS_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 10m -v -run '^TestConformance' ./internal/dsserver/
 
