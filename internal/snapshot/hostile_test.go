@@ -155,7 +155,9 @@ func TestHostileLayers(t *testing.T) {
 						t.Fatal(err)
 					}
 					defer func() {
-						if err := sn.Remove(ctx, kind.key); err != nil {
+						if kind.name == "volume" {
+							removeVolume(t, ctx, sn, kind.key) // volumes refuse a plain Remove
+						} else if err := sn.Remove(ctx, kind.key); err != nil {
 							t.Error(err)
 						}
 					}()
