@@ -10,7 +10,9 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
@@ -37,6 +39,14 @@ type Problem struct {
 	Removed bool
 	// RemoveErr is why removal failed, if it did.
 	RemoveErr error
+	// Forgotten names the containerd namespaces that were told to forget
+	// the blob before it was removed (see Forgetter).
+	Forgotten []string
+
+	// removable is false for what is not proof of a bad entry (a read
+	// error may be the disk's, not the blob's): such entries are reported
+	// and never removed.
+	removable bool
 }
 
 func (p Problem) String() string {
@@ -45,12 +55,44 @@ func (p Problem) String() string {
 		s = p.Digest.String() + " " + s
 	}
 	switch {
+	case p.Removed && len(p.Forgotten) > 0:
+		s += fmt.Sprintf(" (removed; containerd forgot it in namespace %s)", strings.Join(p.Forgotten, ", "))
 	case p.Removed:
 		s += " (removed)"
 	case p.RemoveErr != nil:
 		s += fmt.Sprintf(" (not removed: %v)", p.RemoveErr)
 	}
 	return s
+}
+
+// Removable reports whether Fsck removes p when asked to: digest
+// mismatches and stray entries, not read errors.
+func (p Problem) Removable() bool { return p.removable }
+
+// Forgetter makes containerd's metadata forget a blob in every namespace
+// that records it, so that the next pull of an image needing it fetches it
+// again (containerd's metadata answers "already exists" for a blob it
+// records, whatever the disk holds). It returns the namespaces that had it.
+type Forgetter interface {
+	Forget(ctx context.Context, d digest.Digest) ([]string, error)
+}
+
+// FsckOptions says what Fsck may change.
+type FsckOptions struct {
+	// Remove deletes bad blobs and stray entries (never unreadable ones)
+	// and stale ingests.
+	Remove bool
+	// Forget, if set, is asked to forget each bad blob before it is
+	// removed; a blob it cannot forget is kept.
+	Forget Forgetter
+	// IngestAge is how long an ingest must have been untouched to count
+	// as stale (0: DefaultIngestAge).
+	IngestAge time.Duration
+
+	// readDir and open default to the os functions; tests inject the read
+	// errors (EIO) root cannot cause with file modes.
+	readDir func(string) ([]os.DirEntry, error)
+	open    func(string) (io.ReadCloser, error)
 }
 
 // Report is the result of Fsck.
@@ -64,6 +106,9 @@ type Report struct {
 	// (never visible as blobs) and not errors; an interrupted pull resumes
 	// or containerd's GC removes them.
 	Ingests int
+	// StaleIngests are the ingests untouched for FsckOptions.IngestAge
+	// (removed with Remove; see StaleIngest).
+	StaleIngests []StaleIngest
 	// Bad lists every bad entry, sorted by path.
 	Bad []Problem
 }
@@ -79,6 +124,14 @@ func (r Report) Clean() bool { return len(r.Bad) == 0 }
 // fetches them again. A missing CAS is an error (most likely a wrong root);
 // problems with single entries are reported, not returned as errors.
 func Fsck(ctx context.Context, root string, remove bool) (Report, error) {
+	return Check(ctx, root, FsckOptions{Remove: remove})
+}
+
+// Check is Fsck with options: bad blobs are removed only on a digest
+// mismatch (read errors are reported, never acted on), each first
+// forgotten by opts.Forget, and stale ingests are counted and removed.
+func Check(ctx context.Context, root string, opts FsckOptions) (Report, error) {
+	remove := opts.Remove
 	dir := Dir(root)
 	rep := Report{Dir: dir}
 	if st, err := os.Stat(dir); err != nil {
@@ -92,8 +145,20 @@ func Fsck(ctx context.Context, root string, remove bool) (Report, error) {
 	if n, err := countEntries(filepath.Join(dir, ingestDir)); err == nil {
 		rep.Ingests = n
 	}
+	stale, err := staleIngests(root, opts.IngestAge, remove)
+	if err != nil {
+		return rep, fmt.Errorf("fsck: %w", err)
+	}
+	rep.StaleIngests = stale
 
-	f := &fsck{dir: dir, remove: remove, labels: newLabelStore(filepath.Join(dir, labelsDir))}
+	f := &fsck{ctx: ctx, dir: dir, remove: remove, forget: opts.Forget, labels: newLabelStore(filepath.Join(dir, labelsDir)),
+		readDir: opts.readDir, open: opts.open}
+	if f.readDir == nil {
+		f.readDir = os.ReadDir
+	}
+	if f.open == nil {
+		f.open = func(p string) (io.ReadCloser, error) { return os.Open(p) }
+	}
 	jobs := make(chan blobJob)
 	workers := min(max(runtime.GOMAXPROCS(0), 1), maxFsckWorkers)
 	var wg sync.WaitGroup
@@ -128,9 +193,14 @@ type blobJob struct {
 }
 
 type fsck struct {
+	ctx    context.Context // for Forget; workers get theirs passed
 	dir    string
 	remove bool
+	forget Forgetter
 	labels *labelStore
+
+	readDir func(string) ([]os.DirEntry, error)
+	open    func(string) (io.ReadCloser, error)
 
 	mu    sync.Mutex
 	good  int
@@ -142,7 +212,7 @@ type fsck struct {
 // blobs/ as a problem. It stops early only when ctx is done.
 func (f *fsck) walk(ctx context.Context, jobs chan<- blobJob) error {
 	blobs := filepath.Join(f.dir, blobsDir)
-	algs, err := os.ReadDir(blobs)
+	algs, err := f.readDir(blobs)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil // an empty store: containerd creates blobs/ on first commit
 	}
@@ -154,26 +224,27 @@ func (f *fsck) walk(ctx context.Context, jobs chan<- blobJob) error {
 		alg := digest.Algorithm(a.Name())
 		switch {
 		case !a.IsDir():
-			f.problem(Problem{Path: p, Reason: "stray file in blobs/ (not an algorithm directory)"})
+			f.problem(Problem{Path: p, Reason: "stray file in blobs/ (not an algorithm directory)", removable: true})
 			continue
 		case !alg.Available():
-			f.problem(Problem{Path: p, Reason: fmt.Sprintf("unknown digest algorithm %q", a.Name())})
+			f.problem(Problem{Path: p, Reason: fmt.Sprintf("unknown digest algorithm %q", a.Name()), removable: true})
 			continue
 		}
-		entries, err := os.ReadDir(p)
+		entries, err := f.readDir(p)
 		if err != nil {
-			f.problem(Problem{Path: p, Reason: fmt.Sprintf("unreadable directory: %v", err)})
+			// Never removable: a failing ReadDir says nothing of the blobs.
+			f.problem(Problem{Path: p, Reason: fmt.Sprintf("unreadable directory (nothing in it checked or removed): %v", err)})
 			continue
 		}
 		for _, e := range entries {
 			bp := filepath.Join(p, e.Name())
 			if err := alg.Validate(e.Name()); err != nil {
-				f.problem(Problem{Path: bp, Reason: fmt.Sprintf("stray entry: name is not a %s digest", alg)})
+				f.problem(Problem{Path: bp, Reason: fmt.Sprintf("stray entry: name is not a %s digest", alg), removable: true})
 				continue
 			}
 			d := digest.NewDigestFromEncoded(alg, e.Name())
 			if !e.Type().IsRegular() {
-				f.problem(Problem{Path: bp, Digest: d, Reason: fmt.Sprintf("not a regular file (%s)", e.Type())})
+				f.problem(Problem{Path: bp, Digest: d, Reason: fmt.Sprintf("not a regular file (%s)", e.Type()), removable: true})
 				continue
 			}
 			select {
@@ -188,9 +259,9 @@ func (f *fsck) walk(ctx context.Context, jobs chan<- blobJob) error {
 
 // check streams one blob through its digest algorithm.
 func (f *fsck) check(ctx context.Context, j blobJob, buf []byte) {
-	fp, err := os.Open(j.path)
+	fp, err := f.open(j.path)
 	if err != nil {
-		f.problem(Problem{Path: j.path, Digest: j.dgst, Reason: fmt.Sprintf("unreadable: %v", err)})
+		f.problem(Problem{Path: j.path, Digest: j.dgst, Reason: fmt.Sprintf("unreadable (kept: a read error is not a digest mismatch; check the disk): %v", err)})
 		return
 	}
 	defer fp.Close()
@@ -200,11 +271,11 @@ func (f *fsck) check(ctx context.Context, j blobJob, buf []byte) {
 		if ctx.Err() != nil {
 			return // interrupted, not bad
 		}
-		f.problem(Problem{Path: j.path, Digest: j.dgst, Reason: fmt.Sprintf("unreadable: %v", err)})
+		f.problem(Problem{Path: j.path, Digest: j.dgst, Reason: fmt.Sprintf("unreadable (kept: a read error is not a digest mismatch; check the disk): %v", err)})
 		return
 	}
 	if got := dg.Digest(); got != j.dgst {
-		f.problem(Problem{Path: j.path, Digest: j.dgst, Reason: fmt.Sprintf("digest mismatch: content (%d bytes) is %s", n, got)})
+		f.problem(Problem{Path: j.path, Digest: j.dgst, Reason: fmt.Sprintf("digest mismatch: content (%d bytes) is %s", n, got), removable: true})
 		return
 	}
 	f.mu.Lock()
@@ -213,9 +284,29 @@ func (f *fsck) check(ctx context.Context, j blobJob, buf []byte) {
 	f.mu.Unlock()
 }
 
-// problem records p, removing the entry first if asked to.
+// problem records p, removing the entry first if asked to and p is proof
+// of a bad entry. A blob is forgotten by containerd before it leaves the
+// disk: the other order would leave containerd recording a blob that is
+// gone, which its next pull then skips.
 func (f *fsck) problem(p Problem) {
-	if f.remove {
+	if f.remove && p.removable {
+		f.remove1(&p)
+	}
+	f.mu.Lock()
+	f.bad = append(f.bad, p)
+	f.mu.Unlock()
+}
+
+func (f *fsck) remove1(p *Problem) {
+	if f.forget != nil && p.Digest != "" {
+		ns, err := f.forget.Forget(f.ctx, p.Digest)
+		p.Forgotten = ns
+		if err != nil {
+			p.RemoveErr = fmt.Errorf("containerd did not forget it, so it stays: %w", err)
+			return
+		}
+	}
+	{
 		if err := os.RemoveAll(p.Path); err != nil {
 			p.RemoveErr = err
 		} else {
@@ -228,9 +319,6 @@ func (f *fsck) problem(p Problem) {
 			}
 		}
 	}
-	f.mu.Lock()
-	f.bad = append(f.bad, p)
-	f.mu.Unlock()
 }
 
 // ctxReader stops a long hash when ctx is cancelled (e.g. SIGINT).
