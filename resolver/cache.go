@@ -17,10 +17,11 @@ type cacheEntry struct {
 	expires time.Time
 }
 
-// cache keeps resolved addresses for its own lifetime rather than the
-// record TTL: legacy-unicast answers carry TTLs of at most 10 s, and
-// asking again every 10 s would cost a round trip for nothing. Staleness
-// is handled by Forget on a failed connection instead.
+// cache keeps resolved addresses for min(record TTL, its own lifetime):
+// legacy-unicast answers carry TTLs of at most 10 s, so a datastore found
+// through Avahi is asked again every 10 s, one round trip. Staleness
+// within that is handled by Forget on a failed connection, and by the
+// bridge's watcher, which evicts on a goodbye or another address's claim.
 type cache struct {
 	mu      sync.Mutex
 	ttl     time.Duration
@@ -60,9 +61,37 @@ func (c *cache) put(r Result) {
 	if c.ttl <= 0 {
 		return
 	}
+	ttl := c.ttl
+	if r.TTL > 0 {
+		ttl = min(ttl, r.TTL)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.entries[cacheKey{iface: r.Interface, host: r.Host}] = cacheEntry{result: r, expires: c.now().Add(c.ttl)}
+	c.entries[cacheKey{iface: r.Interface, host: r.Host}] = cacheEntry{result: r, expires: c.now().Add(ttl)}
+}
+
+// lookup returns the unexpired entry for host on iface.
+func (c *cache) lookup(host, iface string) (Result, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[cacheKey{iface: iface, host: host}]
+	if !ok || !c.now().Before(e.expires) {
+		return Result{}, false
+	}
+	return e.result, true
+}
+
+// holds reports whether any unexpired entry is on iface.
+func (c *cache) holds(iface string) bool {
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, e := range c.entries {
+		if k.iface == iface && now.Before(e.expires) {
+			return true
+		}
+	}
+	return false
 }
 
 // forget drops host on every bridge, or on one when iface is set.

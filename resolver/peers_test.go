@@ -31,6 +31,8 @@ func TestMain(m *testing.M) {
 		os.Exit(runEcho(os.Getenv(envEcho)))
 	case os.Getenv(envDecoy) != "":
 		os.Exit(runDecoy(os.Getenv(envDecoy)))
+	case os.Getenv(envClaim) != "":
+		os.Exit(runClaim(os.Getenv(envClaim)))
 	case os.Getenv(envTLS) != "":
 		os.Exit(runTLS(os.Getenv(envTLS)))
 	}

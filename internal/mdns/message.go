@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -67,6 +68,12 @@ var (
 // parseAnswer validates one packet received on a link whose subnet is
 // subnet. Everything in it is untrusted: any doubt rejects the packet.
 func parseAnswer(pkt []byte, from netip.AddrPort, pending []question, host string, subnet netip.Prefix) (Answer, error) {
+	return parseAnswerOn(pkt, from, pending, host, Link{Subnet: subnet})
+}
+
+// parseAnswerOn is parseAnswer on link: the address must also be none of
+// the link's own.
+func parseAnswerOn(pkt []byte, from netip.AddrPort, pending []question, host string, link Link) (Answer, error) {
 	if from.Port() != Port {
 		return Answer{}, errNotMDNSPort
 	}
@@ -96,7 +103,7 @@ func parseAnswer(pkt []byte, from netip.AddrPort, pending []question, host strin
 		a.Service = strings.TrimSuffix(q.name, LocalSuffix+".")
 		a.Port = srv.Port
 	}
-	addr, ttl, ok := hostAddress(records, host, subnet)
+	addr, ttl, ok := hostAddress(records, host, link)
 	if !ok {
 		return Answer{}, errNoAddress
 	}
@@ -131,17 +138,17 @@ func serviceTarget(records []dns.RR, service, host string) (*dns.SRV, bool) {
 }
 
 // hostAddress picks the first A record named exactly host whose address
-// lies in subnet and can be dialed there. AAAA records are ignored: the
+// lies in the link's subnet, can be dialed there and is not the node's own. AAAA records are ignored: the
 // bridges are IPv4 and an IPv6-only answer must not break resolution.
 // A TTL of zero is a goodbye (RFC 6762 §10.1), not an address.
-func hostAddress(records []dns.RR, host string, subnet netip.Prefix) (netip.Addr, time.Duration, bool) {
+func hostAddress(records []dns.RR, host string, link Link) (netip.Addr, time.Duration, bool) {
 	for _, rr := range records {
 		a, ok := rr.(*dns.A)
 		if !ok || a.Hdr.Ttl == 0 || a.Hdr.Class&^CacheFlush != dns.ClassINET || !SameName(a.Hdr.Name, host) {
 			continue
 		}
 		addr, ok := netip.AddrFromSlice(a.A.To4())
-		if !ok || !usableIn(addr, subnet) {
+		if !ok || !usableIn(addr, link.Subnet) || link.isOwn(addr) {
 			continue
 		}
 		return addr, time.Duration(a.Hdr.Ttl) * time.Second, true
@@ -173,4 +180,9 @@ func broadcast(p netip.Prefix) netip.Addr {
 		hostBits -= n
 	}
 	return netip.AddrFrom4(b)
+}
+
+// isOwn reports whether addr is one of the node's addresses on the link.
+func (l Link) isOwn(addr netip.Addr) bool {
+	return addr == l.Addr || slices.Contains(l.Own, addr)
 }

@@ -29,23 +29,45 @@ const (
 
 // Link is one interface and one of its IPv4 addresses to ask on. Queries
 // leave from Addr, bound to the device, and answers are only believed if
-// they lie inside Subnet.
+// they lie inside Subnet and name none of the node's own addresses (Addr
+// and Own): a neighbour must not make the node dial itself.
 type Link struct {
 	Name   string
 	Index  int
 	Addr   netip.Addr
 	Subnet netip.Prefix
+	Own    []netip.Addr // the interface's other addresses, refused like Addr
+}
+
+// QueryOptions tune one Query.
+type QueryOptions struct {
+	// Window is how long to keep listening after the first valid answer
+	// for answers naming other addresses; 0 returns at the first answer.
+	Window time.Duration
+	// OnFirst, if set, is called once when the first valid answer arrives,
+	// so a caller asking on several links knows this one will finish
+	// within Window.
+	OnFirst func()
+}
+
+// Observation is what one Query heard: every distinct address claimed for
+// the host on the link, in order of arrival. More than one is a conflict
+// for the caller to judge.
+type Observation struct {
+	Answers []Answer
 }
 
 // Query asks on one link until a valid answer for host (a canonical .local
-// name, see CanonicalHost) arrives or ctx ends. The socket is bound to the
-// link's address and device, so it works without any route (the multicast
-// interface is set explicitly) and answers can only arrive through that
-// link.
-func Query(ctx context.Context, link Link, host string) (Answer, error) {
+// name, see CanonicalHost) arrives, then listens opts.Window longer for
+// other answers; it fails when ctx ends before any answer. The socket is
+// bound to the link's address and device, so it works without any route
+// (the multicast interface is set explicitly) and answers can only arrive
+// through that link.
+func Query(ctx context.Context, link Link, host string, opts QueryOptions) (Observation, error) {
+	var obs Observation
 	conn, err := listenOn(ctx, link)
 	if err != nil {
-		return Answer{}, err
+		return obs, err
 	}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Now()) })
@@ -53,13 +75,13 @@ func Query(ctx context.Context, link Link, host string) (Answer, error) {
 
 	ids, err := randomIDs()
 	if err != nil {
-		return Answer{}, err
+		return obs, err
 	}
 	qs := questions(host, ids)
 	packets := make([][]byte, len(qs))
 	for i, q := range qs {
 		if packets[i], err = q.pack(); err != nil {
-			return Answer{}, fmt.Errorf("build query: %w", err)
+			return obs, fmt.Errorf("build query: %w", err)
 		}
 	}
 	dst := net.UDPAddrFromAddrPort(Group)
@@ -79,41 +101,77 @@ func Query(ctx context.Context, link Link, host string) (Answer, error) {
 		return nil
 	}
 	if err := send(); err != nil {
-		return Answer{}, err
+		return obs, err
 	}
 
 	logger := log.G(ctx).WithField("interface", link.Name)
 	buf := make([]byte, MaxPacket) // a jumbo frame; mDNS answers fit easily
 	interval := firstRetransmit
 	next := time.Now().Add(interval)
+	var windowEnd time.Time // set at the first answer
 	for n := 0; n < maxPackets; n++ {
 		if ctx.Err() != nil {
-			return Answer{}, ctx.Err()
+			return obs.orErr(ctx.Err())
 		}
-		conn.SetReadDeadline(next)
+		deadline := next
+		if !windowEnd.IsZero() {
+			deadline = windowEnd
+		}
+		conn.SetReadDeadline(deadline)
 		size, from, err := conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			if ctx.Err() != nil {
-				return Answer{}, ctx.Err()
+				return obs.orErr(ctx.Err())
 			}
 			if !isTimeout(err) {
-				return Answer{}, fmt.Errorf("read on %s: %w", link.Name, err)
+				return obs.orErr(fmt.Errorf("read on %s: %w", link.Name, err))
+			}
+			if !windowEnd.IsZero() {
+				return obs, nil // the window is over
 			}
 			if err := send(); err != nil {
-				return Answer{}, err
+				return obs, err
 			}
 			interval = min(interval*2, maxRetransmit)
 			next = time.Now().Add(interval)
 			continue
 		}
-		a, err := parseAnswer(buf[:size], unmap(from), qs, host, link.Subnet)
+		a, err := parseAnswerOn(buf[:size], unmap(from), qs, host, link)
 		if err != nil {
 			logger.WithError(err).WithField("from", from).Debug("ignored mDNS packet")
 			continue
 		}
-		return a, nil
+		obs.add(a)
+		if windowEnd.IsZero() {
+			if opts.Window <= 0 {
+				return obs, nil
+			}
+			windowEnd = time.Now().Add(opts.Window)
+			if opts.OnFirst != nil {
+				opts.OnFirst()
+			}
+		}
 	}
-	return Answer{}, fmt.Errorf("gave up on %s after %d packets without a valid answer", link.Name, maxPackets)
+	return obs.orErr(fmt.Errorf("gave up on %s after %d packets without a valid answer", link.Name, maxPackets))
+}
+
+// add records a, once per address; the first answer for an address wins.
+func (o *Observation) add(a Answer) {
+	for _, seen := range o.Answers {
+		if seen.Addr == a.Addr {
+			return
+		}
+	}
+	o.Answers = append(o.Answers, a)
+}
+
+// orErr returns what was heard if anything was, else err: once an answer
+// arrived, a cancelled window still yields it.
+func (o Observation) orErr(err error) (Observation, error) {
+	if len(o.Answers) > 0 {
+		return o, nil
+	}
+	return o, err
 }
 
 // listenOn opens the query socket of a link: bound to its address (the
