@@ -145,7 +145,8 @@ func (o *snapshotter) cleanupDirectories(ctx context.Context) ([]string, error) 
 // a vault re-created while novault survived must not wipe novault.
 func (o *snapshotter) orphanVolumeDir(ctx context.Context, dir, name string) bool {
 	if strings.HasPrefix(name, volumeTempPat) {
-		return true
+		// Unless a copy is filling it right now (createFrom).
+		return !o.copying.has(filepath.Join(dir, name))
 	}
 	base, ok := strings.CutSuffix(name, volumeDirSuffix)
 	if ok {

@@ -25,6 +25,7 @@ const (
 	crashEnvKey   = "LOCALDS_SNAPSHOT_CRASH_KEY"
 	crashEnvStage = "LOCALDS_SNAPSHOT_CRASH_STAGE"
 	crashEnvLabel = "LOCALDS_SNAPSHOT_CRASH_NOVAULT"
+	crashEnvFrom  = "LOCALDS_SNAPSHOT_CRASH_FROM" // a volume to copy (--from)
 	// crashAfterPrepare kills the helper after Prepare returned, before
 	// any commit: the prepared snapshot must survive as it is.
 	crashAfterPrepare = "after-prepare"
@@ -54,6 +55,9 @@ func crashHelper(t *testing.T) {
 	var opts []snapshots.Opt
 	if os.Getenv(crashEnvLabel) == "true" {
 		opts = append(opts, snapshots.WithLabels(map[string]string{LabelNovaultInherited: "true"}))
+	}
+	if from := os.Getenv(crashEnvFrom); from != "" {
+		opts = append(opts, snapshots.WithLabels(map[string]string{LabelFromInherited: from}))
 	}
 	if _, err := sn.Prepare(context.Background(), key, "layer1", opts...); err != nil {
 		t.Fatal(err)

@@ -32,6 +32,7 @@ const (
 const (
 	crashBeforeRename = "before-rename" // directory built, metadata not yet committed
 	crashAfterRename  = "after-rename"  // directory in place, metadata not yet committed
+	crashAfterCopy    = "after-copy"    // a --from volume's data copied, nothing recorded
 )
 
 func (o *snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) (_ []mount.Mount, err error) {
@@ -57,7 +58,18 @@ func (o *snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 		if !pl.volume {
 			return nil, fmt.Errorf("snapshot %q: label %s applies only to volume keys (<uuid>#<generation>): %w", clip(key), LabelAdopt, errdefs.ErrInvalidArgument)
 		}
+		if _, from, _ := fromLabel(base.Labels); from {
+			return nil, fmt.Errorf("snapshot %q: labels %s and %s exclude each other: %w", clip(key), LabelAdopt, LabelFrom, errdefs.ErrInvalidArgument)
+		}
 		return o.adopt(ctx, key, parent, pl, base.Labels)
+	}
+	if from, ok, err := fromLabel(base.Labels); err != nil {
+		return nil, fmt.Errorf("snapshot %q: %w", clip(key), err)
+	} else if ok {
+		if !pl.volume {
+			return nil, fmt.Errorf("snapshot %q: label %s applies only to volume keys (<uuid>#<generation>): %w", clip(key), LabelFrom, errdefs.ErrInvalidArgument)
+		}
+		return o.createFrom(ctx, key, parent, pl, from, opts)
 	}
 
 	var (

@@ -74,6 +74,7 @@ type snapshotter struct {
 	options  []string // overlay mount options appended to every overlay mount
 	instance string   // this metastore's identity, written into volume dirs
 	crash    func(stage string)
+	copying  inflight // volume directories being filled by createFrom
 }
 
 // New opens (creating if needed) the snapshotter rooted at root (the
