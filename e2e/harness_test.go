@@ -169,11 +169,12 @@ func (s *site) startContainerd(t testing.TB) {
 	s.ctrd = s.node.StartContainerd(t, testnet.ContainerdOptions{ContentSocket: s.sock, SnapshotSocket: s.sock, DiffSocket: s.sock})
 }
 
-// writeHosts runs `localds hosts --dir <hostsDir> HOST...` (files only,
+// writeHosts runs `localds --root <root> hosts --dir <hostsDir> HOST...`
+// (the daemon's mirror key into each file; files only,
 // no network).
 func (s *site) writeHosts(t testing.TB, hosts ...string) {
 	t.Helper()
-	out := runLocalds(t, append([]string{"hosts", "--dir", s.hostsDir}, hosts...)...)
+	out := runLocalds(t, append([]string{"--root", s.root, "hosts", "--dir", s.hostsDir}, hosts...)...)
 	t.Logf("localds hosts wrote:\n%s", out)
 }
 

@@ -17,7 +17,6 @@ import (
 	"github.com/urfave/cli/v3"
 
 	"github.com/localds/localds/internal/daemon"
-	"github.com/localds/localds/internal/mirror"
 )
 
 func main() {
@@ -106,13 +105,9 @@ func configFrom(cmd *cli.Command) (daemon.Config, error) {
 	if err := cfg.Validate(); err != nil {
 		return daemon.Config{}, err
 	}
-	mopts := mirror.Options{Prefetch: cfg.Prefetch}
-	if cfg.DatastoreCA != "" {
-		tlsConf, err := daemon.DatastoreTLS(cfg.DatastoreCA)
-		if err != nil {
-			return daemon.Config{}, err
-		}
-		mopts.TLS = tlsConf
+	mopts, err := daemon.MirrorOptions(cfg)
+	if err != nil {
+		return daemon.Config{}, err
 	}
 	cfg.Mirror = daemon.RegistryMirror(mopts)
 	// The diff service only reads the CAS; it works with any snapshotter.

@@ -35,6 +35,8 @@ import (
 //	mirror-listen = "127.0.0.1:5151"
 //	interface = ["br*", "bn1"]
 //	datastore-ca = "/etc/localds/datastore-ca.pem"
+//	datastore-tls = "required"   # default: required with datastore-ca, else auto
+//	allow-plain-http-credentials = false
 //	snapshotter = true
 //	prefetch = true
 //	stage-layers = true
@@ -53,6 +55,14 @@ type Config struct {
 	// DatastoreCA is a PEM file of the only CAs the mirror trusts for
 	// HTTPS datastores (see DatastoreTLS).
 	DatastoreCA string `toml:"datastore-ca" usage:"PEM file of the CA certificates trusted for HTTPS .local datastores, instead of the system's (verified against the .local name)"`
+	// DatastoreTLS is how the mirror talks to datastores: "required"
+	// (HTTPS only, never a fallback), "auto" (HTTPS, falling back to plain
+	// HTTP when the datastore does not speak TLS) or "off" (plain HTTP);
+	// empty means required with DatastoreCA, else auto.
+	DatastoreTLS string `toml:"datastore-tls" usage:"required (HTTPS only), auto (HTTPS, else plain HTTP) or off (plain HTTP); default: required with --datastore-ca, else auto"`
+	// AllowPlainHTTPCredentials lets the mirror forward containerd's
+	// credentials to a datastore over plain HTTP.
+	AllowPlainHTTPCredentials bool `toml:"allow-plain-http-credentials" usage:"let the mirror forward containerd's credentials (Authorization, token requests) to datastores over plain HTTP, readable by anyone on the bridge"`
 	// Snapshotter asks the command to add SnapshotService to Services.
 	Snapshotter bool `toml:"snapshotter" usage:"also serve the localds snapshotter on the socket (needs root and overlayfs; --snapshotter=false for content only)"`
 	// Prefetch asks the command's registry mirror to prefetch
@@ -119,8 +129,24 @@ func (c *Config) Validate() error {
 		}
 	}
 	c.StageLayers = c.StageLayers && c.Prefetch
+	switch c.DatastoreTLS {
+	case "", TLSRequired, TLSAuto:
+	case TLSOff:
+		if c.DatastoreCA != "" {
+			return fmt.Errorf("datastore-tls = %q with datastore-ca: the CA would never be used (want %q or %q): %w", c.DatastoreTLS, TLSRequired, TLSAuto, errdefs.ErrInvalidArgument)
+		}
+	default:
+		return fmt.Errorf("datastore-tls = %q: want %q, %q or %q: %w", c.DatastoreTLS, TLSRequired, TLSAuto, TLSOff, errdefs.ErrInvalidArgument)
+	}
 	return nil
 }
+
+// Values of Config.DatastoreTLS.
+const (
+	TLSRequired = "required"
+	TLSAuto     = "auto"
+	TLSOff      = "off"
+)
 
 // Setting is one user setting of a Config.
 type Setting struct {

@@ -138,6 +138,13 @@ func (m *Mirror) serveToken(ctx context.Context, w http.ResponseWriter, r *http.
 		}
 	}
 	req.Header.Set("User-Agent", userAgent)
+	// A GET carries credentials in Authorization, an OAuth POST in its
+	// form (password or refresh token).
+	if u.Scheme == "http" && !m.opts.AllowPlainHTTPCredentials && (req.Header.Get("Authorization") != "" || r.Method == http.MethodPost) {
+		m.stats.rejected.Add(1)
+		writeError(w, r, http.StatusForbidden, codeDenied, fmt.Sprintf("token realm %s: %v", u.Host, errPlainCredentials))
+		return
+	}
 	resp, err := m.up.client.Do(req)
 	if err != nil {
 		m.stats.upstreamErrors.Add(1)

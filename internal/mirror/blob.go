@@ -22,8 +22,9 @@ const copyBufSize = 64 << 10
 // serveBlob answers GET and HEAD of /v2/<name>/blobs/<digest>.
 func (m *Mirror) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.Request, t target) {
 	if m.prefetch != nil {
-		// A blob being prefetched is answered from the store once it is in.
-		m.prefetch.inFlight.Wait(ctx, t.dgst)
+		// A blob being prefetched from this host is answered from the store
+		// once it is in; another host's prefetch of it is not waited for.
+		m.prefetch.inFlight.WaitFrom(ctx, t.host, t.dgst)
 	}
 	if m.opts.Store != nil && m.serveFromStore(ctx, w, r, t) {
 		return

@@ -107,12 +107,13 @@ func TestHostsTOMLWithContainerd(t *testing.T) {
 }
 
 // TestContribHostsFiles keeps the documented examples what `localds
-// hosts` writes; LOCALDS_UPDATE_CONTRIB=1 rewrites them.
+// hosts` writes, with KeyPlaceholder for the node's mirror key;
+// LOCALDS_UPDATE_CONTRIB=1 rewrites them.
 func TestContribHostsFiles(t *testing.T) {
 	for _, host := range []string{dsHost, dsName} {
 		path := filepath.Join("..", "..", "contrib", "certs.d", HostsDirName(host), "hosts.toml")
 		if os.Getenv("LOCALDS_UPDATE_CONTRIB") == "1" {
-			want, _ := HostsTOML(host, DefaultAddr, "http")
+			want, _ := HostsTOMLWithKey(host, DefaultAddr, "http", KeyPlaceholder)
 			if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
 				t.Fatal(err)
 			}
@@ -121,7 +122,7 @@ func TestContribHostsFiles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want, _ := HostsTOML(host, DefaultAddr, "http")
+		want, _ := HostsTOMLWithKey(host, DefaultAddr, "http", KeyPlaceholder)
 		if string(b) != want {
 			t.Errorf("%s differs from `localds hosts %s`:\n%s\nwant:\n%s", path, host, b, want)
 		}
@@ -288,7 +289,8 @@ func TestBearerTokenThroughMirror(t *testing.T) {
 	reg := newFakeRegistry(t)
 	mdesc, blobs := testImage(t, reg)
 	reg.tokenAuth = "edge:secret"
-	env := newTestEnv(t, reg, Options{})
+	// Plain HTTP fake datastore: credentials allowed (the default refuses).
+	env := newTestEnv(t, reg, Options{AllowPlainHTTPCredentials: true})
 
 	// The challenge as containerd sees it.
 	resp := env.do(t, http.MethodHead, env.url("/v2/app/manifests/1"), nil)

@@ -16,6 +16,8 @@ const (
 	codeManifestInvalid = "MANIFEST_INVALID"
 	codeUnsupported     = "UNSUPPORTED"
 	codeRangeInvalid    = "RANGE_INVALID"
+	codeUnauthorized    = "UNAUTHORIZED"
+	codeDenied          = "DENIED"
 	codeUnavailable     = "UNAVAILABLE" // not in the spec's list; registries use it for 5xx
 )
 

@@ -86,6 +86,20 @@ func MirrorURL(addr string) (string, error) {
 // mirror picks its own scheme. For DefaultHostsHost there is no server
 // line: each registry stays its own server, after the mirror's 404.
 func HostsTOML(host, mirrorAddr, serverScheme string) (string, error) {
+	return HostsTOMLWithKey(host, mirrorAddr, serverScheme, "")
+}
+
+// HostsTOMLWithKey is HostsTOML whose mirror host also sends the
+// mirror's client key (KeyHeader) with every request, which is how the
+// mirror tells containerd from any other local client (clientkey.go).
+// key is the daemon's (LoadOrCreateKey) or, for examples, KeyPlaceholder;
+// empty writes no header.
+func HostsTOMLWithKey(host, mirrorAddr, serverScheme, key string) (string, error) {
+	if key != "" && key != KeyPlaceholder {
+		if err := checkKey(key); err != nil {
+			return "", fmt.Errorf("mirror key: %w", err)
+		}
+	}
 	if err := CheckHostsHost(host); err != nil {
 		return "", err
 	}
@@ -110,6 +124,11 @@ func HostsTOML(host, mirrorAddr, serverScheme string) (string, error) {
 		fmt.Fprintf(&b, "server = %q\n", serverScheme+"://"+host)
 	}
 	fmt.Fprintf(&b, "\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", mirrorURL)
+	if key != "" {
+		b.WriteString("  # The mirror serves only requests with this key (<root>/vault/mirror.key):\n" +
+			"  # keep this file private (0600).\n")
+		fmt.Fprintf(&b, "  [host.%q.header]\n    %s = %q\n", mirrorURL, KeyHeader, key)
+	}
 	return b.String(), nil
 }
 
@@ -121,6 +140,9 @@ func HostsPath(root, host string) string {
 // WriteHostsFile writes text as host's hosts.toml under root, replacing
 // the file atomically (containerd never reads half a file). A file that
 // HostsTOML did not write is a user's: it is only replaced with force.
+// A file with the mirror's client key is readable by its owner only
+// (0600; containerd runs as root), in a directory only its owner lists
+// (0700); one without stays 0644 like containerd's own examples.
 func WriteHostsFile(root, host, text string, force bool) (string, error) {
 	if err := CheckHostsHost(host); err != nil {
 		return "", err
@@ -134,8 +156,18 @@ func WriteHostsFile(root, host, text string, force bool) (string, error) {
 		return "", fmt.Errorf("read %s: %w", path, err)
 	}
 	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	fileMode, dirMode := os.FileMode(0o644), os.FileMode(0o755)
+	if strings.Contains(text, KeyHeader) {
+		fileMode, dirMode = 0o600, 0o700
+	}
+	if err := os.MkdirAll(dir, dirMode); err != nil {
 		return "", fmt.Errorf("create hosts directory: %w", err)
+	}
+	if dirMode == 0o700 {
+		// MkdirAll leaves an existing directory's mode alone.
+		if err := os.Chmod(dir, dirMode); err != nil {
+			return "", fmt.Errorf("hosts directory: %w", err)
+		}
 	}
 	tmp, err := os.CreateTemp(dir, ".hosts.toml-*")
 	if err != nil {
@@ -144,7 +176,7 @@ func WriteHostsFile(root, host, text string, force bool) (string, error) {
 	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
 	_, err = tmp.WriteString(text)
 	if err == nil {
-		err = tmp.Chmod(0o644)
+		err = tmp.Chmod(fileMode)
 	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr

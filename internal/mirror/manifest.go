@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -89,6 +90,18 @@ func (m *Mirror) serveManifest(ctx context.Context, w http.ResponseWriter, r *ht
 	m.unavailable(ctx, w, r, t, fmt.Errorf("manifest %s: giving up: %w", t.ref, lastErr))
 }
 
+// countLayers is the number of layers an image manifest lists (0 for
+// anything else, e.g. an index).
+func countLayers(body []byte) int {
+	var mf struct {
+		Layers []json.RawMessage `json:"layers"`
+	}
+	if json.Unmarshal(body, &mf) != nil {
+		return 0
+	}
+	return len(mf.Layers)
+}
+
 func (m *Mirror) writeManifest(ctx context.Context, w http.ResponseWriter, r *http.Request, t target, resp *http.Response, body []byte) {
 	alg := digest.Canonical
 	if t.dgst != "" {
@@ -106,6 +119,13 @@ func (m *Mirror) writeManifest(ctx context.Context, w http.ResponseWriter, r *ht
 		// bytes sent win, and containerd verifies by them.
 		log.G(ctx).WithFields(log.Fields{"host": t.host, "tag": t.ref, "header": d, "computed": sum}).
 			Warn("datastore's Docker-Content-Digest differs from the manifest's; sending the computed one")
+	}
+	if n := countLayers(body); n > m.opts.MaxLayers {
+		// Refused before any prefetch: thousands of layers are no image
+		// an edge node runs, and each would be a job and an ingest.
+		m.badGateway(ctx, w, r, t, codeManifestInvalid,
+			fmt.Errorf("manifest %s lists %d layers, more than the %d the mirror accepts in one image", sum, n, m.opts.MaxLayers))
+		return
 	}
 	if m.prefetch != nil {
 		m.prefetch.manifest(ctx, t, upstreamHeaders(r), resp.Header.Get("Content-Type"), body)

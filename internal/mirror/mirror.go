@@ -11,10 +11,18 @@
 //
 // Decisions a user can rely on:
 //
+//   - Clients. With Options.ClientKey set (the daemon always sets it), a
+//     request for a .local host is served only if it carries the key in
+//     the KeyHeader header, which `localds hosts` writes into hosts.toml
+//     for containerd (clientkey.go); anything else gets 401. The API
+//     version check (/v2/) and the 404 for other hosts stay open.
 //   - Scheme. containerd tells the mirror the host, not the scheme.
-//     Options.Scheme picks it; the default SchemeAuto tries HTTPS (the
-//     certificate is checked against the .local name) and falls back to
-//     plain HTTP the way containerd does for localhost.
+//     Options.Scheme picks it. By default a mirror with a configured CA
+//     (Options.TLS.RootCAs) speaks only HTTPS and never falls back;
+//     without one it tries HTTPS (the certificate is checked against the
+//     .local name) and falls back to plain HTTP the way containerd does
+//     for localhost. Credentials (Authorization) are never sent over plain
+//     HTTP unless Options.AllowPlainHTTPCredentials.
 //   - Verification. A whole blob is hashed as it passes; the last chunk is
 //     held back until the digest (and length) matched, and on a mismatch
 //     the connection is cut (http.ErrAbortHandler), so the client never
@@ -77,6 +85,8 @@ import (
 const (
 	DefaultMaxResumes            = 5
 	DefaultResumeTimeout         = 2 * time.Minute
+	DefaultOutageTimeout         = 10 * time.Minute
+	DefaultOutageBackoff         = time.Second
 	DefaultStallTimeout          = 15 * time.Second
 	DefaultResponseHeaderTimeout = 30 * time.Second
 	// maxErrorBody bounds the datastore error bodies passed on.
@@ -95,14 +105,32 @@ type Options struct {
 	Store content.Store
 	// TLS is the client configuration for HTTPS datastores (e.g. a CA).
 	TLS *tls.Config
-	// Scheme picks HTTP or HTTPS for datastores; default SchemeAuto.
+	// Scheme picks HTTP or HTTPS for datastores; default SchemeDefault.
 	Scheme Scheme
+	// AllowPlainHTTPCredentials lets the mirror forward a client's
+	// Authorization (and token requests) to a datastore over plain HTTP,
+	// where anyone on the bridge can read them; refused by default.
+	AllowPlainHTTPCredentials bool
+	// ClientKey, if set, is the secret a request for a .local host must
+	// carry in KeyHeader (see clientkey.go); empty serves anyone.
+	ClientKey string
+	// MaxLayers bounds the layers of a manifest the mirror serves (and
+	// prefetches); 0 means DefaultMaxLayers.
+	MaxLayers int
 	// MaxResumes bounds resumes of one transfer; 0 means
 	// DefaultMaxResumes, negative disables resuming.
 	MaxResumes int
 	// ResumeTimeout bounds the time from a transfer's first failure to
-	// its last resume attempt.
+	// its last resume attempt while the datastore answers.
 	ResumeTimeout time.Duration
+	// OutageTimeout is how long a transfer in flight waits for a
+	// datastore that does not answer at all (a restarting container);
+	// 0 means DefaultOutageTimeout.
+	OutageTimeout time.Duration
+	// OutageBackoff caps the wait between tries during an outage, so a
+	// returning datastore is found within about that long; 0 means
+	// DefaultOutageBackoff.
+	OutageBackoff time.Duration
 	// StallTimeout is how long a datastore may send nothing before the
 	// transfer counts as broken.
 	StallTimeout time.Duration
@@ -145,9 +173,22 @@ func New(opts Options) (*Mirror, error) {
 		opts.DialContext = resolver.NewDialer(opts.Discoverer).DialContext
 	}
 	switch opts.Scheme {
+	case SchemeDefault:
+		opts.Scheme = SchemeAuto
+		if opts.TLS != nil && opts.TLS.RootCAs != nil {
+			opts.Scheme = SchemeHTTPS // a configured CA means TLS, always
+		}
 	case SchemeAuto, SchemeHTTP, SchemeHTTPS:
 	default:
-		return nil, fmt.Errorf("mirror: scheme %q: want %q, %q or empty for automatic", opts.Scheme, SchemeHTTP, SchemeHTTPS)
+		return nil, fmt.Errorf("mirror: scheme %q: want %q, %q, %q or empty for the default", opts.Scheme, SchemeHTTPS, SchemeAuto, SchemeHTTP)
+	}
+	if opts.ClientKey != "" {
+		if err := checkKey(opts.ClientKey); err != nil {
+			return nil, fmt.Errorf("mirror: client key: %w", err)
+		}
+	}
+	if opts.MaxLayers <= 0 {
+		opts.MaxLayers = DefaultMaxLayers
 	}
 	switch {
 	case opts.MaxResumes == 0:
@@ -157,6 +198,12 @@ func New(opts Options) (*Mirror, error) {
 	}
 	if opts.ResumeTimeout <= 0 {
 		opts.ResumeTimeout = DefaultResumeTimeout
+	}
+	if opts.OutageTimeout <= 0 {
+		opts.OutageTimeout = DefaultOutageTimeout
+	}
+	if opts.OutageBackoff <= 0 {
+		opts.OutageBackoff = DefaultOutageBackoff
 	}
 	if opts.StallTimeout <= 0 {
 		opts.StallTimeout = DefaultStallTimeout
@@ -205,6 +252,10 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		"method": r.Method, "path": r.URL.EscapedPath(), "ns": r.URL.Query().Get("ns"),
 	}))
 	if r.URL.EscapedPath() == tokenPath {
+		if m.opts.ClientKey != "" && !keyMatches(r, m.opts.ClientKey) {
+			m.refuseClient(w, r)
+			return
+		}
 		m.serveToken(ctx, w, r)
 		return
 	}
@@ -244,6 +295,11 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			msg = fmt.Sprintf("%s is not a .local host; fetch it from the registry itself", t.host)
 		}
 		writeError(w, r, http.StatusNotFound, codeNameUnknown, msg)
+		return
+	}
+	if m.opts.ClientKey != "" && !keyMatches(r, m.opts.ClientKey) {
+		log.G(ctx).Info("mirror request without the client key refused")
+		m.refuseClient(w, r)
 		return
 	}
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("ref", t.ref))
@@ -298,6 +354,7 @@ func (m *Mirror) passError(ctx context.Context, w http.ResponseWriter, r *http.R
 type Stats struct {
 	Requests        uint64 // every request
 	NotLocal        uint64 // answered 404 because ns was not .local
+	Unauthorized    uint64 // answered 401: no valid client key
 	Rejected        uint64 // refused as malformed (4xx before any upstream request)
 	ManifestsServed uint64 // manifests answered (verified by digest, digested by tag)
 	BlobsServed     uint64 // whole blobs streamed and verified
@@ -313,7 +370,7 @@ type Stats struct {
 }
 
 type counters struct {
-	requests, notLocal, rejected, manifestsServed, blobsServed, partialsServed,
+	requests, notLocal, unauthorized, rejected, manifestsServed, blobsServed, partialsServed,
 	storeHits, bytesServed, resumes, verifyFailures, knownBad, upstreamErrors,
 	prefetched, prefetchFailures atomic.Uint64
 }
@@ -322,7 +379,7 @@ type counters struct {
 func (m *Mirror) Stats() Stats {
 	c := &m.stats
 	return Stats{
-		Requests: c.requests.Load(), NotLocal: c.notLocal.Load(), Rejected: c.rejected.Load(),
+		Requests: c.requests.Load(), NotLocal: c.notLocal.Load(), Unauthorized: c.unauthorized.Load(), Rejected: c.rejected.Load(),
 		ManifestsServed: c.manifestsServed.Load(), BlobsServed: c.blobsServed.Load(),
 		PartialsServed: c.partialsServed.Load(), StoreHits: c.storeHits.Load(),
 		BytesServed: c.bytesServed.Load(), Resumes: c.resumes.Load(),

@@ -293,7 +293,9 @@ func TestAuthPassThrough(t *testing.T) {
 	reg := newFakeRegistry(t)
 	d, b := reg.addBlob(1000)
 	reg.basicAuth = "edge:secret"
-	env := newTestEnv(t, reg, Options{})
+	// The fake datastore speaks plain HTTP: credentials go there only when
+	// allowed (TestPlainHTTPCredentialsRefused is the default).
+	env := newTestEnv(t, reg, Options{AllowPlainHTTPCredentials: true})
 	url := env.url("/v2/app/blobs/" + d.String())
 
 	resp := env.do(t, http.MethodGet, url, nil)

@@ -36,33 +36,76 @@ import (
 // metadata and is removed by containerd's next garbage collection.
 
 const (
-	// DefaultPrefetchConcurrency bounds simultaneous prefetch downloads.
+	// DefaultPrefetchConcurrency bounds simultaneous prefetch downloads:
+	// the workers of the prefetch pool.
 	DefaultPrefetchConcurrency = 4
+	// DefaultMaxLayers bounds the layers of one image manifest. Real
+	// images have tens (overlayfs stacks at most a few hundred); a
+	// manifest listing thousands is refused, not prefetched.
+	DefaultMaxLayers = 1000
+	// maxQueuedPrefetches bounds the prefetch jobs waiting for a worker,
+	// over all manifests; beyond it a blob is fetched when asked for.
+	maxQueuedPrefetches = 4 * DefaultMaxLayers
 	// DefaultPrefetchTimeout bounds one prefetched blob.
 	DefaultPrefetchTimeout = 10 * time.Minute
 	// prefetchRefPrefix names the store ingests of prefetches.
 	prefetchRefPrefix = "localds-prefetch-"
 )
 
-// prefetcher runs the mirror's prefetches; which blobs are in flight is
-// recorded in the shared prefetch.Tracker, not here.
+// prefetcher runs the mirror's prefetches in a bounded pool: a queue of
+// jobs (at most maxQueuedPrefetches) and at most `workers` goroutines,
+// started when there is work and ended when there is none, so a manifest
+// listing thousands of layers costs memory for its queue entries, not a
+// goroutine each. A job is one blob from one datastore, keyed by (host,
+// digest): another host's job for the same digest runs on its own, so a
+// slow or hostile datastore never holds up another's pull of that blob.
+// Which blobs are in flight is recorded in the shared prefetch.Tracker.
 type prefetcher struct {
 	m        *Mirror
 	inFlight *prefetch.Tracker
 	base     context.Context // cancelled by Mirror.Close
 	stop     context.CancelFunc
-	slots    chan struct{}
+	workers  int // the pool's size
 	wg       sync.WaitGroup
+
+	mu      sync.Mutex
+	queue   []*prefetchJob
+	jobs    map[prefetchKey]bool // queued or running
+	running int                  // worker goroutines
+	closed  bool
+}
+
+type prefetchKey struct {
+	host string
+	dgst digest.Digest
+}
+
+type prefetchJob struct {
+	key  prefetchKey
+	ctx  context.Context // the manifest request's logger, not its lifetime
+	t    target
+	hdr  http.Header
+	desc ocispec.Descriptor
+	end  func() // the Tracker's
 }
 
 func newPrefetcher(m *Mirror, inFlight *prefetch.Tracker, concurrency int) *prefetcher {
 	base, stop := context.WithCancel(context.Background())
-	return &prefetcher{m: m, inFlight: inFlight, base: base, stop: stop, slots: make(chan struct{}, concurrency)}
+	return &prefetcher{m: m, inFlight: inFlight, base: base, stop: stop, workers: concurrency, jobs: map[prefetchKey]bool{}}
 }
 
-// close stops running prefetches and waits (bounded) for them to end.
+// close stops running prefetches, drops queued ones (releasing whoever
+// waits for them) and waits (bounded) for the workers to end.
 func (p *prefetcher) close() {
 	p.stop()
+	p.mu.Lock()
+	p.closed = true
+	queued := p.queue
+	p.queue = nil
+	p.mu.Unlock()
+	for _, j := range queued {
+		j.end()
+	}
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
 	select {
@@ -104,44 +147,71 @@ func (p *prefetcher) manifest(ctx context.Context, t target, hdr http.Header, me
 }
 
 func (p *prefetcher) start(ctx context.Context, t target, hdr http.Header, desc ocispec.Descriptor) {
-	end, ok := p.inFlight.Begin(desc.Digest)
-	if !ok {
-		return // already being prefetched
+	key := prefetchKey{host: t.host, dgst: desc.Digest}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.jobs[key] || len(p.queue) >= maxQueuedPrefetches {
+		return // being prefetched from this host, or too much queued: fetched on request
 	}
-	p.wg.Add(1)
+	end, ok := p.inFlight.BeginFrom(t.host, desc.Digest)
+	if !ok {
+		return
+	}
+	p.jobs[key] = true
+	p.queue = append(p.queue, &prefetchJob{key: key, ctx: ctx, t: t, hdr: hdr, desc: desc, end: end})
+	if p.running < p.workers {
+		p.running++
+		p.wg.Add(1)
+		go p.work()
+	}
+}
 
-	// Detached from the manifest request, bounded by its own timeout and
-	// by the mirror's lifetime; the logger comes along.
-	jctx, cancel := context.WithTimeout(log.WithLogger(p.base, log.G(ctx)), p.m.opts.PrefetchTimeout)
-	go func() {
-		defer p.wg.Done()
-		defer cancel()
-		err := p.fetch(jctx, t, hdr, desc)
-		if err != nil {
-			log.G(jctx).WithError(err).WithField("digest", desc.Digest).Warn("prefetch failed; the blob will be fetched on request")
-			p.m.stats.prefetchFailures.Add(1)
-			if errors.Is(err, errDigestMismatch) {
-				// containerd's request, waiting in wait, is refused with
-				// the reason instead of downloading the bad blob again.
-				p.m.bad.add(t.host, desc.Digest, err.Error())
-			}
-		} else {
-			p.m.stats.prefetched.Add(1)
+// work runs queued jobs until the queue is empty.
+func (p *prefetcher) work() {
+	defer p.wg.Done()
+	for {
+		p.mu.Lock()
+		if len(p.queue) == 0 {
+			p.running--
+			p.mu.Unlock()
+			return
 		}
-		end()
-	}()
+		j := p.queue[0]
+		p.queue[0] = nil
+		p.queue = p.queue[1:]
+		p.mu.Unlock()
+		p.run(j)
+	}
+}
+
+// run prefetches one job, detached from the manifest request, bounded
+// by its own timeout and by the mirror's lifetime; the logger comes
+// along.
+func (p *prefetcher) run(j *prefetchJob) {
+	jctx, cancel := context.WithTimeout(log.WithLogger(p.base, log.G(j.ctx)), p.m.opts.PrefetchTimeout)
+	defer cancel()
+	err := p.fetch(jctx, j.t, j.hdr, j.desc)
+	if err != nil {
+		log.G(jctx).WithError(err).WithField("digest", j.desc.Digest).Warn("prefetch failed; the blob will be fetched on request")
+		p.m.stats.prefetchFailures.Add(1)
+		if errors.Is(err, errDigestMismatch) {
+			// containerd's request, waiting in wait, is refused with
+			// the reason instead of downloading the bad blob again.
+			p.m.bad.add(j.t.host, j.desc.Digest, err.Error())
+		}
+	} else {
+		p.m.stats.prefetched.Add(1)
+	}
+	p.mu.Lock()
+	delete(p.jobs, j.key)
+	p.mu.Unlock()
+	j.end()
 }
 
 // fetch streams one blob from the datastore (resuming like any blob
 // transfer) into the store, and commits it only if its length and digest
 // are the descriptor's.
 func (p *prefetcher) fetch(ctx context.Context, t target, hdr http.Header, desc ocispec.Descriptor) error {
-	select {
-	case p.slots <- struct{}{}:
-		defer func() { <-p.slots }()
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 	if _, err := p.m.opts.Store.Info(ctx, desc.Digest); err == nil {
 		return nil // containerd (or another prefetch) got there first
 	}
@@ -156,7 +226,10 @@ func (p *prefetcher) fetch(ctx context.Context, t target, hdr http.Header, desc 
 	s := &stream{m: p.m, ctx: ctx, t: t, hdr: hdr, cur: pc, end: desc.Size - 1, total: desc.Size}
 	defer s.Close()
 
-	ref := prefetchRefPrefix + desc.Digest.String()
+	// One ingest per (host, digest) job: two hosts' prefetches of a blob
+	// never share (or lock each other out of) an ingest; the first commit
+	// wins, the other finds it AlreadyExists.
+	ref := prefetchRefPrefix + t.host + "-" + desc.Digest.String()
 	cw, err := content.OpenWriter(ctx, p.m.opts.Store, content.WithRef(ref), content.WithDescriptor(desc))
 	if err != nil {
 		if errdefs.IsAlreadyExists(err) {

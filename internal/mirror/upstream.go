@@ -22,6 +22,11 @@ import (
 type Scheme string
 
 const (
+	// SchemeDefault is SchemeHTTPS when a CA is configured
+	// (Options.TLS.RootCAs set: daemon datastore-ca), else SchemeAuto. A
+	// datastore that has a CA speaks TLS; whoever answers in plain HTTP
+	// on its address is not it.
+	SchemeDefault Scheme = ""
 	// SchemeAuto tries HTTPS first and falls back to plain HTTP when the
 	// datastore answers TLS with HTTP (or, for a host without a port, when
 	// nothing listens on 443), the way containerd treats localhost and
@@ -29,13 +34,17 @@ const (
 	// host for plainMemory, so it costs one extra round trip, not one per
 	// request. Content is digest-verified either way; only tag lookups
 	// trust the transport.
-	SchemeAuto Scheme = ""
+	SchemeAuto Scheme = "auto"
 	// SchemeHTTPS only speaks TLS, verifying the certificate against the
-	// .local name.
+	// .local name, and never falls back.
 	SchemeHTTPS Scheme = "https"
 	// SchemeHTTP only speaks plain HTTP.
 	SchemeHTTP Scheme = "http"
 )
+
+// errPlainCredentials: a request with credentials would go over plain
+// HTTP, where anyone on the bridge reads them.
+var errPlainCredentials = errors.New("refusing to send credentials (Authorization) over plain HTTP, where anyone on the bridge can read them; serve the datastore over HTTPS, or allow it with allow-plain-http-credentials")
 
 const (
 	// connectAttempts bounds how often one upstream request is sent when
@@ -63,10 +72,11 @@ var passedResponseHeaders = []string{
 
 // upstream sends requests to .local datastores.
 type upstream struct {
-	transport *http.Transport
-	client    *http.Client
-	scheme    Scheme
-	forget    func(host string)
+	transport  *http.Transport
+	client     *http.Client
+	scheme     Scheme
+	plainCreds bool // Options.AllowPlainHTTPCredentials
+	forget     func(host string)
 
 	mu    sync.Mutex
 	plain map[string]time.Time // SchemeAuto: host -> until when it speaks plain HTTP
@@ -90,7 +100,7 @@ func newUpstream(opts Options, forget func(host string)) *upstream {
 		// decompressed body would never match its digest.
 		DisableCompression: true,
 	}
-	u := &upstream{transport: tr, scheme: opts.Scheme, forget: forget, plain: map[string]time.Time{}}
+	u := &upstream{transport: tr, scheme: opts.Scheme, plainCreds: opts.AllowPlainHTTPCredentials, forget: forget, plain: map[string]time.Time{}}
 	u.client = &http.Client{
 		Transport: tr,
 		// The mirror is a door to datastores on internal bridges, not an
@@ -119,8 +129,8 @@ func (u *upstream) do(ctx context.Context, method, host, path string, hdr http.H
 		}
 		lastErr = err
 		var certErr *tls.CertificateVerificationError
-		if ctx.Err() != nil || errors.As(err, &certErr) {
-			break // a wrong certificate stays wrong
+		if ctx.Err() != nil || errors.As(err, &certErr) || errors.Is(err, errPlainCredentials) || errors.Is(err, errTLSRequired) {
+			break // a wrong certificate stays wrong, and so does a refusal
 		}
 		log.G(ctx).WithError(err).WithFields(log.Fields{"host": host, "attempt": attempt + 1}).
 			Info("request to datastore failed")
@@ -141,6 +151,10 @@ func (u *upstream) reset(host string) {
 func (u *upstream) send(ctx context.Context, method, host, path string, hdr http.Header) (*http.Response, error) {
 	scheme := u.schemeFor(host)
 	resp, err := u.sendScheme(ctx, scheme, method, host, path, hdr)
+	if err != nil && u.scheme == SchemeHTTPS && shouldFallBack(err, host) {
+		// What would make SchemeAuto fall back: say why it does not.
+		return nil, fmt.Errorf("%w: %w", errTLSRequired, err)
+	}
 	if err != nil && u.scheme == SchemeAuto && scheme == "https" && shouldFallBack(err, host) {
 		log.G(ctx).WithError(err).WithField("host", host).Debug("datastore does not speak TLS; using plain HTTP")
 		u.mu.Lock()
@@ -153,6 +167,9 @@ func (u *upstream) send(ctx context.Context, method, host, path string, hdr http
 
 func (u *upstream) sendScheme(ctx context.Context, scheme, method, host, path string, hdr http.Header) (*http.Response, error) {
 	url := scheme + "://" + host + path
+	if scheme == "http" && !u.plainCreds && hdr.Get("Authorization") != "" {
+		return nil, fmt.Errorf("%s %s: %w", method, url, errPlainCredentials)
+	}
 	req, err := http.NewRequestWithContext(ctx, method, url, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", method, url, err)
@@ -183,6 +200,9 @@ func (u *upstream) schemeFor(host string) string {
 	}
 	return "https"
 }
+
+// errTLSRequired: the datastore does not speak TLS where it must.
+var errTLSRequired = errors.New("TLS is required for this datastore (a datastore CA is configured, or datastore-tls = \"required\") and the answer was not TLS: the mirror never falls back to plain HTTP for it")
 
 // shouldFallBack mirrors containerd's httpFallback: a plain-HTTP answer
 // to the TLS hello, a handshake timeout, or, when no port was given (so

@@ -21,62 +21,129 @@ package prefetch
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
+// DefaultHold bounds how long a prefetch holds others back: while it is
+// younger, containerd's writer for its blob is refused (Store) and Info
+// waits for it. A datastore that trickles (or a neighbour posing as one)
+// can keep a prefetch running for its whole timeout; past the hold,
+// containerd fetches the blob itself, and a content-addressed blob is the
+// same whichever fetch commits it first.
+const DefaultHold = 30 * time.Second
+
 // Tracker records the blobs being prefetched into the content store and
-// offers each one to the Stager. It is safe for concurrent use.
+// offers each one to the Stager. A prefetch is one blob from one source
+// (the mirror's datastore host): the same digest may be in flight from
+// two sources, and a source's waiters wait only for their own
+// (WaitFrom). The content store, which knows only digests, is held back
+// by any young prefetch of the digest (Running). It is safe for
+// concurrent use.
 type Tracker struct {
 	stager Stager // nil: nothing is staged
+	hold   time.Duration
 
 	mu       sync.Mutex
-	inFlight map[digest.Digest]chan struct{} // closed when the prefetch ends
+	inFlight map[digest.Digest]map[string]*trackedJob // digest -> source
+}
+
+type trackedJob struct {
+	done  chan struct{} // closed when the prefetch ends
+	began time.Time
+}
+
+// TrackerOption configures a Tracker.
+type TrackerOption func(*Tracker)
+
+// WithHold sets how long a prefetch holds others back (DefaultHold).
+func WithHold(d time.Duration) TrackerOption {
+	return func(t *Tracker) {
+		if d > 0 {
+			t.hold = d
+		}
+	}
 }
 
 // NewTracker returns a Tracker offering prefetched blobs to stager (nil
 // for none).
-func NewTracker(stager Stager) *Tracker {
-	return &Tracker{stager: stager, inFlight: map[digest.Digest]chan struct{}{}}
+func NewTracker(stager Stager, opts ...TrackerOption) *Tracker {
+	t := &Tracker{stager: stager, hold: DefaultHold, inFlight: map[digest.Digest]map[string]*trackedJob{}}
+	for _, o := range opts {
+		o(t)
+	}
+	return t
 }
 
-// Begin records that dgst is being prefetched. It returns false if it
-// already is (the caller then leaves it to that prefetch); otherwise end
-// must be called exactly once when the prefetch is over, whether the blob
-// was committed or not, which releases everybody waiting for it.
+// Begin is BeginFrom with the empty source.
 func (t *Tracker) Begin(dgst digest.Digest) (end func(), ok bool) {
+	return t.BeginFrom("", dgst)
+}
+
+// BeginFrom records that dgst is being prefetched from source. It returns
+// false if it already is (the caller then leaves it to that prefetch);
+// otherwise end must be called exactly once when the prefetch is over,
+// whether the blob was committed or not, which releases everybody waiting
+// for it.
+func (t *Tracker) BeginFrom(source string, dgst digest.Digest) (end func(), ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if _, running := t.inFlight[dgst]; running {
+	if _, running := t.inFlight[dgst][source]; running {
 		return nil, false
 	}
-	done := make(chan struct{})
-	t.inFlight[dgst] = done
+	j := &trackedJob{done: make(chan struct{}), began: time.Now()}
+	if t.inFlight[dgst] == nil {
+		t.inFlight[dgst] = map[string]*trackedJob{}
+	}
+	t.inFlight[dgst][source] = j
 	return func() {
 		t.mu.Lock()
-		delete(t.inFlight, dgst)
+		delete(t.inFlight[dgst], source)
+		if len(t.inFlight[dgst]) == 0 {
+			delete(t.inFlight, dgst)
+		}
 		t.mu.Unlock()
-		close(done)
+		close(j.done)
 	}, true
 }
 
-// Running returns a channel that is closed when the prefetch of dgst
-// ends, or nil if dgst is not being prefetched.
+// Running returns a channel that is closed when a prefetch of dgst
+// (from any source) ends, or nil if none is in flight that began within
+// the hold: an older one no longer holds the store's callers back.
 func (t *Tracker) Running(dgst digest.Digest) <-chan struct{} {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if done, ok := t.inFlight[dgst]; ok {
-		return done
+	for _, j := range t.inFlight[dgst] {
+		if time.Since(j.began) < t.hold {
+			return j.done
+		}
 	}
 	return nil
 }
 
-// Wait blocks while dgst is being prefetched, or until ctx ends; the
-// caller then looks in the store, where a successful prefetch has
-// committed the blob.
+// Wait blocks while a prefetch of dgst that Running reports is in
+// flight, or until ctx ends; the caller then looks in the store, where a
+// successful prefetch has committed the blob.
 func (t *Tracker) Wait(ctx context.Context, dgst digest.Digest) {
-	done := t.Running(dgst)
+	wait(ctx, t.Running(dgst))
+}
+
+// WaitFrom blocks while dgst is being prefetched from source, or until
+// ctx ends. Another source's prefetch of the same digest is not waited
+// for: that source may be slow or hostile.
+func (t *Tracker) WaitFrom(ctx context.Context, source string, dgst digest.Digest) {
+	t.mu.Lock()
+	var done chan struct{}
+	if j := t.inFlight[dgst][source]; j != nil {
+		done = j.done
+	}
+	t.mu.Unlock()
+	wait(ctx, done)
+}
+
+func wait(ctx context.Context, done <-chan struct{}) {
 	if done == nil {
 		return
 	}
