@@ -1,6 +1,7 @@
 package differ
 
 import (
+	"archive/tar"
 	"context"
 	"errors"
 	"fmt"
@@ -25,10 +26,15 @@ type Stage struct {
 	desc ocispec.Descriptor
 	dir  string
 
-	n       int64 // bytes copied
-	copied  bool  // Copy ran to the end of the blob
-	err     error // why the extraction is not usable
-	decoded bool  // read through DecompressStream (layerDecoding)
+	n int64 // bytes copied
+	// reserved is what this stage holds of Staging's byte bound: the
+	// blob's size at first, grown as the extraction writes more (see
+	// bound).
+	reserved  int64
+	extracted int64 // entry sizes extracted so far (plus a per-entry cost)
+	copied    bool  // Copy ran to the end of the blob
+	err       error // why the extraction is not usable
+	decoded   bool  // read through DecompressStream (layerDecoding)
 	// diffID and diffSize of what was decompressed; empty when the blob
 	// is the tar (then the verified blob digest is the diff ID)
 	diffID    digest.Digest
@@ -40,7 +46,7 @@ type Stage struct {
 
 func startStage(ctx context.Context, s *Staging, desc ocispec.Descriptor, dir string) *Stage {
 	decoded, _ := layerDecoding(desc.MediaType)
-	return &Stage{s: s, ctx: ctx, desc: desc, dir: dir, decoded: decoded, err: errors.New("not copied")}
+	return &Stage{s: s, ctx: ctx, desc: desc, dir: dir, decoded: decoded, reserved: desc.Size, err: errors.New("not copied")}
 }
 
 // Copy copies the blob from src to dst (the store's writer, which hashes
@@ -78,7 +84,7 @@ func (st *Stage) Copy(dst io.Writer, src io.Reader) (int64, error) {
 // a decompressed layer it hashes all that the decompressor gives, as
 // containerd's apply does for the diff ID.
 func (st *Stage) extract(r io.Reader, chk *entryCheck) error {
-	opts := []archive.ApplyOpt{archive.WithConvertWhiteout(archive.OverlayConvertWhiteout), archive.WithFilter(chk.filter)}
+	opts := []archive.ApplyOpt{archive.WithConvertWhiteout(archive.OverlayConvertWhiteout), archive.WithFilter(st.bound(chk.filter))}
 	if !st.decoded {
 		_, err := archive.Apply(st.ctx, st.dir, r, opts...)
 		return err
@@ -113,6 +119,36 @@ func (st *Stage) extract(r io.Reader, chk *entryCheck) error {
 	}
 	st.diffID, st.diffSize = h.Digest(), cr.n
 	return nil
+}
+
+// entryCost is what an entry costs besides its content: an inode, a
+// directory entry, a block at least. Counted so that millions of empty
+// files are bounded too.
+const entryCost = 4096
+
+// bound wraps filter with the staging's byte bound counted in what the
+// extraction writes, not in blob bytes: a layer of a few KiB of gzip can
+// decompress to gigabytes, and none of it is verified until the whole
+// blob is. Before an entry is extracted its size (the tar header's, which
+// is also what a sparse file expands to) is reserved in the Staging; an
+// entry that does not fit stops the extraction, and the stage is
+// abandoned (removed at Commit or Abort) before the entry is written.
+func (st *Stage) bound(filter func(*tar.Header) (bool, error)) func(*tar.Header) (bool, error) {
+	return func(hdr *tar.Header) (bool, error) {
+		cost := int64(entryCost)
+		if hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeRegA {
+			cost += max(hdr.Size, 0)
+		}
+		st.extracted += cost
+		if grow := st.extracted - st.reserved; grow > 0 {
+			if !st.s.reserve(grow) {
+				return false, fmt.Errorf("%w: layer %s extracts to more than the %d bytes the staging may hold (%d bytes of it so far); abandoned, it is extracted at apply once verified",
+					errNotStageable, st.desc.Digest, st.s.maxBytes, st.extracted)
+			}
+			st.reserved += grow
+		}
+		return filter(hdr)
+	}
 }
 
 type countingReader struct {
@@ -208,7 +244,7 @@ func (st *Stage) Commit(verified digest.Digest) {
 	case verified != st.desc.Digest:
 		err = fmt.Errorf("blob verified as %s, staged as %s", verified, st.desc.Digest)
 	}
-	t := &stagedTree{dir: st.dir, size: st.desc.Size, decoded: st.decoded, diffID: st.diffID, diffSize: st.diffSize, whiteouts: st.whiteouts, implicit: st.implicit}
+	t := &stagedTree{dir: st.dir, size: st.desc.Size, reserved: st.reserved, decoded: st.decoded, diffID: st.diffID, diffSize: st.diffSize, whiteouts: st.whiteouts, implicit: st.implicit}
 	if t.diffID == "" {
 		// The blob is the tar: its verified digest is the diff ID.
 		t.diffID, t.diffSize = st.desc.Digest, st.desc.Size
@@ -228,5 +264,5 @@ func (st *Stage) Abort() {
 		return
 	}
 	st.ended = true
-	st.s.discard(st.ctx, &stagedTree{dir: st.dir, size: st.desc.Size})
+	st.s.discard(st.ctx, &stagedTree{dir: st.dir, size: st.desc.Size, reserved: st.reserved})
 }

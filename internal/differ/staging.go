@@ -30,8 +30,10 @@ import (
 // verified the blob's length and digest and committed it to the CAS; until
 // then it is just a private directory nothing reads. Apply takes a tree at
 // most once; trees nobody takes are removed after StagingTTL, and at most
-// StagingMaxBytes of layers are staged at a time, so staging can never
-// hold more than that beyond the CAS.
+// StagingMaxBytes are staged at a time, counted in what the extraction
+// writes (a layer reserves its blob size to start and more as it
+// extracts; past the bound its stage is abandoned), so staging can never
+// hold more than that beyond the CAS, whatever a layer decompresses to.
 type Staging struct {
 	dir      string
 	maxBytes int64
@@ -46,7 +48,10 @@ type Staging struct {
 // stagedTree is one published extraction.
 type stagedTree struct {
 	dir  string // its root, inside Staging.dir
-	size int64  // the blob's size, reserved in Staging
+	size int64  // the blob's size
+	// reserved is what the stage held of Staging's bound (the blob's
+	// size, or the extracted bytes if more), released at discard.
+	reserved int64
 	// decoded: the blob went through containerd's DecompressStream (see
 	// layerDecoding); Apply takes the tree only for a layer it decodes
 	// the same way.
@@ -65,8 +70,9 @@ type stagedTree struct {
 }
 
 const (
-	// DefaultStagingMaxBytes bounds the layer (blob) bytes staged at a
-	// time; a compressed layer's tree is bigger than its blob.
+	// DefaultStagingMaxBytes bounds the bytes staged at a time: the
+	// extracted trees' (file contents plus a cost per entry), or a
+	// running stage's blob size if that is more.
 	DefaultStagingMaxBytes = 4 << 30
 	// DefaultStagingTTL is how long a staged tree waits for its Apply.
 	DefaultStagingTTL = 10 * time.Minute
@@ -221,7 +227,19 @@ func (s *Staging) discard(ctx context.Context, t *stagedTree) {
 	if err := os.RemoveAll(t.dir); err != nil {
 		log.G(ctx).WithError(err).WithField("dir", t.dir).Warn("removing a staged layer")
 	}
-	s.release(t.size)
+	s.release(t.reserved)
+}
+
+// reserve takes n more bytes of the bound for a running stage; false
+// when they do not fit.
+func (s *Staging) reserve(n int64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.reserved+n > s.maxBytes {
+		return false
+	}
+	s.reserved += n
+	return true
 }
 
 func (s *Staging) release(n int64) {
