@@ -65,7 +65,9 @@ func newZone(host string, mac net.HardwareAddr, addrs []netip.Prefix, services [
 		ips = append(ips, net.IP(p.Addr().AsSlice()))
 	}
 	label := strings.TrimSuffix(host, ".local.")
-	all := append([]Service{{Type: mdns.WorkstationService, Port: workstationPort}}, services...)
+	// The workstation's TXT is one empty string: a TXT record must hold at
+	// least one (RFC 6763 §6.1), as Avahi publishes it.
+	all := append([]Service{{Type: mdns.WorkstationService, Port: workstationPort, TXT: []string{""}}}, services...)
 	for _, svc := range all {
 		instance := label
 		if svc.Type == mdns.WorkstationService && len(mac) > 0 {
@@ -128,6 +130,15 @@ func (z *zone) hostA(addrs []netip.Prefix) []dns.RR {
 	return rrs
 }
 
+// hostNSEC asserts that the host has A records and nothing else.
+func (z *zone) hostNSEC() dns.RR {
+	return &dns.NSEC{
+		Hdr:        dns.RR_Header{Name: z.host, Rrtype: dns.TypeNSEC, Class: dns.ClassINET, Ttl: mdns.HostTTL},
+		NextDomain: z.host,
+		TypeBitMap: []uint16{dns.TypeA},
+	}
+}
+
 // Records answers one question for a querier at src: the records that
 // answer it, and the additional records that make the answer usable at
 // once. PTR answers go in the answer section and the SRV, TXT and A
@@ -143,10 +154,15 @@ func (z *zone) Records(q dns.Question, src netip.Addr) (answer, extra []dns.RR) 
 	name := strings.ToLower(q.Name)
 	addrs := z.pick(src)
 	if name == z.host {
-		if q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY {
+		switch q.Qtype {
+		case dns.TypeA, dns.TypeANY:
 			return z.hostA(addrs), nil
+		case dns.TypeAAAA:
+			// IPv4 only: say so with an NSEC listing A alone (RFC 6762
+			// §6.1), so a dual-stack querier stops waiting for an AAAA.
+			return []dns.RR{z.hostNSEC()}, nil
 		}
-		return nil, nil // IPv4 only: no AAAA
+		return nil, nil
 	}
 	lq := dns.Question{Name: name, Qtype: q.Qtype, Qclass: dns.ClassINET}
 	seen := map[string]bool{}

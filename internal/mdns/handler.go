@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/miekg/dns"
 )
@@ -66,14 +67,20 @@ func Respond(z Zone, subnets []netip.Prefix, pkt []byte, from netip.AddrPort) ([
 	}
 	src := from.Addr().Unmap()
 	legacy := from.Port() != Port
+	// A probe (a query with records in its authority section) is answered
+	// by multicast whatever its QU bit: the defence of a name must reach
+	// every host on the link (RFC 6762 §8.1).
+	probe := !legacy && len(q.Ns) > 0
+	known := knownAnswers(q.Answer)
 
 	var uniAns, uniExtra, mcAns, mcExtra []dns.RR
 	for _, question := range questions {
 		ans, extra := z.Records(question, src)
+		ans = suppressKnown(ans, known)
 		if len(ans) == 0 {
 			continue
 		}
-		if legacy || question.Qclass&CacheFlush != 0 { // QU bit: unicast wanted
+		if legacy || (!probe && question.Qclass&CacheFlush != 0) { // QU bit: unicast wanted
 			uniAns, uniExtra = append(uniAns, ans...), append(uniExtra, extra...)
 		} else {
 			mcAns, mcExtra = append(mcAns, ans...), append(mcExtra, extra...)
@@ -156,4 +163,47 @@ func setCacheFlush(m *dns.Msg) {
 			h.Class |= CacheFlush
 		}
 	}
+}
+
+// knownAnswers indexes the known-answer section of a query (RFC 6762
+// §7.1) by record identity, with the TTL the querier still has.
+func knownAnswers(rrs []dns.RR) map[string]uint32 {
+	if len(rrs) == 0 {
+		return nil
+	}
+	known := make(map[string]uint32, len(rrs))
+	for i, rr := range rrs {
+		if i == maxQuestions*4 {
+			break // bounded work per packet
+		}
+		known[rrKey(rr)] = rr.Header().Ttl
+	}
+	return known
+}
+
+// suppressKnown drops the answers the querier already holds with at least
+// half their TTL left (§7.1).
+func suppressKnown(ans []dns.RR, known map[string]uint32) []dns.RR {
+	if len(known) == 0 {
+		return ans
+	}
+	out := ans[:0:0]
+	for _, rr := range ans {
+		if ttl, ok := known[rrKey(rr)]; ok && ttl >= rr.Header().Ttl/2 {
+			continue
+		}
+		out = append(out, rr)
+	}
+	return out
+}
+
+// rrKey identifies a record by name (case-insensitive), type, class
+// (without the cache-flush bit) and data, not TTL.
+func rrKey(rr dns.RR) string {
+	c := dns.Copy(rr)
+	h := c.Header()
+	h.Name = strings.ToLower(h.Name)
+	h.Class &^= CacheFlush
+	h.Ttl = 0
+	return c.String()
 }

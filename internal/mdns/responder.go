@@ -28,6 +28,7 @@ type Responder struct {
 
 	ifaces map[string]*ifaceResponder // owned by Run
 	warned map[string]string          // last warning per interface, to log changes only
+	failed chan error                 // a probe that found the name taken
 }
 
 // ResponderConfig configures a Responder.
@@ -58,10 +59,14 @@ func NewResponder(cfg ResponderConfig) (*Responder, error) {
 		poll:    poll,
 		ifaces:  map[string]*ifaceResponder{},
 		warned:  map[string]string{},
+		failed:  make(chan error, 1),
 	}, nil
 }
 
-// Run answers until ctx is done, then says goodbye on every interface.
+// Run probes for the name on every interface (RFC 6762 §8.1), answers
+// once it is ours there, and goes on until ctx is done; then it says
+// goodbye on every interface. When another host already holds the name on
+// a link it stops with a *ConflictError: it never takes a name in use.
 func (r *Responder) Run(ctx context.Context) error {
 	t := time.NewTicker(r.poll)
 	defer t.Stop()
@@ -76,6 +81,8 @@ func (r *Responder) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case err := <-r.failed:
+			return err
 		case <-t.C:
 		}
 	}
@@ -127,6 +134,9 @@ func (r *Responder) reconcile(ctx context.Context) {
 		if ir != nil {
 			select {
 			case <-ir.done: // reader gave up; reopen below
+				if ir.probeCancel != nil {
+					ir.probeCancel()
+				}
 				ir.conn.Close()
 				delete(r.ifaces, ifi.Name)
 				ir = nil
@@ -139,7 +149,8 @@ func (r *Responder) reconcile(ctx context.Context) {
 				r.warn(ctx, ifi.Name, err.Error())
 				continue
 			}
-			ir = &ifaceResponder{name: ifi.Name, index: ifi.Index, conn: conn, done: make(chan struct{})}
+			ir = &ifaceResponder{name: ifi.Name, index: ifi.Index, host: r.host, conn: conn, done: make(chan struct{}),
+				probeEvents: make(chan probeEvent, 16)}
 			r.ifaces[ifi.Name] = ir
 			go ir.serve(ctx)
 		}
@@ -154,9 +165,9 @@ func (r *Responder) reconcile(ctx context.Context) {
 	}
 }
 
-// update refreshes the zone of one interface from its current addresses
-// and sends pending announcements (two, a poll interval apart, after each
-// change: RFC 6762 §8.3).
+// update refreshes the zone of one interface from its current addresses;
+// after each change it probes for the name again, then announces (twice,
+// a second apart: RFC 6762 §8.3).
 func (r *Responder) update(ctx context.Context, ir *ifaceResponder, ifi *net.Interface) {
 	var addrs []netip.Prefix
 	if ifi.Flags&net.FlagUp != 0 {
@@ -168,28 +179,36 @@ func (r *Responder) update(ctx context.Context, ir *ifaceResponder, ifi *net.Int
 		addrs = a
 	}
 	old := ir.zone.Load()
-	if old == nil || !slices.Equal(old.subnets, addrs) {
-		z, err := r.newZone(ifi.HardwareAddr, addrs)
-		if err != nil {
-			r.warn(ctx, ifi.Name, err.Error())
-			return
-		}
-		ir.zone.Store(&linkZone{zone: z, subnets: addrs})
-		ir.announce = 2
-		if len(addrs) == 0 {
-			r.warn(ctx, ifi.Name, "no IPv4 address (down or unconfigured): not answering there")
-		} else {
-			delete(r.warned, ifi.Name)
-			log.G(ctx).WithFields(log.Fields{"interface": ifi.Name, "host": r.host, "addresses": fmt.Sprint(addrs)}).
-				Info("mdns: answering")
-		}
+	if old != nil && slices.Equal(old.subnets, addrs) {
+		return
 	}
-	if ir.announce > 0 {
-		ir.announce--
-		if err := ir.sendAnnouncement(ir.zone.Load(), HostTTL); err != nil {
-			log.G(ctx).WithError(err).WithField("interface", ifi.Name).Debug("mdns: announcement not sent")
-		}
+	z, err := r.newZone(ifi.HardwareAddr, addrs)
+	if err != nil {
+		r.warn(ctx, ifi.Name, err.Error())
+		return
 	}
+	if ir.probeCancel != nil {
+		ir.probeCancel()
+		ir.probeCancel = nil
+	}
+	ir.owned.Store(false)
+	lz := &linkZone{zone: z, subnets: addrs}
+	ir.zone.Store(lz)
+	if len(addrs) == 0 {
+		r.warn(ctx, ifi.Name, "no IPv4 address (down or unconfigured): not answering there")
+		return
+	}
+	delete(r.warned, ifi.Name)
+	pctx, cancel := context.WithCancel(ctx)
+	ir.probeCancel = cancel
+	go func() {
+		if err := ir.probeAndAnnounce(pctx, lz); err != nil {
+			select {
+			case r.failed <- err:
+			default:
+			}
+		}
+	}()
 }
 
 // warn logs a problem with an interface once, until it changes.
