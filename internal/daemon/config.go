@@ -63,6 +63,10 @@ type Config struct {
 	// AllowPlainHTTPCredentials lets the mirror forward containerd's
 	// credentials to a datastore over plain HTTP.
 	AllowPlainHTTPCredentials bool `toml:"allow-plain-http-credentials" usage:"let the mirror forward containerd's credentials (Authorization, token requests) to datastores over plain HTTP, readable by anyone on the bridge"`
+	// DatastoreOutage is how long a transfer in flight waits for a
+	// datastore that stopped answering (mirror.Options.OutageTimeout), a
+	// Go duration.
+	DatastoreOutage string `toml:"datastore-outage" usage:"how long a blob transfer in flight waits for a datastore that stopped answering (a restarting container), retrying at most 1s apart and resuming with Range (Go duration)"`
 	// Snapshotter asks the command to add SnapshotService to Services.
 	Snapshotter bool `toml:"snapshotter" usage:"also serve the localds snapshotter on the socket (needs root and overlayfs; --snapshotter=false for content only)"`
 	// Prefetch asks the command's registry mirror to prefetch
@@ -96,6 +100,7 @@ func DefaultConfig() Config {
 		Root:            layout.DefaultRoot,
 		Address:         "/run/localds/localds.sock",
 		MirrorListen:    mirror.DefaultAddr,
+		DatastoreOutage: "10m", // mirror.DefaultOutageTimeout
 		Snapshotter:     true,
 		Prefetch:        true,
 		StageLayers:     true,
@@ -129,6 +134,11 @@ func (c *Config) Validate() error {
 		}
 	}
 	c.StageLayers = c.StageLayers && c.Prefetch
+	if c.DatastoreOutage != "" {
+		if d, err := time.ParseDuration(c.DatastoreOutage); err != nil || d <= 0 {
+			return fmt.Errorf("datastore-outage = %q: want a positive Go duration such as 10m: %w", c.DatastoreOutage, errdefs.ErrInvalidArgument)
+		}
+	}
 	switch c.DatastoreTLS {
 	case "", TLSRequired, TLSAuto:
 	case TLSOff:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/localds/localds/internal/mirror"
 )
@@ -13,6 +14,13 @@ import (
 // plain-HTTP credentials and the prefetch.
 func MirrorOptions(c Config) (mirror.Options, error) {
 	opts := mirror.Options{Prefetch: c.Prefetch, AllowPlainHTTPCredentials: c.AllowPlainHTTPCredentials}
+	if c.DatastoreOutage != "" {
+		d, err := time.ParseDuration(c.DatastoreOutage)
+		if err != nil {
+			return mirror.Options{}, fmt.Errorf("datastore-outage = %q: %w", c.DatastoreOutage, err)
+		}
+		opts.OutageTimeout = d
+	}
 	if c.DatastoreCA != "" {
 		tlsConf, err := DatastoreTLS(c.DatastoreCA)
 		if err != nil {

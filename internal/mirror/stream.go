@@ -2,11 +2,16 @@ package mirror
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"syscall"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
 	"github.com/localds/localds/internal/httpclient"
@@ -15,10 +20,16 @@ import (
 // stream reads bytes [start, end] of one blob from the datastore as one
 // uninterrupted body. When a piece breaks (reset, EOF before its length,
 // stall), it forgets the host's address, resolves it again and continues
-// with "Range: bytes=<next>-" from wherever the datastore now is, up to
-// MaxResumes times and ResumeTimeout after the first failure. Blobs are
-// content-addressed, so the pieces are parts of the same bytes; the
-// caller's hash over everything Read returns still verifies the whole.
+// with "Range: bytes=<next>-" from wherever the datastore now is. A
+// datastore that answers but breaks again is given MaxResumes resumes
+// within ResumeTimeout; one that does not answer at all (no mDNS answer,
+// refused, unreachable, 502/503/504: a container restarting) is waited
+// for by time, OutageTimeout since it last answered, tried again at most
+// OutageBackoff apart, so the transfer continues within about that long
+// of its return. Meanwhile the client's response stays open and silent.
+// Blobs are content-addressed, so the pieces are parts of the same bytes;
+// the caller's hash over everything Read returns still verifies the
+// whole.
 type stream struct {
 	m     *Mirror
 	ctx   context.Context
@@ -33,6 +44,10 @@ type stream struct {
 	resumes  int
 	deadline time.Time
 	lastErr  error
+	// outageSince is when the datastore last stopped answering; zero
+	// while it answers.
+	outageSince time.Time
+	outageTries int
 }
 
 // remaining is how many bytes are still due, or -1 if unknown.
@@ -96,47 +111,120 @@ func (s *stream) Close() error {
 	return nil
 }
 
-// resume opens the next piece at the current offset, bounded in count and
-// time; the first attempt after a failure goes out at once, later ones
-// back off (the datastore may still be coming up at its new address).
+// resume opens the next piece at the current offset. The first attempt
+// after a failure goes out at once, later ones back off (the datastore may
+// still be coming up at its new address).
 func (s *stream) resume() error {
 	if s.deadline.IsZero() {
 		s.deadline = time.Now().Add(s.m.opts.ResumeTimeout)
 	}
 	for {
-		if s.resumes >= s.m.opts.MaxResumes {
-			return fmt.Errorf("blob %s from %s: giving up after %d resumes at offset %d: %w",
-				s.t.dgst, s.t.host, s.resumes, s.start+s.got, s.lastErr)
+		if err := s.giveUp(); err != nil {
+			return err
 		}
-		if time.Now().After(s.deadline) {
-			return fmt.Errorf("blob %s from %s: giving up, no resume within %s at offset %d: %w",
-				s.t.dgst, s.t.host, s.m.opts.ResumeTimeout, s.start+s.got, s.lastErr)
-		}
-		if s.resumes > 0 {
-			backoff := min(100*time.Millisecond<<(s.resumes-1), 2*time.Second)
-			if err := sleepCtx(s.ctx, backoff); err != nil {
+		if s.resumes+s.outageTries > 0 {
+			if err := sleepCtx(s.ctx, s.backoff()); err != nil {
 				return fmt.Errorf("blob %s from %s: %w (after: %w)", s.t.dgst, s.t.host, err, s.lastErr)
 			}
 		}
-		s.resumes++
-		s.m.stats.resumes.Add(1)
 		off := s.start + s.got
-		log.G(s.ctx).WithError(s.lastErr).WithFields(log.Fields{
-			"host": s.t.host, "digest": s.t.dgst, "offset": off, "attempt": s.resumes,
-		}).Warn("datastore transfer broke; resolving again and resuming with Range")
+		if s.outageSince.IsZero() {
+			log.G(s.ctx).WithError(s.lastErr).WithFields(log.Fields{
+				"host": s.t.host, "digest": s.t.dgst, "offset": off, "attempt": s.resumes + 1,
+			}).Warn("datastore transfer broke; resolving again and resuming with Range")
+		}
+		s.m.stats.resumes.Add(1)
 		// The address may have changed: drop it and pooled connections,
 		// so the next dial asks mDNS again.
 		s.m.up.reset(s.t.host)
 		err := s.open(off)
+		if err == nil || !isOutage(err) {
+			s.resumes++
+		}
 		if err == nil {
+			if !s.outageSince.IsZero() {
+				log.G(s.ctx).WithFields(log.Fields{"host": s.t.host, "digest": s.t.dgst, "offset": off,
+					"outage": time.Since(s.outageSince).Round(time.Millisecond), "tries": s.outageTries}).
+					Info("datastore is back; transfer resumed with Range")
+				// Count the datastore's answers afresh from its return.
+				s.deadline = time.Now().Add(s.m.opts.ResumeTimeout)
+			}
+			s.outageSince, s.outageTries = time.Time{}, 0
 			return nil
 		}
 		s.lastErr = err
 		if s.ctx.Err() != nil {
 			return fmt.Errorf("blob %s from %s: %w", s.t.dgst, s.t.host, err)
 		}
+		if isOutage(err) {
+			if s.outageSince.IsZero() {
+				s.outageSince = time.Now()
+				log.G(s.ctx).WithError(err).WithFields(log.Fields{"host": s.t.host, "digest": s.t.dgst, "offset": off,
+					"wait": s.m.opts.OutageTimeout}).Warn("datastore does not answer; waiting for it to come back")
+			}
+			s.outageTries++
+		}
 	}
 }
+
+// giveUp says why the stream stops resuming, or nil: a datastore away for
+// OutageTimeout, or one that answers but broke MaxResumes times or past
+// ResumeTimeout.
+func (s *stream) giveUp() error {
+	off := s.start + s.got
+	switch {
+	case s.m.opts.MaxResumes == 0:
+		return fmt.Errorf("blob %s from %s: broke at offset %d (resuming disabled): %w", s.t.dgst, s.t.host, off, s.lastErr)
+	case !s.outageSince.IsZero():
+		if away := time.Since(s.outageSince); away > s.m.opts.OutageTimeout {
+			return fmt.Errorf("blob %s from %s: giving up, the datastore did not answer for %s (%d tries) at offset %d: %w",
+				s.t.dgst, s.t.host, away.Round(time.Millisecond), s.outageTries, off, s.lastErr)
+		}
+	case s.resumes >= s.m.opts.MaxResumes:
+		return fmt.Errorf("blob %s from %s: giving up after %d resumes at offset %d: %w",
+			s.t.dgst, s.t.host, s.resumes, off, s.lastErr)
+	case time.Now().After(s.deadline):
+		return fmt.Errorf("blob %s from %s: giving up, no resume within %s at offset %d: %w",
+			s.t.dgst, s.t.host, s.m.opts.ResumeTimeout, off, s.lastErr)
+	}
+	return nil
+}
+
+// backoff is the wait before the next attempt: doubling from 100 ms, at
+// most OutageBackoff during an outage (so a returning datastore is found
+// within about that long) and 2 s otherwise.
+func (s *stream) backoff() time.Duration {
+	limit := 2 * time.Second
+	n := s.resumes
+	if !s.outageSince.IsZero() {
+		limit, n = s.m.opts.OutageBackoff, s.outageTries
+	}
+	return min(100*time.Millisecond<<min(max(n-1, 0), 10), limit)
+}
+
+// isOutage tells a datastore that does not answer (no mDNS answer, a
+// refused or unreachable connection, a timeout, a gateway's 502/503/504)
+// from one that answers wrongly (a certificate, a refusal, a bad range),
+// which waiting does not fix.
+func isOutage(err error) bool {
+	var certErr *tls.CertificateVerificationError
+	var ue *unavailableError
+	var ne net.Error
+	switch {
+	case errors.As(err, &certErr), errdefs.IsConflict(err):
+		return false
+	case errors.As(err, &ue), errdefs.IsNotFound(err), errors.As(err, &ne),
+		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH),
+		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return true
+	}
+	return false
+}
+
+// unavailableError is a gateway status of a datastore that is (re)starting.
+type unavailableError struct{ status string }
+
+func (e *unavailableError) Error() string { return "datastore answered " + e.status }
 
 // open requests the rest of the stream from off and checks that the
 // answer is exactly that.
@@ -171,6 +259,9 @@ func (s *stream) open(off int64) error {
 		if s.end < 0 && resp.ContentLength >= 0 {
 			s.total, s.end = resp.ContentLength, resp.ContentLength-1
 		}
+	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		p.Close()
+		return fmt.Errorf("resume at %d: %w", off, &unavailableError{resp.Status})
 	default:
 		p.Close()
 		return fmt.Errorf("resume at %d: datastore answered %s", off, resp.Status)
