@@ -25,6 +25,7 @@ func pullCommand() *cli.Command {
 		Flags: []cli.Flag{
 			interfaceFlag(),
 			&cli.StringFlag{Name: "sha256", Usage: "expected sha256 (hex) of the archive, or of the manifest/index for a registry image"},
+			&cli.Int64Flag{Name: "max-size", Usage: "largest archive accepted, in bytes (0: no limit; the datastore file's max_size applies too)"},
 			&cli.StringFlag{Name: "platform", Usage: "platform to pull from a multi-platform image, e.g. linux/arm64 or linux/arm/v7 (default: the node's)"},
 			&cli.StringFlag{Name: "name", Usage: "image name to create in containerd (same as the NAME argument)"},
 			&cli.StringFlag{Name: "volume", Usage: "also create the volume `KEY` (<volumeUUID>#<generation>) from the image"},
@@ -52,6 +53,7 @@ func pullRequest(cmd *cli.Command) (pull.Request, error) {
 		Volume:     cmd.String("volume"),
 		Novault:    cmd.Bool("novault"),
 		Unpack:     cmd.Bool("unpack"),
+		MaxSize:    cmd.Int64("max-size"),
 	}
 	args := cmd.Args().Slice()
 	if len(args) > 0 {

@@ -68,6 +68,37 @@ type Datastore struct {
 	// AllowPlainHTTPCredentials permits sending credentials over plain
 	// http; without it a datastore with credentials refuses http.
 	AllowPlainHTTPCredentials bool `toml:"allow_plain_http_credentials"`
+	// TLS is "required" (HTTPS only: nothing is ever sent over plain
+	// HTTP), "auto" (oci only: HTTPS, falling back to plain HTTP when the
+	// registry does not speak TLS) or "off" (plain HTTP); empty means
+	// required for https and for any datastore with a cert_chain, off for
+	// http, auto for oci (see TLSMode).
+	TLS string `toml:"tls"`
+	// MaxSize is the largest archive (bytes) accepted from the datastore;
+	// 0 for no limit. A larger one is refused as soon as its size shows
+	// and nothing of it is kept.
+	MaxSize int64 `toml:"max_size"`
+}
+
+// Values of Datastore.TLS.
+const (
+	TLSRequired = "required"
+	TLSAuto     = "auto"
+	TLSOff      = "off"
+)
+
+// TLSMode is the datastore's effective TLS setting: TLS if set, else
+// required with a cert_chain or for https, off for http, auto for oci.
+func (d Datastore) TLSMode() string {
+	switch {
+	case d.TLS != "":
+		return d.TLS
+	case d.CertChain != "" || d.Type == TypeHTTPS:
+		return TLSRequired
+	case d.Type == TypeHTTP:
+		return TLSOff
+	}
+	return TLSAuto
 }
 
 // Image is an artifact on a datastore.
@@ -128,7 +159,7 @@ func Parse(data []byte) (*Config, error) {
 				row, _ := e.Position()
 				keys = append(keys, fmt.Sprintf("%s (line %d)", strings.Join(e.Key(), "."), row))
 			}
-			return nil, fmt.Errorf("unknown key %s (valid: datastore.{name, type, fqdn, path, username, password, token, cert_chain, allow_plain_http_credentials}, image.{name, datastore, path, sha256, ref, platform, volume}): %w",
+			return nil, fmt.Errorf("unknown key %s (valid: datastore.{name, type, fqdn, path, username, password, token, cert_chain, allow_plain_http_credentials, tls, max_size}, image.{name, datastore, path, sha256, ref, platform, volume}): %w",
 				strings.Join(keys, ", "), errdefs.ErrInvalidArgument)
 		case errors.As(err, &derr):
 			row, col := derr.Position()
@@ -281,6 +312,12 @@ func (d Datastore) Validate() error {
 	if d.Type == TypeHTTP && d.HasCredentials() && !d.AllowPlainHTTPCredentials {
 		return fmt.Errorf("datastore %q: refusing credentials over plain http (set allow_plain_http_credentials = true to allow it, or use https): %w", d.Name, errdefs.ErrInvalidArgument)
 	}
+	if err := d.checkTLS(); err != nil {
+		return err
+	}
+	if d.MaxSize < 0 {
+		return fmt.Errorf("datastore %q: max_size %d is negative (bytes; 0 for no limit): %w", d.Name, d.MaxSize, errdefs.ErrInvalidArgument)
+	}
 	if d.CertChain != "" {
 		if d.Type == TypeHTTP {
 			return fmt.Errorf("datastore %q: cert_chain is set but type is http (use https): %w", d.Name, errdefs.ErrInvalidArgument)
@@ -288,6 +325,29 @@ func (d Datastore) Validate() error {
 		if _, err := httpclient.CAPool(d.CertChain); err != nil {
 			return fmt.Errorf("datastore %q: cert_chain: %w", d.Name, err)
 		}
+	}
+	return nil
+}
+
+// checkTLS refuses a tls setting the type or the cert_chain contradicts.
+func (d Datastore) checkTLS() error {
+	bad := func(why string) error {
+		return fmt.Errorf("datastore %q: tls = %q %s: %w", d.Name, d.TLS, why, errdefs.ErrInvalidArgument)
+	}
+	switch d.TLS {
+	case "":
+		return nil
+	case TLSRequired, TLSAuto, TLSOff:
+	default:
+		return bad(fmt.Sprintf("is not one of %q, %q, %q", TLSRequired, TLSAuto, TLSOff))
+	}
+	switch {
+	case d.TLS == TLSOff && d.CertChain != "":
+		return bad("with a cert_chain: the CA would never be used (a datastore with a CA is HTTPS only)")
+	case d.Type == TypeHTTPS && d.TLS != TLSRequired:
+		return bad("for type https: an https datastore is always TLS (use type http for plain HTTP)")
+	case d.Type == TypeHTTP && d.TLS != TLSOff:
+		return bad("for type http: the type says plain HTTP (use type https for TLS)")
 	}
 	return nil
 }

@@ -30,6 +30,7 @@ func (p *Puller) pullArchive(ctx context.Context, disc *resolver.Discoverer, spe
 	obs := p.observer()
 	dl, err := dsclient.New(dsclient.Options{
 		Root:     p.Root,
+		MaxSize:  spec.maxSize,
 		Dial:     resolver.NewDialer(disc).DialContext,
 		Progress: func(pr dsclient.Progress) { obs.Progress(pr.Phase, pr.Done, pr.Total) },
 	})

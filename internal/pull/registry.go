@@ -33,7 +33,8 @@ const fetchPoll = 200 * time.Millisecond
 func (p *Puller) pullRegistry(ctx context.Context, disc *resolver.Discoverer, spec *Spec) (images.Image, error) {
 	c := p.Client
 	opts := resolver.RemoteOptions{Discoverer: disc, HostsDir: p.HostsDir}
-	if ds := spec.ds; ds != nil {
+	ds := spec.ds
+	if ds != nil {
 		if ds.CertChain != "" {
 			tlsc, err := ds.TLSConfig()
 			if err != nil {
@@ -41,6 +42,7 @@ func (p *Puller) pullRegistry(ctx context.Context, disc *resolver.Discoverer, sp
 			}
 			opts.TLS = tlsc
 		}
+		opts.PlainHTTP = ds.TLSMode() == dsclient.TLSOff
 		if ds.Username != "" {
 			opts.Credentials = func(host string) (string, string, error) {
 				if sameHost(host, ds.FQDN) {
@@ -49,7 +51,9 @@ func (p *Puller) pullRegistry(ctx context.Context, disc *resolver.Discoverer, sp
 				return "", "", nil
 			}
 		}
-		opts.Transport = func(next http.RoundTripper) http.RoundTripper { return &credTransport{next: next, ds: ds} }
+	}
+	opts.Transport = func(next http.RoundTripper) http.RoundTripper {
+		return &credTransport{next: next, ds: ds, caConfigured: hasCA(next)}
 	}
 	r, err := resolver.New(ctx, opts)
 	if err != nil {
@@ -80,21 +84,45 @@ func (p *Puller) pullRegistry(ctx context.Context, disc *resolver.Discoverer, sp
 // token goes only to the datastore's own host, and when the datastore has
 // credentials nothing goes over plain HTTP (where the basic credentials or
 // the token request would travel in the clear) unless the configuration
-// allows it.
+// allows it. It also holds TLS to its word: a host with a configured CA
+// (cert_chain, or a hosts.toml ca) or a datastore with tls = "required"
+// gets nothing over plain HTTP, even when containerd's HTTPS-to-HTTP
+// fallback would try it (whoever answers there in clear is not the
+// datastore the CA vouches for). ds is nil for an ad-hoc pull.
 type credTransport struct {
-	next http.RoundTripper
-	ds   *dsclient.Datastore
+	next         http.RoundTripper
+	ds           *dsclient.Datastore
+	caConfigured bool // the host's TLS config has its own roots
+}
+
+// hasCA tells whether rt (containerd's per-host transport) trusts a
+// configured CA rather than the system's roots.
+func hasCA(rt http.RoundTripper) bool {
+	tr, ok := rt.(*http.Transport)
+	return ok && tr.TLSClientConfig != nil && tr.TLSClientConfig.RootCAs != nil
 }
 
 func (t *credTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if t.ds.HasCredentials() && req.URL.Scheme == "http" && !t.ds.AllowPlainHTTPCredentials {
+	refuse := func(err error) (*http.Response, error) {
 		if req.Body != nil {
 			req.Body.Close()
 		}
-		return nil, fmt.Errorf("%s has credentials and %s://%s answers only plain http: refusing to send them in the clear (serve https with cert_chain, or set allow_plain_http_credentials = true): %w",
-			t.ds, req.URL.Scheme, req.URL.Host, errdefs.ErrPermissionDenied)
+		return nil, err
 	}
-	if t.ds.Token != "" && req.Header.Get("Authorization") == "" && sameHost(req.URL.Host, t.ds.FQDN) {
+	if req.URL.Scheme == "http" {
+		switch {
+		case t.caConfigured:
+			return refuse(fmt.Errorf("%s://%s: a CA is configured for this host, so it is HTTPS only: refusing plain HTTP (its TLS port refused or answered in clear): %w",
+				req.URL.Scheme, req.URL.Host, errdefs.ErrPermissionDenied))
+		case t.ds != nil && t.ds.TLSMode() == dsclient.TLSRequired && sameHost(req.URL.Host, t.ds.FQDN):
+			return refuse(fmt.Errorf("%s has tls = \"required\": refusing plain HTTP to %s (its TLS port refused or answered in clear): %w",
+				t.ds, req.URL.Host, errdefs.ErrPermissionDenied))
+		case t.ds != nil && t.ds.HasCredentials() && !t.ds.AllowPlainHTTPCredentials:
+			return refuse(fmt.Errorf("%s has credentials and %s://%s answers only plain http: refusing to send them in the clear (serve https with cert_chain, or set allow_plain_http_credentials = true): %w",
+				t.ds, req.URL.Scheme, req.URL.Host, errdefs.ErrPermissionDenied))
+		}
+	}
+	if t.ds != nil && t.ds.Token != "" && req.Header.Get("Authorization") == "" && sameHost(req.URL.Host, t.ds.FQDN) {
 		req = req.Clone(req.Context())
 		req.Header.Set("Authorization", "Bearer "+t.ds.Token)
 	}

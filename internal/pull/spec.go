@@ -39,6 +39,9 @@ type Request struct {
 	Novault bool // keep the volume under <root>/novault
 	// Unpack unpacks the image into the snapshotter (always, with Volume).
 	Unpack bool
+	// MaxSize is the largest archive accepted, in bytes; 0 for no limit.
+	// The datastore file's max_size applies too (the smaller wins).
+	MaxSize int64
 }
 
 // Kinds of pull sources.
@@ -59,12 +62,16 @@ type Spec struct {
 	volume   string              // "" for none
 	novault  bool
 	unpack   bool
+	maxSize  int64 // largest archive accepted, 0 for no limit
 }
 
 // NewSpec checks everything in req that can be checked before any byte
 // is fetched, reading the datastore file if req names one.
 func NewSpec(req Request) (*Spec, error) {
-	spec := &Spec{name: req.Name, volume: req.Volume, novault: req.Novault, unpack: req.Unpack}
+	if req.MaxSize < 0 {
+		return nil, fmt.Errorf("--max-size %d is negative: %w", req.MaxSize, errdefs.ErrInvalidArgument)
+	}
+	spec := &Spec{name: req.Name, volume: req.Volume, novault: req.Novault, unpack: req.Unpack, maxSize: req.MaxSize}
 	platform := req.Platform
 	var err error
 	if req.Datastores != "" {
@@ -123,6 +130,9 @@ func (s *Spec) fromDatastores(req Request) (string, error) {
 		return "", fmt.Errorf("%s: %w", file, err)
 	}
 	s.ds, s.sha256 = &ds, img.SHA256
+	if ds.MaxSize > 0 && (s.maxSize == 0 || ds.MaxSize < s.maxSize) {
+		s.maxSize = ds.MaxSize
+	}
 	switch ds.Type {
 	case dsclient.TypeHTTP, dsclient.TypeHTTPS:
 		if s.url, err = ds.FileURL(img.Path); err != nil {
