@@ -69,6 +69,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseAnswer -fuzztime 60s ./internal/mdns/
 	$(GO) test -run '^$$' -fuzz FuzzCanonicalHost -fuzztime 30s ./internal/mdns/
 	$(GO) test -run '^$$' -fuzz FuzzZoneHandle -fuzztime 60s ./internal/dsserver/
+	$(GO) test -run '^$$' -fuzz FuzzJudgeProbe -fuzztime 60s ./internal/mdns/
+	$(GO) test -run '^$$' -fuzz FuzzConflictWindow -fuzztime 60s ./internal/mdns/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

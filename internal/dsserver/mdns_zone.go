@@ -154,15 +154,12 @@ func (z *zone) Records(q dns.Question, src netip.Addr) (answer, extra []dns.RR) 
 	name := strings.ToLower(q.Name)
 	addrs := z.pick(src)
 	if name == z.host {
-		switch q.Qtype {
-		case dns.TypeA, dns.TypeANY:
-			return z.hostA(addrs), nil
-		case dns.TypeAAAA:
-			// IPv4 only: say so with an NSEC listing A alone (RFC 6762
-			// §6.1), so a dual-stack querier stops waiting for an AAAA.
-			return []dns.RR{z.hostNSEC()}, nil
+		if q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY {
+			// IPv4 only: the NSEC listing A alone tells a dual-stack
+			// querier there is no AAAA to wait for (RFC 6762 §6.2).
+			return z.hostA(addrs), []dns.RR{z.hostNSEC()}
 		}
-		return nil, nil
+		return nil, nil // no AAAA: the NSEC came with the A answer
 	}
 	lq := dns.Question{Name: name, Qtype: q.Qtype, Qclass: dns.ClassINET}
 	seen := map[string]bool{}
