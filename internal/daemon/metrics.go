@@ -10,6 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
+
+	"github.com/localds/localds/resolver"
 )
 
 // metrics are the daemon's own Prometheus collectors, on a registry per
@@ -65,6 +67,16 @@ func (m *metrics) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerI
 
 func (m *metrics) instrument(name string, h http.Handler) http.Handler {
 	return promhttp.InstrumentHandlerCounter(m.httpRequests.MustCurryWith(prometheus.Labels{"handler": name}), h)
+}
+
+// registerResolverMetrics exposes the Discoverer's count of refused
+// resolutions: more than one address claimed a .local name on one bridge,
+// which is a neighbour posing as the datastore or a misconfiguration.
+func registerResolverMetrics(reg *prometheus.Registry, d *resolver.Discoverer) {
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: "localds", Subsystem: "resolver", Name: "conflicts_total",
+		Help: "Resolutions refused because more than one address claimed the name on one bridge.",
+	}, func() float64 { return float64(d.Conflicts()) }))
 }
 
 func metricsHandler(reg *prometheus.Registry) http.Handler {

@@ -148,6 +148,7 @@ func Serve(ctx context.Context, cfg Config) error {
 		Discoverer: resolver.NewDiscoverer(resolver.Options{Interfaces: cfg.Interfaces}),
 		Metrics:    reg,
 	}
+	registerResolverMetrics(reg, deps.Discoverer)
 
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxMsgSize),
