@@ -47,6 +47,7 @@ func newApp() *cli.Command {
 			hostsCommand(),
 			volumeCommand(),
 			pullCommand(),
+			runCommand(),
 		},
 	}
 }

@@ -11,9 +11,13 @@ import (
 	"text/tabwriter"
 	"time"
 
+	tasks "github.com/containerd/containerd/api/services/tasks/v1"
+	tasktypes "github.com/containerd/containerd/api/types/task"
+	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/urfave/cli/v3"
 
 	"github.com/localds/localds/internal/pull"
@@ -32,6 +36,7 @@ func volumeCommand() *cli.Command {
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "image", Required: true, Usage: "image reference, as containerd names it (pull it first)"},
 					&cli.BoolFlag{Name: "novault", Usage: "keep the volume under <root>/novault (unencrypted) instead of <root>/vault"},
+					&cli.StringFlag{Name: "from", Usage: "start with a copy of this volume's data (its whole writable layer), e.g. an app's previous generation; it must not be running and is only read"},
 				},
 				Action: volumeCreate,
 			},
@@ -104,11 +109,52 @@ func volumeCreate(ctx context.Context, cmd *cli.Command) error {
 			fmt.Fprintf(w, "  layer %d/%d %s %8s  %s\n", l.Index, l.Count, short(l.DiffID), humanSize(l.Size), l.Took.Round(time.Millisecond))
 		},
 	}
-	layers, err := u.CreateVolume(ctx, img, key, cmd.Bool("novault"))
+	from := cmd.String("from")
+	if from != "" {
+		v, err := snapshot.ParseVolume(from)
+		if err != nil {
+			return fmt.Errorf("--from: %w", err)
+		}
+		from = v.String()
+		if err := checkNotRunning(ctx, c, snName, from); err != nil {
+			return err
+		}
+	}
+	layers, err := u.CreateVolumeFrom(ctx, img, key, from, cmd.Bool("novault"))
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(w, "volume %s created from %s (%s, %d layers) in %s\n", key, img.Name(), storagePlace(cmd.Bool("novault")), layers, time.Since(start).Round(time.Microsecond))
+	if from != "" {
+		fmt.Fprintf(w, "  with the data of %s (unchanged; run it again to roll back)\n", from)
+	}
+	return nil
+}
+
+// checkNotRunning refuses to copy a volume that a container's task is
+// using: its files would change under the copy, which then would be of
+// no single moment. A container without a task, or a stopped one, is
+// fine. (Nothing stops a task from being started during the copy.)
+func checkNotRunning(ctx context.Context, c *containerd.Client, snName, key string) error {
+	ctrs, err := c.ContainerService().List(ctx)
+	if err != nil {
+		return fmt.Errorf("list containers: %w", err)
+	}
+	for _, ct := range ctrs {
+		if ct.Snapshotter != snName || ct.SnapshotKey != key {
+			continue
+		}
+		resp, err := c.TaskService().Get(ctx, &tasks.GetRequest{ContainerID: ct.ID})
+		if err != nil {
+			if errdefs.IsNotFound(errgrpc.ToNative(err)) {
+				continue
+			}
+			return fmt.Errorf("task of container %s: %w", ct.ID, errgrpc.ToNative(err))
+		}
+		if st := resp.GetProcess().GetStatus(); st != tasktypes.Status_STOPPED {
+			return fmt.Errorf("volume %s is in use by container %s (task %s); stop it first so its data is copied at rest (ctr task kill %s): %w", key, ct.ID, strings.ToLower(st.String()), ct.ID, errdefs.ErrFailedPrecondition)
+		}
+	}
 	return nil
 }
 

@@ -108,6 +108,13 @@ func (u Unpacker) Unpack(ctx context.Context, img containerd.Image) (string, int
 // volume is a GC root: no image or container references it until one is
 // created on it.
 func (u Unpacker) CreateVolume(ctx context.Context, img containerd.Image, key string, novault bool) (int, error) {
+	return u.CreateVolumeFrom(ctx, img, key, "", novault)
+}
+
+// CreateVolumeFrom is CreateVolume whose new volume starts with a copy of
+// the data of volume from (an app's upgrade: the snapshotter copies from's
+// writable layer, snapshot.LabelFrom); from "" is CreateVolume.
+func (u Unpacker) CreateVolumeFrom(ctx context.Context, img containerd.Image, key, from string, novault bool) (int, error) {
 	chain, layers, err := u.Unpack(ctx, img)
 	if err != nil {
 		return 0, err
@@ -122,6 +129,10 @@ func (u Unpacker) CreateVolume(ctx context.Context, img containerd.Image, key st
 		// one on to the snapshotter; the other is for people reading labels.
 		labels[snapshot.LabelNovault] = "true"
 		labels[snapshot.LabelNovaultInherited] = "true"
+	}
+	if from != "" {
+		labels[snapshot.LabelFrom] = from
+		labels[snapshot.LabelFromInherited] = from
 	}
 	if _, err := u.Snapshots.Prepare(ctx, key, chain, snapshots.WithLabels(labels)); err != nil {
 		if errdefs.IsAlreadyExists(err) {
