@@ -171,3 +171,28 @@ func TestOwnAddressRefused(t *testing.T) {
 		t.Fatalf("the neighbour was never asked; its log:\n%s", p.Log())
 	}
 }
+
+// TestConflictRefusesPull: `localds pull` of an archive from the
+// datastore's name, with a neighbour claiming the name too, refuses to
+// fetch: a non-zero exit with the conflict (both addresses, the bridge)
+// and nothing asked of either address over HTTP.
+func TestConflictRefusesPull(t *testing.T) {
+	nd := newNode(t, map[string]string{"br0": "10.77.1"})
+	nd.avahi(t, "br0", dsName, nil)
+	nd.claim(t, "hostile", "br0", "10.77.1.3/24", "10.77.1.3", "120")
+	ctrd := nd.ns.StartContainerd(t, testnet.ContainerdOptions{})
+	bin := testnet.Binary(t, "localds")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := nd.ns.Command(ctx, bin, "--address", ctrd.Address, "--root", t.TempDir(), "pull",
+		"http://"+dsHost+"/images/app.oci.tar", "app:1").CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) {
+		t.Fatalf("want a non-zero exit, got %v; output:\n%s", err, out)
+	}
+	for _, want := range []string{"conflict", "10.77.1.2", "10.77.1.3", "br0 (10.77.1.0/24)"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("pull's error lacks %q:\n%s", want, out)
+		}
+	}
+}
