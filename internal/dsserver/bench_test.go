@@ -99,7 +99,9 @@ func BenchmarkBlobServe(b *testing.B) {
 
 // benchPush uploads blob in one session: POST, then PUT with the data.
 func benchPush(c *http.Client, base, dg string, blob []byte) error {
-	resp, err := c.Post(base+"/v2/bench/blobs/uploads/", "", nil)
+	// The token is what localds serve needs; docker-registry ignores it.
+	start, _ := http.NewRequest("POST", base+"/v2/bench/blobs/uploads/", nil)
+	resp, err := c.Do(withPushToken(start))
 	if err != nil {
 		return err
 	}
@@ -113,7 +115,7 @@ func benchPush(c *http.Client, base, dg string, blob []byte) error {
 	loc.RawQuery = q.Encode()
 	req, _ := http.NewRequest("PUT", loc.String(), bytes.NewReader(blob))
 	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err = c.Do(req)
+	resp, err = c.Do(withPushToken(req))
 	if err != nil {
 		return err
 	}

@@ -150,6 +150,10 @@ func runConformance(t testing.TB, ns *testnet.Namespace, suite, addr, sha512 str
 		"OCI_API_REFERRER=true",
 		"OCI_API_BLOBS_UPLOAD_CANCEL=true",
 		"OCI_DATA_SHA512=" + sha512,
+		// localds serve takes pushes with its push token as the Basic
+		// password (any user); docker-registry without auth ignores it.
+		"OCI_USERNAME=conformance",
+		"OCI_PASSWORD=" + pushToken,
 	}
 	start := time.Now()
 	out, err := cmd.CombinedOutput()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/containerd/log"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/localds/localds/internal/reponame"
 )
@@ -68,6 +69,14 @@ func (m *manifestStore) notFound(w http.ResponseWriter, repo, what string) {
 func (m *manifestStore) get(w http.ResponseWriter, req *http.Request, repo, ref string) {
 	s, ok := m.resolve(w, req, repo, ref)
 	if !ok {
+		return
+	}
+	if msg := m.incomplete(repo, s, 2); msg != "" {
+		// A blob it needs was lost (quarantined): answering "unknown"
+		// makes a client's next push of the image send it all again,
+		// where "present" would make it skip the push.
+		log.G(req.Context()).WithField("repo", repo).Warn("registry: " + msg)
+		writeRegError(w, http.StatusNotFound, "MANIFEST_UNKNOWN", msg)
 		return
 	}
 	w.Header().Set("Content-Type", s.mt)
@@ -170,4 +179,33 @@ func writeJSON(w http.ResponseWriter, ct string, v any) {
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(http.StatusOK)
 	w.Write(b)
+}
+
+// incomplete says what a stored manifest lacks of what its push had to
+// bring first (checkRefs' rules), looking depth levels of child
+// manifests deep; "" when nothing.
+func (m *manifestStore) incomplete(repo string, s stored, depth int) string {
+	var mf manifestFields
+	if json.Unmarshal(s.body, &mf) != nil {
+		return ""
+	}
+	if code, msg := m.checkRefs(repo, types.MediaType(s.mt), mf); code != "" {
+		return fmt.Sprintf("manifest %s is incomplete on this datastore (%s): push it again", s.h, msg)
+	}
+	if !types.MediaType(s.mt).IsIndex() || depth == 0 {
+		return ""
+	}
+	for _, d := range mf.Manifests {
+		if !d.MediaType.IsImage() && !d.MediaType.IsIndex() {
+			continue
+		}
+		child, err := m.readRevision(repo, d.Digest.Hex)
+		if err != nil {
+			return fmt.Sprintf("manifest %s is incomplete on this datastore (child %s unreadable): push it again", s.h, d.Digest)
+		}
+		if msg := m.incomplete(repo, child, depth-1); msg != "" {
+			return fmt.Sprintf("manifest %s is incomplete on this datastore (child %s): push it again", s.h, d.Digest)
+		}
+	}
+	return ""
 }

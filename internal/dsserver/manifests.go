@@ -131,13 +131,14 @@ func (m *manifestStore) put(w http.ResponseWriter, req *http.Request, repo, ref 
 	} else {
 		tag = ref
 	}
+	// Checked under the lock: a blob delete or a collection cannot take
+	// what this manifest needs between the check and the write.
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if code, msg := m.checkRefs(repo, types.MediaType(mt), mf); code != "" {
 		writeRegError(w, http.StatusBadRequest, code, msg)
 		return
 	}
-
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	if err := m.persist(ctx, repo, tag, mt, h, body); err != nil {
 		log.G(ctx).WithError(err).WithField("repo", repo).Error("registry: manifest not stored")
 		writeStorageError(ctx, w, err)
@@ -218,10 +219,14 @@ func (m *manifestStore) delete(w http.ResponseWriter, req *http.Request, repo, r
 			writeRegError(w, http.StatusBadRequest, "TAG_INVALID", fmt.Sprintf("invalid tag %q", ref))
 			return
 		}
-		if err := os.Remove(m.tagPath(repo, ref)); errors.Is(err, os.ErrNotExist) {
+		err := os.Remove(m.tagPath(repo, ref))
+		if errors.Is(err, os.ErrNotExist) {
 			writeRegError(w, http.StatusNotFound, "MANIFEST_UNKNOWN", fmt.Sprintf("tag %q not in %s", ref, repo))
 			return
-		} else if err != nil {
+		} else if err == nil {
+			err = syncDir(filepath.Dir(m.tagPath(repo, ref)))
+		}
+		if err != nil {
 			writeStorageError(req.Context(), w, fmt.Errorf("delete tag %s of %s: %w", ref, repo, err))
 			return
 		}
@@ -244,7 +249,17 @@ func (m *manifestStore) delete(w http.ResponseWriter, req *http.Request, repo, r
 			os.Remove(m.tagPath(repo, t.Name()))
 		}
 	}
+	if len(tags) > 0 {
+		if err := syncDir(filepath.Join(m.dir(repo), "tags")); err != nil {
+			writeStorageError(req.Context(), w, fmt.Errorf("delete tags of manifest %s of %s: %w", h, repo, err))
+			return
+		}
+	}
 	if err := os.Remove(m.revisionPath(repo, h)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		writeStorageError(req.Context(), w, fmt.Errorf("delete manifest %s of %s: %w", h, repo, err))
+		return
+	}
+	if err := syncDir(filepath.Dir(m.revisionPath(repo, h))); err != nil {
 		writeStorageError(req.Context(), w, fmt.Errorf("delete manifest %s of %s: %w", h, repo, err))
 		return
 	}
@@ -317,10 +332,11 @@ func (m *manifestStore) readRevision(repo, name string) (stored, error) {
 	return stored{repo: repo, h: h, mt: strings.TrimSpace(string(mt)), body: body}, nil
 }
 
-// writeFileAtomic replaces path with data: temp file, fsync, rename.
+// writeFileAtomic replaces path with data: temp file, fsync, rename,
+// fsync of the directory (and of the parents of directories it created).
 func writeFileAtomic(path string, data []byte) error {
 	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := mkdirAllSync(dir); err != nil {
 		return storageError("create "+dir, err)
 	}
 	f, err := os.CreateTemp(dir, ".tmp-*")
@@ -343,6 +359,30 @@ func writeFileAtomic(path string, data []byte) error {
 		os.Remove(f.Name())
 		return storageError("rename "+path, err)
 	}
-	syncDir(dir)
+	if err := syncDir(dir); err != nil {
+		return storageError("rename "+path, err)
+	}
 	return nil
+}
+
+// mkdirAllSync creates dir and its missing parents, and fsyncs the parent
+// of each one it created: a new repository's directories survive a power
+// cut along with the manifest written into them.
+func mkdirAllSync(dir string) error {
+	if fi, err := os.Stat(dir); err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("%s is not a directory", dir)
+		}
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if parent != dir {
+		if err := mkdirAllSync(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return syncDir(parent)
 }

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -22,16 +25,19 @@ import (
 const (
 	dsName = "ubuntu-4321-http-server"
 	dsHost = dsName + ".local"
+	// pushToken is the test datastores' push token (--push-token-file).
+	pushToken = "localds-test-push-token-0123456789"
 )
 
 // site is a test edge node: the node namespace with bridge br0
 // (10.77.1.1/24) and the datastore's app namespace behind it (eth0,
 // 10.77.1.2/24). More bridges and app links can be added.
 type site struct {
-	net  *testnet.Net
-	node *testnet.Namespace
-	app  *testnet.Namespace
-	bin  string
+	net       *testnet.Net
+	node      *testnet.Namespace
+	app       *testnet.Namespace
+	bin       string
+	tokenFile string // holds pushToken
 }
 
 func newSite(t testing.TB) *site {
@@ -44,15 +50,23 @@ func newSite(t testing.TB) *site {
 	n.Bridge(s.node, "br0", "10.77.1.1/24")
 	n.Connect(s.node, "br0", s.app, "eth0", "10.77.1.2/24")
 	s.bin = testnet.Binary(t, "localds")
+	s.tokenFile = filepath.Join(t.TempDir(), "push-token")
+	if err := os.WriteFile(s.tokenFile, []byte(pushToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	return s
 }
 
 // serve starts `localds serve` in the app namespace and waits until it
-// answers mDNS (when it has an mDNS interface).
+// answers mDNS (when it has an mDNS interface). It takes pushes with
+// pushToken unless extra says otherwise ("--push-token-file", "" for none).
 func (s *site) serve(t testing.TB, dir string, extra ...string) *testnet.Process {
 	t.Helper()
 	args := []string{s.bin, "serve", "--hostname", dsName, "--dir", dir, "--poll-interval", "200ms"}
 	args = append(args, extra...)
+	if !hasFlag(extra, "--push-token-file") {
+		args = append(args, "--push-token-file", s.tokenFile)
+	}
 	if !hasFlag(extra, "--interface") {
 		args = append(args, "--interface", "eth0")
 	}
@@ -181,4 +195,10 @@ func waitFor(timeout time.Duration, cond func() bool) bool {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// withPushToken adds the test datastores' push token to req.
+func withPushToken(req *http.Request) *http.Request {
+	req.Header.Set("Authorization", "Bearer "+pushToken)
+	return req
 }

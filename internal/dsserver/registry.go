@@ -8,18 +8,16 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/containerd/log"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/localds/localds/internal/reponame"
 )
 
-// errNotFound is what the blob store answers for content it does not
-// have (go-containerregistry's sentinel, as blobStore keeps its
-// BlobHandler interface).
-var errNotFound = registry.ErrNotFound
+// errNotFound is what the blob store answers for content it does not have.
+var errNotFound = errors.New("blob unknown")
 
 // Registry is an OCI distribution registry whose data lives on disk under
 // one directory. Everything is served by this package from files: blobs
@@ -33,20 +31,31 @@ type Registry struct {
 	store     *blobStore
 	uploads   *uploads
 	manifests *manifestStore
-	readOnly  bool
+	auth      pushAuth
+	metrics   *serveMetrics
+}
+
+// RegistryConfig is how the registry treats its clients.
+type RegistryConfig struct {
+	PushToken     []byte        // writes need it; none: no writes
+	ReadOnly      bool          // no writes even with the token
+	Limits        Limits        // sizes of one blob and of the store
+	UploadTimeout time.Duration // idle upload sessions end; DefaultUploadTimeout if 0
 }
 
 // NewRegistry opens (or creates) the registry stored in dir and indexes
 // the manifests stored there.
-func NewRegistry(ctx context.Context, dir string) (*Registry, error) {
-	store, err := newBlobStore(dir)
+func NewRegistry(ctx context.Context, dir string, cfg RegistryConfig) (*Registry, error) {
+	store, err := newBlobStore(dir, cfg.Limits)
 	if err != nil {
 		return nil, err
 	}
 	r := &Registry{
 		store:     store,
-		uploads:   newUploads(store),
+		uploads:   newUploads(store, cfg.UploadTimeout),
 		manifests: &manifestStore{root: filepath.Join(dir, "repositories"), blobs: store, referrers: newReferrers()},
+		auth:      pushAuth{token: cfg.PushToken, readOnly: cfg.ReadOnly},
+		metrics:   newServeMetrics(store),
 	}
 	if err := r.manifests.load(ctx); err != nil {
 		return nil, err
@@ -92,21 +101,21 @@ func parseRoute(p string) (route, bool) {
 	return route{}, false
 }
 
-// SetReadOnly makes the registry refuse pushes and deletes from clients;
-// archives in the import directory are still loaded.
-func (r *Registry) SetReadOnly(ro bool) { r.readOnly = ro }
+// SetReadOnly makes the registry refuse pushes and deletes from clients,
+// even with the push token; archives in the import directory are still
+// loaded.
+func (r *Registry) SetReadOnly(ro bool) { r.auth.readOnly = ro }
 
-// ServeHTTP serves the registry API under /v2/.
+// ServeHTTP serves the registry API under /v2/. Reads are anonymous;
+// writes need the push token (pushAuth).
 func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	if r.readOnly && req.Method != http.MethodGet && req.Method != http.MethodHead {
-		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
-		writeRegError(w, http.StatusMethodNotAllowed, "UNSUPPORTED", "read-only datastore: "+req.Method+" refused")
+	if isWrite(req) && !r.auth.allowWrite(w, req) {
 		return
 	}
 	r.serve(w, req)
 }
 
-// serve is ServeHTTP without the read-only check (used by the importer).
+// serve is ServeHTTP without the write check (used by the importer).
 func (r *Registry) serve(w http.ResponseWriter, req *http.Request) {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	rt, ok := parseRoute(req.URL.Path)
@@ -178,6 +187,12 @@ func writeStorageError(ctx context.Context, w http.ResponseWriter, err error) {
 		log.G(ctx).WithError(err).Error("registry: push failed, datastore disk full")
 		writeRegError(w, http.StatusInsufficientStorage, "BLOB_UPLOAD_INVALID",
 			"datastore disk full (no space left on device): nothing stored")
+	case errors.Is(err, ErrBlobTooLarge):
+		log.G(ctx).WithError(err).Info("registry: push refused")
+		writeRegError(w, http.StatusRequestEntityTooLarge, "SIZE_INVALID", publicMessage(err, ErrBlobTooLarge)+": nothing stored")
+	case errors.Is(err, ErrStoreFull):
+		log.G(ctx).WithError(err).Warn("registry: push refused, store at --max-store-size")
+		writeRegError(w, http.StatusInsufficientStorage, "BLOB_UPLOAD_INVALID", publicMessage(err, ErrStoreFull)+": nothing stored")
 	case errors.Is(err, errTooManyUploads):
 		writeRegError(w, http.StatusTooManyRequests, "TOOMANYREQUESTS", err.Error())
 	case errors.Is(err, context.Canceled):
@@ -190,12 +205,16 @@ func writeStorageError(ctx context.Context, w http.ResponseWriter, err error) {
 
 // mismatchMessage keeps the "digest mismatch: content has X, pushed as Y"
 // part of err, without the internal context wrapped around it.
-func mismatchMessage(err error) string {
+func mismatchMessage(err error) string { return publicMessage(err, ErrDigestMismatch) }
+
+// publicMessage keeps the part of err from sentinel's text on, without
+// the internal context (paths) wrapped around it.
+func publicMessage(err, sentinel error) string {
 	msg := err.Error()
-	if i := strings.Index(msg, ErrDigestMismatch.Error()); i >= 0 {
+	if i := strings.Index(msg, sentinel.Error()); i >= 0 {
 		return msg[i:]
 	}
-	return ErrDigestMismatch.Error()
+	return sentinel.Error()
 }
 
 // digestOf is b's canonical (sha256) digest.

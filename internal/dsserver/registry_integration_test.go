@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
@@ -84,7 +85,7 @@ func TestServeRegistryRestart(t *testing.T) {
 // registryChild runs inside the node namespace.
 func registryChild(t *testing.T) {
 	addr, state := testnet.ChildEnv("ADDR"), testnet.ChildEnv("STATE")
-	opts := []remote.Option{remote.WithTransport(plainClient.Transport)}
+	opts := []remote.Option{remote.WithTransport(plainClient.Transport), remote.WithAuth(&authn.Basic{Username: "operator", Password: pushToken})}
 	ref, err := name.ParseReference(addr+"/team/app:1", name.Insecure)
 	if err != nil {
 		t.Fatal(err)
@@ -245,7 +246,7 @@ func TestServeDiskFull(t *testing.T) {
 	dir := t.TempDir()
 	script := `set -e; mount -t tmpfs -o size=8m localds-serve-full "$1"; shift; exec "$@"`
 	p := s.app.Start(t, "sh", "-c", script, "sh", dir, s.bin, "serve", "--hostname", dsName,
-		"--interface", "eth0", "--listen", ":80", "--dir", dir)
+		"--interface", "eth0", "--listen", ":80", "--dir", dir, "--push-token-file", s.tokenFile)
 	p.WaitLog(t, "mdns: answering", 15*time.Second)
 	s.node.RunTest(t, nil)
 	if !strings.Contains(p.Log(), "disk full") {
@@ -262,7 +263,8 @@ func pushBlob(t *testing.T, data []byte, mono bool) (int, string) {
 	url := "http://10.77.1.2/v2/big/blobs/uploads/?digest=" + dg
 	method := "POST"
 	if !mono {
-		resp, err := plainClient.Post("http://10.77.1.2/v2/big/blobs/uploads/", "", nil)
+		start, _ := http.NewRequest("POST", "http://10.77.1.2/v2/big/blobs/uploads/", nil)
+		resp, err := plainClient.Do(withPushToken(start))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -270,7 +272,7 @@ func pushBlob(t *testing.T, data []byte, mono bool) (int, string) {
 		url, method = "http://10.77.1.2"+resp.Header.Get("Location")+"?digest="+dg, "PUT"
 	}
 	req, _ := http.NewRequest(method, url, bytes.NewReader(data))
-	resp, err := plainClient.Do(req)
+	resp, err := plainClient.Do(withPushToken(req))
 	if err != nil {
 		t.Fatal(err)
 	}

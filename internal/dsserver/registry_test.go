@@ -22,17 +22,62 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
+// testPushToken is the push token of the test datastores.
+const testPushToken = "test-push-token-0123456789abcdef"
+
 // startServer serves a datastore on dir over httptest on 127.0.0.1
 // (loopback only, as the network rules allow outside test namespaces).
+// Its clients act as the datastore's operator: a request without
+// credentials gets the push token (anonymous clients are tested with
+// startServerWith and auth_test.go's requests).
 func startServer(t *testing.T, dir string) (*Server, *httptest.Server) {
 	t.Helper()
-	s, err := New(t.Context(), Config{Dir: dir, NoMDNS: true, Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
+	return startOperatorServer(t, Config{Dir: dir})
+}
+
+// startOperatorServer serves a datastore with cfg to the operator.
+func startOperatorServer(t *testing.T, cfg Config) (*Server, *httptest.Server) {
+	t.Helper()
+	s := newServer(t, cfg)
+	ts := httptest.NewServer(withOperatorToken(s.Handler()))
+	t.Cleanup(ts.Close)
+	return s, ts
+}
+
+// startServerWith serves a datastore with cfg, clients as they come.
+func startServerWith(t *testing.T, cfg Config) (*Server, *httptest.Server) {
+	t.Helper()
+	s := newServer(t, cfg)
 	ts := httptest.NewServer(s.Handler())
 	t.Cleanup(ts.Close)
 	return s, ts
+}
+
+// newServer opens a datastore with cfg on loopback, without mDNS; a push
+// token file is written for it unless cfg names one.
+func newServer(t *testing.T, cfg Config) *Server {
+	t.Helper()
+	cfg.NoMDNS, cfg.Listen = true, "127.0.0.1:0"
+	if cfg.PushTokenFile == "" {
+		cfg.PushTokenFile = filepath.Join(t.TempDir(), "push-token")
+		if err := os.WriteFile(cfg.PushTokenFile, []byte(testPushToken+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := New(t.Context(), cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return s
+}
+
+func withOperatorToken(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.Header.Get("Authorization") == "" {
+			req.Header.Set("Authorization", "Bearer "+testPushToken)
+		}
+		h.ServeHTTP(w, req)
+	})
 }
 
 func hostOf(ts *httptest.Server) string { return strings.TrimPrefix(ts.URL, "http://") }
@@ -370,4 +415,29 @@ func TestRegistryDeleteSurvivesRestart(t *testing.T) {
 	}
 	od, _ := other.Digest()
 	checkPull(t, ts2, "app:2", od)
+}
+
+func httptestServer(t *testing.T, h http.Handler) *httptest.Server {
+	t.Helper()
+	ts := httptest.NewServer(h)
+	t.Cleanup(ts.Close)
+	return ts
+}
+
+func readAll(t *testing.T, resp *http.Response) string {
+	t.Helper()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func writeTemp(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

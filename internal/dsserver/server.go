@@ -36,16 +36,21 @@ const (
 
 // Config is what `localds serve` is given.
 type Config struct {
-	Hostname     string        // the name answered for, "name" or "name.local"
-	Interfaces   []string      // mDNS interfaces; empty: every suitable one
-	Listen       string        // plain HTTP address, e.g. ":80"; "" for none
-	TLSListen    string        // HTTPS address, used with TLSCert and TLSKey
-	TLSCert      string        // PEM certificate file
-	TLSKey       string        // PEM key file
-	Dir          string        // the served directory
-	ReadOnly     bool          // refuse pushes and deletes (imports still load)
-	NoMDNS       bool          // serve HTTP only (tests on loopback)
-	PollInterval time.Duration // interface poll period; DefaultPollInterval if 0
+	Hostname   string   // the name answered for, "name" or "name.local"
+	Interfaces []string // mDNS interfaces; empty: every suitable one
+	Listen     string   // plain HTTP address, e.g. ":80"; "" for none
+	TLSListen  string   // HTTPS address, used with TLSCert and TLSKey
+	TLSCert    string   // PEM certificate file
+	TLSKey     string   // PEM key file
+	Dir        string   // the served directory
+	ReadOnly   bool     // refuse pushes and deletes even with the token (imports still load)
+	// PushTokenFile holds the token pushes and deletes need (Bearer, or
+	// the password of Basic credentials); "": the registry takes none.
+	PushTokenFile string
+	Limits        Limits        // blob and store sizes; zero: no limit
+	UploadTimeout time.Duration // idle upload sessions end; DefaultUploadTimeout if 0
+	NoMDNS        bool          // serve HTTP only (tests on loopback)
+	PollInterval  time.Duration // interface poll period; DefaultPollInterval if 0
 }
 
 // Server is a datastore: registry, files and mDNS responder.
@@ -84,7 +89,15 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %w", cfg.Dir, err)
 	}
-	reg, err := NewRegistry(ctx, filepath.Join(cfg.Dir, RegistryDir))
+	rcfg := RegistryConfig{ReadOnly: cfg.ReadOnly, Limits: cfg.Limits, UploadTimeout: cfg.UploadTimeout}
+	if cfg.PushTokenFile != "" {
+		tok, err := readPushToken(cfg.PushTokenFile)
+		if err != nil {
+			return nil, err
+		}
+		rcfg.PushToken = tok
+	}
+	reg, err := NewRegistry(ctx, filepath.Join(cfg.Dir, RegistryDir), rcfg)
 	if err != nil {
 		return nil, fmt.Errorf("open registry in %s: %w", cfg.Dir, err)
 	}
@@ -92,7 +105,6 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	reg.SetReadOnly(cfg.ReadOnly)
 	s.registry, s.files = reg, files
 	s.handler = logRequests(ctx, http.HandlerFunc(s.route))
 	return s, nil
@@ -111,6 +123,10 @@ func (s *Server) route(w http.ResponseWriter, req *http.Request) {
 	}
 	if req.URL.Path == "/v2" || strings.HasPrefix(req.URL.Path, "/v2/") {
 		s.registry.ServeHTTP(w, req)
+		return
+	}
+	if strings.HasPrefix(req.URL.Path, adminPrefix) {
+		s.registry.serveAdmin(w, req)
 		return
 	}
 	s.files.ServeHTTP(w, req)
@@ -182,7 +198,15 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		})
 	}
-	wg.Go(func() { s.registry.ImportDir(ctx, filepath.Join(s.cfg.Dir, ImportDir)) })
+	wg.Go(func() {
+		// Collect first: what the import stores is new, inside the grace.
+		if _, err := s.registry.collect(ctx, gcGrace); err != nil {
+			log.G(ctx).WithError(err).Warn("registry: collection at start")
+		}
+		s.registry.ImportDir(ctx, filepath.Join(s.cfg.Dir, ImportDir))
+	})
+	wg.Go(func() { s.registry.scrub(ctx) })
+	wg.Go(func() { s.registry.expireUploads(ctx) })
 
 	var err error
 	select {
@@ -222,6 +246,14 @@ func logRequests(ctx context.Context, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		defer func() {
+			// A response cut on purpose (a corrupt blob) is logged too.
+			if p := recover(); p != nil {
+				log.G(ctx).WithFields(log.Fields{"method": req.Method, "path": req.URL.Path, "remote": req.RemoteAddr, "bytes": sw.bytes}).
+					Warn("request aborted")
+				panic(p)
+			}
+		}()
 		next.ServeHTTP(sw, req)
 		e := log.G(ctx).WithFields(log.Fields{
 			"method":   req.Method,

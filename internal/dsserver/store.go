@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
@@ -35,16 +34,18 @@ type tempFile interface {
 // (sha256 or sha512).
 // New content is written to root/tmp or root/uploads, hashed while it is
 // written, fsynced, and renamed into blobs/ only once its digest checks
-// out, so nothing unverified is ever visible. It implements
-// go-containerregistry's registry.BlobHandler and its Stat, Put and
-// Delete extensions.
+// out, so nothing unverified is ever visible. Every byte written counts
+// against the limits (quota) from its first write; a blob that rots on
+// disk is moved to root/quarantine.
 type blobStore struct {
 	root       string
 	createTemp func(dir, pattern string) (tempFile, error)
+	quota      *quota
+	recent     *recentBlobs
 }
 
-func newBlobStore(root string) (*blobStore, error) {
-	for _, d := range []string{"blobs/sha256", "blobs/sha512", "tmp", "uploads"} {
+func newBlobStore(root string, lim Limits) (*blobStore, error) {
+	for _, d := range []string{"blobs/sha256", "blobs/sha512", "tmp", "uploads", quarantineDir} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return nil, fmt.Errorf("create blob store: %w", err)
 		}
@@ -59,23 +60,30 @@ func newBlobStore(root string) (*blobStore, error) {
 			os.Remove(filepath.Join(root, d, e.Name()))
 		}
 	}
-	return &blobStore{root: root, createTemp: func(dir, pattern string) (tempFile, error) {
-		return os.CreateTemp(dir, pattern)
-	}}, nil
+	used, err := storedBytes(root)
+	if err != nil {
+		return nil, err
+	}
+	return &blobStore{
+		root:       root,
+		createTemp: func(dir, pattern string) (tempFile, error) { return os.CreateTemp(dir, pattern) },
+		quota:      newQuota(lim, used),
+		recent:     newRecentBlobs(),
+	}, nil
 }
 
 func (s *blobStore) path(h v1.Hash) string {
 	return filepath.Join(s.root, "blobs", h.Algorithm, h.Hex)
 }
 
-// open returns the blob file and its size, or registry.ErrNotFound.
+// open returns the blob file and its size, or errNotFound.
 func (s *blobStore) open(h v1.Hash) (*os.File, int64, error) {
 	if _, err := parseDigest(h.String()); err != nil {
-		return nil, 0, fmt.Errorf("%w: %v", registry.ErrNotFound, err)
+		return nil, 0, fmt.Errorf("%w: %v", errNotFound, err)
 	}
 	f, err := os.Open(s.path(h))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, 0, registry.ErrNotFound
+		return nil, 0, errNotFound
 	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("open blob %s: %w", h, err)
@@ -88,46 +96,26 @@ func (s *blobStore) open(h v1.Hash) (*os.File, int64, error) {
 	return f, fi.Size(), nil
 }
 
-// Stat implements registry.BlobStatHandler. Blobs were verified when
-// written, so it does not re-hash them (go-containerregistry's disk
-// handler does, on every HEAD and GET).
-func (s *blobStore) Stat(_ context.Context, _ string, h v1.Hash) (int64, error) {
-	f, size, err := s.open(h)
-	if err != nil {
-		return 0, err
-	}
-	f.Close()
-	return size, nil
-}
-
-// Get implements registry.BlobHandler.
-func (s *blobStore) Get(_ context.Context, _ string, h v1.Hash) (io.ReadCloser, error) {
-	f, _, err := s.open(h)
-	if err != nil {
-		return nil, err
-	}
-	return f, nil
-}
-
-// Put implements registry.BlobPutHandler: the content is verified here
-// whatever the caller did.
-func (s *blobStore) Put(ctx context.Context, _ string, h v1.Hash, rc io.ReadCloser) error {
-	defer rc.Close()
-	_, err := s.ingest(ctx, h, rc)
-	return err
-}
-
-// Delete implements registry.BlobDeleteHandler.
-func (s *blobStore) Delete(_ context.Context, _ string, h v1.Hash) error {
+// remove deletes a blob from the store; errNotFound if it is not there.
+func (s *blobStore) remove(h v1.Hash) error {
 	if _, err := parseDigest(h.String()); err != nil {
-		return fmt.Errorf("%w: %v", registry.ErrNotFound, err)
+		return fmt.Errorf("%w: %v", errNotFound, err)
 	}
-	if err := os.Remove(s.path(h)); errors.Is(err, os.ErrNotExist) {
-		return registry.ErrNotFound
+	p := s.path(h)
+	fi, err := os.Stat(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return errNotFound
+	}
+	if err != nil {
+		return fmt.Errorf("delete blob %s: %w", h, err)
+	}
+	if err := os.Remove(p); errors.Is(err, os.ErrNotExist) {
+		return errNotFound
 	} else if err != nil {
 		return fmt.Errorf("delete blob %s: %w", h, err)
 	}
-	return nil
+	s.quota.release(fi.Size())
+	return syncDir(filepath.Dir(p))
 }
 
 // has reports whether the blob is in the store.
@@ -150,19 +138,27 @@ func (s *blobStore) ingest(ctx context.Context, h v1.Hash, r io.Reader) (int64, 
 		return 0, storageError("create temporary file", err)
 	}
 	hw := newHasher(h.Algorithm)
-	n, err := io.Copy(io.MultiWriter(f, hw), contextReader{ctx, r})
+	cw := s.quota.writer(0)
+	n, err := io.Copy(io.MultiWriter(cw, f, hw), contextReader{ctx, r})
 	if err != nil {
-		discard(f)
+		s.discard(f, cw.n)
 		return n, storageError(fmt.Sprintf("write blob %s after %d bytes", h, n), err)
 	}
-	return n, s.commit(f, hw, h)
+	return n, s.commit(f, hw, h, cw.n)
 }
 
 // commit checks the hash of a fully written temporary file and renames it
 // into place, or removes it. hw hashed the file as it was written; when
 // want is of another algorithm (an upload session hashes sha256 only,
 // not knowing the digest to come), the file is read back and hashed.
-func (s *blobStore) commit(f tempFile, hw hash.Hash, want v1.Hash) error {
+// reserved is what the file counts in the quota: kept if the blob is new,
+// given back if the blob was there already or nothing is committed.
+func (s *blobStore) commit(f tempFile, hw hash.Hash, want v1.Hash, reserved int64) (err error) {
+	defer func() {
+		if err != nil {
+			s.quota.release(reserved)
+		}
+	}()
 	alg := want.Algorithm
 	if alg == "" {
 		alg = "sha256"
@@ -187,11 +183,18 @@ func (s *blobStore) commit(f tempFile, hw hash.Hash, want v1.Hash) error {
 		os.Remove(f.Name())
 		return storageError("close blob "+want.String(), err)
 	}
+	existed := s.has(want)
 	if err := os.Rename(f.Name(), s.path(want)); err != nil {
 		os.Remove(f.Name())
 		return storageError("commit blob "+want.String(), err)
 	}
-	syncDir(filepath.Dir(s.path(want)))
+	if existed {
+		s.quota.release(reserved) // the same bytes were counted already
+	}
+	s.recent.touch(want)
+	if err := syncDir(filepath.Dir(s.path(want))); err != nil {
+		return storageError("commit blob "+want.String(), err)
+	}
 	return nil
 }
 
@@ -214,6 +217,7 @@ func rehash(path, alg string) (string, error) {
 func (s *blobStore) putBytes(ctx context.Context, alg string, b []byte) (v1.Hash, error) {
 	h := hashBytes(alg, b)
 	if s.has(h) {
+		s.recent.touch(h)
 		return h, nil
 	}
 	_, err := s.ingest(ctx, h, bytes.NewReader(b))
@@ -245,6 +249,12 @@ func discard(f tempFile) {
 	os.Remove(f.Name())
 }
 
+// discard removes a temporary file and gives back its quota.
+func (s *blobStore) discard(f tempFile, reserved int64) {
+	discard(f)
+	s.quota.release(reserved)
+}
+
 // storageError wraps a write failure, marking a full disk (or quota) so
 // that the client gets a clear "disk full" and the operator a clear log.
 func storageError(what string, err error) error {
@@ -254,12 +264,18 @@ func storageError(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// syncDir makes a rename durable; failure only weakens durability.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
+// syncDir makes the renames, creations and removals in dir durable: a
+// power cut after a 201 must not lose what the client was told is stored.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open %s to sync it: %w", dir, err)
 	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
 }
 
 // contextReader stops a copy when the request is cancelled.

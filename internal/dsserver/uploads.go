@@ -9,18 +9,21 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
 )
 
 const (
-	// maxUploads bounds concurrent upload sessions; idleUpload is how long
-	// an abandoned one keeps its temporary file.
-	maxUploads = 64
-	idleUpload = time.Hour
+	// maxUploads bounds concurrent upload sessions, maxUploadsPerClient
+	// those of one client address, so one client cannot take them all.
+	maxUploads          = 64
+	maxUploadsPerClient = 16
+	// DefaultUploadTimeout is how long an upload session may stay idle
+	// (no chunk arriving) before it is aborted and its file removed.
+	DefaultUploadTimeout = 5 * time.Minute
 )
 
 var (
@@ -35,41 +38,70 @@ var (
 // take layers larger than its RAM.
 type uploads struct {
 	store    *blobStore
+	idle     time.Duration
 	mu       sync.Mutex
 	sessions map[string]*upload
 }
 
 type upload struct {
-	mu   sync.Mutex
-	id   string
-	repo string
-	f    tempFile
-	h    hash.Hash
-	size int64
-	last time.Time
-	dead bool
+	mu     sync.Mutex
+	id     string
+	repo   string
+	client string // the client's address, without port
+	f      tempFile
+	h      hash.Hash
+	qw     *quotaWriter
+	size   int64
+	last   time.Time
+	dead   bool
 }
 
-func newUploads(store *blobStore) *uploads {
-	return &uploads{store: store, sessions: map[string]*upload{}}
+func newUploads(store *blobStore, idle time.Duration) *uploads {
+	if idle <= 0 {
+		idle = DefaultUploadTimeout
+	}
+	return &uploads{store: store, idle: idle, sessions: map[string]*upload{}}
 }
 
-// start opens a new session for repo.
-func (u *uploads) start(repo string) (*upload, error) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	now := time.Now()
+// expire aborts the sessions idle for longer than the upload timeout
+// (a session busy with a chunk is locked and skipped). u.mu is held.
+func (u *uploads) expireLocked(now time.Time) {
 	for id, s := range u.sessions {
 		if s.mu.TryLock() {
-			if now.Sub(s.last) > idleUpload {
+			if now.Sub(s.last) > u.idle {
 				s.abort()
 				delete(u.sessions, id)
 			}
 			s.mu.Unlock()
 		}
 	}
+}
+
+// expire is the periodic sweep: files of abandoned uploads do not wait
+// for the next upload to be removed.
+func (u *uploads) expire() {
+	u.mu.Lock()
+	u.expireLocked(time.Now())
+	u.mu.Unlock()
+}
+
+// start opens a new session for repo on behalf of client (an address).
+func (u *uploads) start(repo, client string) (*upload, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	now := time.Now()
+	u.expireLocked(now)
 	if len(u.sessions) >= maxUploads {
 		return nil, fmt.Errorf("%w (%d)", errTooManyUploads, maxUploads)
+	}
+	mine := 0
+	for _, s := range u.sessions {
+		if s.client == client {
+			mine++
+		}
+	}
+	if mine >= maxUploadsPerClient {
+		return nil, fmt.Errorf("%w from %s (%d, each expires after %v idle)", errTooManyUploads, client, maxUploadsPerClient, u.idle)
 	}
 	var rnd [16]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
@@ -79,7 +111,7 @@ func (u *uploads) start(repo string) (*upload, error) {
 	if err != nil {
 		return nil, storageError("create upload file", err)
 	}
-	s := &upload{id: hex.EncodeToString(rnd[:]), repo: repo, f: f, h: sha256.New(), last: now}
+	s := &upload{id: hex.EncodeToString(rnd[:]), repo: repo, client: client, f: f, h: sha256.New(), qw: u.store.quota.writer(0), last: now}
 	u.sessions[s.id] = s
 	return s, nil
 }
@@ -109,8 +141,12 @@ func (u *uploads) drop(s *upload) {
 
 // write appends r to the session. On any error the session is aborted:
 // the client restarts the upload rather than trust a half-written chunk.
-func (s *upload) write(ctx context.Context, r io.Reader) error {
-	n, err := io.Copy(io.MultiWriter(s.f, s.h), contextReader{ctx, r})
+func (s *upload) write(ctx context.Context, r io.Reader, contentLength int64) error {
+	if err := s.qw.q.checkLength(s.size, contentLength); err != nil {
+		s.abort()
+		return err
+	}
+	n, err := io.Copy(io.MultiWriter(s.qw, s.f, s.h), contextReader{ctx, r})
 	s.size += n
 	s.last = time.Now()
 	if err != nil {
@@ -124,6 +160,7 @@ func (s *upload) abort() {
 	if !s.dead {
 		s.dead = true
 		discard(s.f)
+		s.qw.q.release(s.qw.n)
 	}
 }
 
@@ -189,7 +226,7 @@ func (r *Registry) handleUpload(w http.ResponseWriter, req *http.Request, repo, 
 		if !s.continues(w, req, repo) {
 			return
 		}
-		if err := s.write(ctx, req.Body); err != nil {
+		if err := s.write(ctx, req.Body, req.ContentLength); err != nil {
 			r.uploads.drop(s)
 			writeStorageError(req.Context(), w, err)
 			return
@@ -203,14 +240,14 @@ func (r *Registry) handleUpload(w http.ResponseWriter, req *http.Request, repo, 
 		if !s.continues(w, req, repo) {
 			return
 		}
-		if err := s.write(ctx, req.Body); err != nil {
+		if err := s.write(ctx, req.Body, req.ContentLength); err != nil {
 			r.uploads.drop(s)
 			writeStorageError(req.Context(), w, err)
 			return
 		}
 		s.dead = true // committed or discarded, never reused
 		r.uploads.drop(s)
-		if err := r.store.commit(s.f, s.h, h); err != nil {
+		if err := r.store.commit(s.f, s.h, h, s.qw.n); err != nil {
 			writeStorageError(req.Context(), w, err)
 			return
 		}
@@ -238,6 +275,7 @@ func (r *Registry) startUpload(w http.ResponseWriter, req *http.Request, repo st
 	q := req.URL.Query()
 	if m := q.Get("mount"); m != "" {
 		if h, err := parseDigest(m); err == nil && r.store.has(h) {
+			r.store.recent.touch(h)
 			w.Header().Set("Location", "/v2/"+repo+"/blobs/"+h.String())
 			w.Header().Set("Docker-Content-Digest", h.String())
 			w.WriteHeader(http.StatusCreated)
@@ -250,6 +288,10 @@ func (r *Registry) startUpload(w http.ResponseWriter, req *http.Request, repo st
 			writeRegError(w, http.StatusBadRequest, "DIGEST_INVALID", err.Error())
 			return
 		}
+		if err := r.store.quota.checkLength(0, req.ContentLength); err != nil {
+			writeStorageError(req.Context(), w, err)
+			return
+		}
 		if _, err := r.store.ingest(req.Context(), h, req.Body); err != nil {
 			writeStorageError(req.Context(), w, err)
 			return
@@ -259,7 +301,7 @@ func (r *Registry) startUpload(w http.ResponseWriter, req *http.Request, repo st
 		w.WriteHeader(http.StatusCreated)
 		return
 	}
-	s, err := r.uploads.start(repo)
+	s, err := r.uploads.start(repo, clientAddr(req))
 	if err != nil {
 		writeStorageError(req.Context(), w, err)
 		return
@@ -270,44 +312,12 @@ func (r *Registry) startUpload(w http.ResponseWriter, req *http.Request, repo st
 	w.WriteHeader(http.StatusAccepted)
 }
 
-// handleBlob serves GET, HEAD and DELETE on /v2/<repo>/blobs/<digest>.
-// Blobs are files: http.ServeContent gives Range requests (open-ended
-// ones too, which go-containerregistry's handler refuses) and sendfile.
-func (r *Registry) handleBlob(w http.ResponseWriter, req *http.Request, ref string) {
-	h, err := parseDigest(ref)
+// clientAddr is the client's address without its port: what the
+// per-client upload cap counts.
+func clientAddr(req *http.Request) string {
+	host, _, err := net.SplitHostPort(req.RemoteAddr)
 	if err != nil {
-		writeRegError(w, http.StatusBadRequest, "DIGEST_INVALID", err.Error())
-		return
+		return req.RemoteAddr
 	}
-	switch req.Method {
-	case http.MethodGet, http.MethodHead:
-		f, _, err := r.store.open(h)
-		if err != nil {
-			if os.IsNotExist(err) || errors.Is(err, errNotFound) {
-				writeRegError(w, http.StatusNotFound, "BLOB_UNKNOWN", "blob unknown: "+h.String())
-				return
-			}
-			writeRegError(w, http.StatusInternalServerError, "UNKNOWN", err.Error())
-			return
-		}
-		defer f.Close()
-		w.Header().Set("Docker-Content-Digest", h.String())
-		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Header().Set("ETag", `"`+h.String()+`"`)
-		w.Header().Set("Cache-Control", "max-age=31536000, immutable")
-		ignoreForeignRange(req)
-		http.ServeContent(w, req, "", time.Time{}, f)
-	case http.MethodDelete:
-		if err := r.store.Delete(req.Context(), "", h); err != nil {
-			if errors.Is(err, errNotFound) {
-				writeRegError(w, http.StatusNotFound, "BLOB_UNKNOWN", "blob unknown: "+h.String())
-				return
-			}
-			writeRegError(w, http.StatusInternalServerError, "UNKNOWN", err.Error())
-			return
-		}
-		w.WriteHeader(http.StatusAccepted)
-	default:
-		writeRegError(w, http.StatusMethodNotAllowed, "UNSUPPORTED", req.Method+" on a blob")
-	}
+	return host
 }
