@@ -35,6 +35,7 @@ func pullCommand() *cli.Command {
 			&cli.StringFlag{Name: "image", Usage: "image `NAME` from the --datastore file"},
 			&cli.StringFlag{Name: "hosts-dir", Usage: "containerd hosts directory (e.g. /etc/containerd/certs.d) for registry pulls; default: none, .local hosts are resolved directly"},
 			&cli.DurationFlag{Name: "resolve-timeout", Value: resolver.DefaultTimeout, Usage: "how long to wait for a .local host to answer"},
+			&cli.DurationFlag{Name: "datastore-outage", Value: pull.DefaultDatastoreOutage, Usage: "how long a download in flight waits for a datastore that stopped answering (a restarting container), retrying at most 1s apart and continuing with Range"},
 			&cli.DurationFlag{Name: "unfinished-expiry", Value: pull.DefaultUnfinishedExpiry, Usage: "remove downloads and imports that earlier pulls left unfinished and nothing touched for this long (0: keep them until resumed)"},
 		},
 		Action: pullAction,
@@ -105,6 +106,7 @@ func pullAction(ctx context.Context, cmd *cli.Command) (err error) {
 		Discoverer:       resolver.NewDiscoverer(resolver.Options{Interfaces: cmd.StringSlice("interface"), Timeout: cmd.Duration("resolve-timeout")}),
 		HostsDir:         cmd.String("hosts-dir"),
 		UnfinishedExpiry: cmd.Duration("unfinished-expiry"),
+		DatastoreOutage:  cmd.Duration("datastore-outage"),
 		Snapshotter:      cmd.String("snapshotter"),
 		Observer:         out,
 	}

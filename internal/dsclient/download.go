@@ -52,7 +52,11 @@ const (
 	DefaultRetries      = 5
 	DefaultBackoff      = 200 * time.Millisecond
 	DefaultStallTimeout = 30 * time.Second
-	maxBackoff          = 5 * time.Second
+	// DefaultOutageTimeout is long enough for a datastore container to
+	// restart on a slow node.
+	DefaultOutageTimeout = 10 * time.Minute
+	defaultOutageBackoff = time.Second
+	maxBackoff           = 5 * time.Second
 	// copyBufferSize is the read size of the body copy: big enough that
 	// the per-read work (file write, hash call, progress) is amortised.
 	copyBufferSize = 1 << 20
@@ -72,6 +76,14 @@ type Options struct {
 	// reset), so the transfer resumes from a fresh connection; time the
 	// disk or the sink takes does not count. Default 30 s.
 	StallTimeout time.Duration
+	// OutageTimeout is how long a transfer in flight (some bytes already
+	// here) waits for a datastore that stopped answering (refused,
+	// unreachable, no mDNS answer, 502/503/504: a restarting container),
+	// trying again at most OutageBackoff apart (default 1 s) and
+	// continuing with Range; such tries do not count against Retries.
+	// Default DefaultOutageTimeout; negative (or Retries < 0): no waiting.
+	OutageTimeout time.Duration
+	OutageBackoff time.Duration
 	// MaxSize is the largest file accepted, 0 for no limit. A datastore
 	// that announces or sends more is refused and what it sent is
 	// dropped, so it cannot fill the disk under /persist.
@@ -141,6 +153,12 @@ func New(opts Options) (*Downloader, error) {
 	}
 	if opts.Backoff <= 0 {
 		opts.Backoff = DefaultBackoff
+	}
+	if opts.OutageTimeout == 0 {
+		opts.OutageTimeout = DefaultOutageTimeout
+	}
+	if opts.OutageBackoff <= 0 {
+		opts.OutageBackoff = defaultOutageBackoff
 	}
 	if opts.StallTimeout <= 0 {
 		opts.StallTimeout = DefaultStallTimeout
@@ -403,6 +421,7 @@ func (f *fetch) download(ctx context.Context, statePath string) error {
 	}
 	backoff := f.d.opts.Backoff
 	failures := 0
+	var out outage
 	for attempt := 1; ; attempt++ {
 		before := f.offset
 		err := f.attempt(ctx, statePath)
@@ -418,19 +437,32 @@ func (f *fetch) download(ctx context.Context, statePath string) error {
 		}
 		if f.offset > before {
 			failures, backoff = 0, f.d.opts.Backoff
-		} else {
+			out.answered()
+		}
+		// A datastore that went away mid-transfer is waited for by time;
+		// any other failure without progress counts against Retries.
+		if f.offset > 0 && isOutage(err) && f.d.opts.OutageTimeout > 0 && f.d.opts.Retries >= 0 {
+			if away := out.away(); away > f.d.opts.OutageTimeout {
+				return fmt.Errorf("giving up, the datastore did not answer for %s (%d tries) at offset %d: %w", away.Round(time.Millisecond), attempt, f.offset, err)
+			}
+			if out.tries == 1 {
+				log.G(ctx).WithError(err).WithFields(log.Fields{"offset": f.offset, "wait": f.d.opts.OutageTimeout}).Warn("datastore does not answer; waiting for it to come back")
+			}
+			if err := sleepCtx(ctx, out.backoff(f.d.opts.OutageBackoff)); err != nil {
+				return fmt.Errorf("%w (%w)", err, context.Cause(ctx))
+			}
+			continue
+		}
+		out.answered()
+		if f.offset <= before {
 			failures++
 		}
 		if failures > retries || attempt >= maxAttempts {
 			return fmt.Errorf("giving up after %d tries: %w", attempt, err)
 		}
 		log.G(ctx).WithError(err).WithFields(log.Fields{"attempt": attempt, "offset": f.offset, "wait": backoff}).Warn("download interrupted; retrying")
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if err := sleepCtx(ctx, backoff); err != nil {
 			return fmt.Errorf("%w (%w)", err, context.Cause(ctx))
-		case <-t.C:
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}

@@ -29,10 +29,11 @@ import (
 func (p *Puller) pullArchive(ctx context.Context, disc *resolver.Discoverer, spec *Spec) (images.Image, error) {
 	obs := p.observer()
 	dl, err := dsclient.New(dsclient.Options{
-		Root:     p.Root,
-		MaxSize:  spec.maxSize,
-		Dial:     resolver.NewDialer(disc).DialContext,
-		Progress: func(pr dsclient.Progress) { obs.Progress(pr.Phase, pr.Done, pr.Total) },
+		Root:          p.Root,
+		MaxSize:       spec.maxSize,
+		Dial:          resolver.NewDialer(disc).DialContext,
+		Progress:      func(pr dsclient.Progress) { obs.Progress(pr.Phase, pr.Done, pr.Total) },
+		OutageTimeout: p.DatastoreOutage,
 	})
 	if err != nil {
 		return images.Image{}, err

@@ -25,6 +25,10 @@ import (
 // import may wait for the same pull to resume them.
 const DefaultUnfinishedExpiry = 7 * 24 * time.Hour
 
+// DefaultDatastoreOutage is how long a download in flight waits for a
+// datastore that stopped answering.
+const DefaultDatastoreOutage = dsclient.DefaultOutageTimeout
+
 // Puller pulls images into one containerd namespace (the context's).
 type Puller struct {
 	Client *containerd.Client
@@ -38,6 +42,10 @@ type Puller struct {
 	// HostsDir is a containerd hosts directory for registry pulls; "" for
 	// none (.local hosts are resolved directly).
 	HostsDir string
+	// DatastoreOutage is how long a download in flight waits for a
+	// datastore that stopped answering (dsclient.Options.OutageTimeout);
+	// 0 means dsclient.DefaultOutageTimeout.
+	DatastoreOutage time.Duration
 	// UnfinishedExpiry: downloads and imports that earlier pulls left
 	// unfinished and nothing touched for this long are removed; 0 keeps
 	// them until resumed.
