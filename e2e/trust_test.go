@@ -53,8 +53,8 @@ func TestMirrorAnswersOnlyContainerd(t *testing.T) {
 		t.Errorf("the pull did not go through the mirror: %s", mirrorStats(m))
 	}
 	for path, want := range map[string]os.FileMode{
-		mirror.KeyPath(s.root): 0o600,
-		mirror.HostsPath(s.hostsDir, dsLocal+":5000"): 0o600,
+		mirror.KeyPath(s.root):                                      0o600,
+		mirror.HostsPath(s.hostsDir, dsLocal+":5000"):               0o600,
 		filepath.Dir(mirror.HostsPath(s.hostsDir, dsLocal+":5000")): 0o700,
 	} {
 		if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != want {
