@@ -20,7 +20,11 @@ const maxSocketPath = 107
 // directory (0750: only root and the group reach the socket) and removes a
 // stale socket left by a crashed daemon, but refuses to touch a path that is
 // not a socket or a socket another process still answers on.
-func listenUnix(path string) (net.Listener, error) {
+func listenUnix(path string) (net.Listener, error) { return listenUnixHook(path, nil) }
+
+// listenUnixHook is listenUnix with a hook that sees the socket between
+// its creation and its chmod (tests check its mode there).
+func listenUnixHook(path string, created func(path string)) (net.Listener, error) {
 	if path == "" {
 		return nil, fmt.Errorf("socket: empty address")
 	}
@@ -44,12 +48,18 @@ func listenUnix(path string) (net.Listener, error) {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("socket %s: %w", path, err)
 	}
+	// bind creates the socket with the process umask's mode; with 0177 it
+	// is 0600 until the chmod below, whatever umask the daemon was started
+	// with. The umask is the process's, so the window is kept to the bind.
+	old := unix.Umask(0o177)
 	l, err := net.Listen("unix", path)
+	unix.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
-	// The socket exists with the umask's mode for a moment; the 0750
-	// parent keeps others out of it meanwhile.
+	if created != nil {
+		created(path)
+	}
 	if err := os.Chmod(path, SocketMode); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("socket %s: %w", path, err)
