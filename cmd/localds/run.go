@@ -49,9 +49,17 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "fifo-dir", Usage: "directory for the stdio FIFOs (default: containerd's, under /run/containerd/fifo)"},
 			&cli.StringFlag{Name: "runc-root", Usage: "runc's state directory (default: runc's)"},
 		},
-		Action: runAction,
+		// As ctr run: flags end at the container ID, so the command's own
+		// flags (sh -c) and arguments reach it untouched; --env and
+		// --mount values keep their commas.
+		StopOnNthArg:              &runFlagsEnd,
+		DisableSliceFlagSeparator: true,
+		Action:                    runAction,
 	}
 }
+
+// runFlagsEnd: flag parsing stops after the first argument, the ID.
+var runFlagsEnd = 1
 
 func runAction(ctx context.Context, cmd *cli.Command) error {
 	if cmd.NArg() < 1 {

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"reflect"
 	"strings"
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/urfave/cli/v3"
 )
 
 func TestParseMounts(t *testing.T) {
@@ -35,5 +37,37 @@ func TestParseMounts(t *testing.T) {
 		if _, err := parseMounts([]string{val}); err == nil || !strings.Contains(err.Error(), says) {
 			t.Errorf("--mount %q: %v; want an error saying %q", val, err, says)
 		}
+	}
+}
+
+// TestRunCommandLine: through the real command line, flags end at the ID
+// (the container's own -c and trailing newline reach it untouched) and
+// --env/--mount values keep their commas.
+func TestRunCommandLine(t *testing.T) {
+	app := newApp()
+	var (
+		got    []string
+		env    []string
+		mounts []string
+	)
+	for _, c := range app.Commands {
+		if c.Name == "run" {
+			c.Action = func(ctx context.Context, cmd *cli.Command) error {
+				got = cmd.Args().Slice()
+				env, mounts = cmd.StringSlice("env"), cmd.StringSlice("mount")
+				return nil
+			}
+		}
+	}
+	args := []string{"localds", "run", "--volume", "6f1c8a2e-3b7d-4c1e-9a55-0d2f4b8e9c10#1", "--env", "LIST=a,b",
+		"--mount", "type=bind,src=/a,dst=/b,options=rbind:ro", "app1", "/bin/sh", "-c", "echo hi\n", "--rm"}
+	if err := app.Run(context.Background(), args); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"app1", "/bin/sh", "-c", "echo hi\n", "--rm"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("args %q; want %q", got, want)
+	}
+	if !reflect.DeepEqual(env, []string{"LIST=a,b"}) || !reflect.DeepEqual(mounts, []string{"type=bind,src=/a,dst=/b,options=rbind:ro"}) {
+		t.Errorf("env %q, mounts %q; want each value whole", env, mounts)
 	}
 }

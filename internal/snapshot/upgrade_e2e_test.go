@@ -17,8 +17,8 @@ import (
 )
 
 const (
-	e2eDataV1 = "the app data, written by app:1"
-	e2eDataV2 = "the app data, changed by app:2"
+	e2eDataV1 = "the app data, written by app:1\n"
+	e2eDataV2 = "the app data, changed by app:2\n"
 	e2eVol9   = testUUID + "#9"
 )
 
