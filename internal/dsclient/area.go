@@ -80,19 +80,53 @@ func readState(path string) (state, error) {
 	return st, nil
 }
 
-// writeState replaces the state file atomically, so a crash leaves the
-// old or the new one, never half of either.
+// writeState replaces the state file atomically and durably, so a crash
+// or power cut leaves the old or the new one, never half of either, and
+// a state that was relied on (the download went on) is still there.
 func writeState(path string, st state) error {
+	return writeStateSynced(path, st, durable{})
+}
+
+// syncer is fsync of a file and of a directory; tests record the calls.
+type syncer interface {
+	file(f *os.File) error
+	dir(dir string) error
+}
+
+type durable struct{}
+
+func (durable) file(f *os.File) error { return f.Sync() }
+func (durable) dir(dir string) error  { return syncDir(dir) }
+
+// writeStateSynced writes the temporary file and fsyncs it before the
+// rename (else the rename may reach the disk before the data), then
+// fsyncs the directory that holds the rename.
+func writeStateSynced(path string, st state, sy syncer) error {
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err
 	}
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = sy.file(f)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
 		return fmt.Errorf("write %s: %w", tmp, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := sy.dir(filepath.Dir(path)); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
