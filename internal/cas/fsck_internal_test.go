@@ -38,8 +38,10 @@ func writeBlobs(t *testing.T, root string, blobs ...string) []digest.Digest {
 // eioReader fails like a disk with a bad sector.
 type eioReader struct{}
 
-func (eioReader) Read([]byte) (int, error) { return 0, &os.PathError{Op: "read", Path: "blob", Err: syscall.EIO} }
-func (eioReader) Close() error             { return nil }
+func (eioReader) Read([]byte) (int, error) {
+	return 0, &os.PathError{Op: "read", Path: "blob", Err: syscall.EIO}
+}
+func (eioReader) Close() error { return nil }
 
 // TestFsckKeepsUnreadable: a blob that fails with EIO (on open or read) is
 // reported as unreadable and never removed, even with Remove: a read error
@@ -200,5 +202,36 @@ func TestFsckStaleIngests(t *testing.T) {
 	}
 	if st, err := cs.Status(ctx, "running"); err != nil || st.Offset != 100 {
 		t.Fatalf("running ingest: %+v, %v", st, err)
+	}
+}
+
+// TestRemoveIngestsByRef: a dead daemon's prefetch ingests go at start,
+// any other ingest (a localds pull's) stays.
+func TestRemoveIngestsByRef(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	cs, err := Open(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{"localds-prefetch-sha256:aa", "localds-prefetch-sha256:bb", "import-1"} {
+		w, err := cs.Writer(ctx, content.WithRef(ref))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(make([]byte, 10)); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+	}
+	n, size, err := RemoveIngestsByRef(root, "localds-prefetch-")
+	if err != nil || n != 2 || size != 20 {
+		t.Fatalf("removed %d (%d bytes), %v; want 2 (20 bytes)", n, size, err)
+	}
+	if st, err := cs.Status(ctx, "import-1"); err != nil || st.Offset != 10 {
+		t.Fatalf("other ingest: %+v, %v", st, err)
+	}
+	if _, err := cs.Status(ctx, "localds-prefetch-sha256:aa"); err == nil {
+		t.Fatal("prefetch ingest still there")
 	}
 }

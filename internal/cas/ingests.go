@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // Ingest is one unfinished write in the CAS's ingest/ directory
@@ -60,4 +61,29 @@ func (l Ingests) Total() int64 {
 		n += in.Size
 	}
 	return n
+}
+
+// RemoveIngestsByRef removes every ingest whose ref starts with prefix and
+// returns how many it removed and their bytes. The daemon calls it at
+// start for its prefetch's refs: no prefetch runs before the daemon does,
+// so each such ingest is a dead daemon's and nothing would resume it
+// (the next pull finds the manifest stored and prefetches afresh).
+func RemoveIngestsByRef(root, prefix string) (n int, size int64, err error) {
+	ingests, err := ListIngests(root)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, in := range ingests {
+		ref, rerr := os.ReadFile(filepath.Join(in.Dir, "ref"))
+		if rerr != nil || !strings.HasPrefix(string(ref), prefix) {
+			continue
+		}
+		if rerr := os.RemoveAll(in.Dir); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("remove ingest %s: %w", in.Dir, rerr))
+			continue
+		}
+		n++
+		size += in.Size
+	}
+	return n, size, err
 }

@@ -121,6 +121,13 @@ func Serve(ctx context.Context, cfg Config) error {
 		return err
 	}
 	closers = append(closers, unlock)
+	// With the root locked no other daemon runs here, so no prefetch
+	// writes: its ingests are a dead daemon's, and nothing resumes them.
+	if n, size, err := cas.RemoveIngestsByRef(cfg.Root, prefetch.RefPrefix); err != nil {
+		log.G(ctx).WithError(err).Warn("cannot remove a dead daemon's prefetch ingests")
+	} else if n > 0 {
+		log.G(ctx).WithFields(log.Fields{"ingests": n, "bytes": size}).Info("removed a dead daemon's prefetch ingests")
+	}
 
 	var staging *differ.Staging
 	if cfg.StageLayers {

@@ -49,7 +49,7 @@ const (
 	// DefaultPrefetchTimeout bounds one prefetched blob.
 	DefaultPrefetchTimeout = 10 * time.Minute
 	// prefetchRefPrefix names the store ingests of prefetches.
-	prefetchRefPrefix = "localds-prefetch-"
+	prefetchRefPrefix = prefetch.RefPrefix
 )
 
 // prefetcher runs the mirror's prefetches in a bounded pool: a queue of
