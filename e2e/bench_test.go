@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/localds/localds/internal/mirror"
 	"github.com/localds/localds/internal/testnet"
 )
 
@@ -113,8 +114,19 @@ func BenchmarkPull(b *testing.B) {
 }
 
 // freshRoot gives the next daemon an empty root and a new socket path.
+// The node's mirror key comes along: the hosts.toml files written before
+// name it (the mirror answers only requests that carry it).
 func (s *site) freshRoot(b testing.TB) {
+	key, keyErr := os.ReadFile(mirror.KeyPath(s.root))
 	s.root = filepath.Join(b.TempDir(), "persist")
+	if keyErr == nil {
+		if err := os.MkdirAll(filepath.Dir(mirror.KeyPath(s.root)), 0o700); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(mirror.KeyPath(s.root), key, 0o600); err != nil {
+			b.Fatal(err)
+		}
+	}
 	dir, err := os.MkdirTemp("", "lde")
 	if err != nil {
 		b.Fatal(err)
