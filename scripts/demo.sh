@@ -102,13 +102,17 @@ say "boot 3: the datastore container runs 'localds serve' at $addr (mDNS respond
 ip -n "$ds" addr flush dev eth0
 ip -n "$ds" addr add "$addr/24" dev eth0
 mkdir -p "$work/datastore"
-ip netns exec "$ds" "$BIN/localds" serve --hostname "$HOST" --interface eth0 --listen :80 --dir "$work/datastore" >"$work/serve.log" 2>&1 &
+# Pushes need the datastore's token; without --push-token-file it takes none.
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/push-token"
+chmod 600 "$work/push-token"
+ip netns exec "$ds" "$BIN/localds" serve --hostname "$HOST" --interface eth0 --listen :80 --dir "$work/datastore" \
+	--push-token-file "$work/push-token" >"$work/serve.log" 2>&1 &
 pids+=($!)
 wait_for "localds serve" "ip netns exec $node $BIN/localds resolve --timeout 200ms $HOST.local >/dev/null 2>&1"
 ip netns exec "$node" "$BIN/localds" resolve "$HOST.local" | sed 's/^/    /'
 
 say "a small 3-layer image, built in Go, pushed to $HOST.local/app:1 by its .local name"
-ip netns exec "$node" "$BIN/demo-image" --push "$HOST.local/app:1" | sed 's/^/    /'
+ip netns exec "$node" "$BIN/demo-image" --push "$HOST.local/app:1" --push-token-file "$work/push-token" | sed 's/^/    /'
 
 root="$work/persist"
 sock="$work/localds.sock"
@@ -154,8 +158,8 @@ ip netns exec "$node" "$BIN/containerd" --config "$work/containerd/config.toml" 
 pids+=($!)
 wait_for "containerd" "[ -S $csock ]"
 
-say "localds hosts: hosts.toml sending $HOST.local pulls to the mirror"
-"$BIN/localds" hosts --dir "$work/certs.d" "$HOST.local" | sed 's/^/    /'
+say "localds hosts: hosts.toml sending $HOST.local pulls to the mirror, with its key ($root/vault/mirror.key)"
+"$BIN/localds" --root "$root" hosts --dir "$work/certs.d" "$HOST.local" | sed 's/^/    /'
 sed 's/^/    /' "$work/certs.d/$HOST.local/hosts.toml"
 
 say "ctr image pull --hosts-dir $work/certs.d --snapshotter localds $HOST.local/app:1"
