@@ -43,6 +43,7 @@ func serveCommand() *cli.Command {
 			&cli.DurationFlag{Name: "upload-timeout", Value: dsserver.DefaultUploadTimeout, Usage: "an upload session idle this long is aborted and its data removed"},
 			&cli.BoolFlag{Name: "fsck", Usage: "check DIR's registry (every blob against its digest, every manifest's references), print what is wrong and exit: non-zero if anything is"},
 			&cli.DurationFlag{Name: "poll-interval", Value: dsserver.DefaultPollInterval, Usage: "how often interfaces and addresses are checked"},
+			&cli.BoolFlag{Name: "rename-on-conflict", Usage: "when another host holds --hostname on a link, answer as NAME-2, NAME-3... (like Avahi) instead of exiting; logged as a warning"},
 		},
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			if cmd.NArg() > 0 {
@@ -75,6 +76,8 @@ func serveCommand() *cli.Command {
 				Limits:        dsserver.Limits{MaxBlobSize: maxBlob, MaxStoreSize: maxStore},
 				UploadTimeout: cmd.Duration("upload-timeout"),
 				PollInterval:  cmd.Duration("poll-interval"),
+
+				RenameOnConflict: cmd.Bool("rename-on-conflict"),
 			})
 			if err != nil {
 				return err

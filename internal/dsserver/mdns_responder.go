@@ -14,8 +14,9 @@ const DefaultPollInterval = mdns.DefaultPollInterval
 
 // newResponder returns the datastore's mDNS responder: A queries for
 // hostname and DNS-SD browses for the workstation service and services,
-// on interfaces (every suitable one when empty).
-func newResponder(hostname string, interfaces []string, services []Service, poll time.Duration) (*mdns.Responder, error) {
+// on interfaces (every suitable one when empty). When the name is taken
+// it stops with an error, or with rename takes the next free "name-N".
+func newResponder(hostname string, interfaces []string, services []Service, poll time.Duration, rename bool) (*mdns.Responder, error) {
 	host, err := mdns.QualifyHost(hostname)
 	if err != nil {
 		return nil, err
@@ -26,9 +27,10 @@ func newResponder(hostname string, interfaces []string, services []Service, poll
 		}
 	}
 	return mdns.NewResponder(mdns.ResponderConfig{
-		Host:         host,
-		Interfaces:   interfaces,
-		Zone:         zoneFunc(host, services),
-		PollInterval: poll,
+		Host:             host,
+		Interfaces:       interfaces,
+		Zone:             zoneFunc(services),
+		PollInterval:     poll,
+		RenameOnConflict: rename,
 	})
 }

@@ -124,3 +124,28 @@ func TestFloodDoesNotSilence(t *testing.T) {
 		t.Fatalf("the flood sent only %d queries", sent)
 	}
 }
+
+// TestServeRenamesOnConflict: with --rename-on-conflict, a name Avahi
+// holds makes `localds serve` warn and answer as NAME-2; Avahi keeps NAME.
+func TestServeRenamesOnConflict(t *testing.T) {
+	s := newSite(t)
+	avahi := s.holder(t)
+	p := s.app.Start(t, s.bin, "serve", "--hostname", dsName, "--dir", t.TempDir(), "--interface", "eth0",
+		"--listen", ":80", "--poll-interval", "200ms", "--rename-on-conflict")
+	p.WaitLog(t, "mdns: answering", 15*time.Second)
+	if !strings.Contains(p.Log(), "NAME CONFLICT") || !strings.Contains(p.Log(), dsName+"-2.local.") {
+		t.Fatalf("no loud rename in serve's log:\n%s", p.Log())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := s.node.Command(ctx, s.bin, "resolve", "--interface", "br0", "--timeout", "3s", dsName+"-2.local").CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "10.77.1.2\n") {
+		t.Fatalf("%s-2.local must be serve's 10.77.1.2: %v\n%s", dsName, err, out)
+	}
+	if got, out, err := s.resolve(t, "br0"); err != nil || got != "10.77.1.5" {
+		t.Fatalf("%s must still be Avahi's (10.77.1.5), got %q %v:\n%s", dsHost, got, err, out)
+	}
+	if strings.Contains(avahi.Log(), "conflict") {
+		t.Errorf("Avahi saw a conflict; log:\n%s", avahi.Log())
+	}
+}

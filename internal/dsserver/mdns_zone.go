@@ -44,10 +44,10 @@ type zone struct {
 	services []*hcmdns.MDNSService
 }
 
-// zoneFunc is the mdns.ZoneFunc of host with services, besides the
-// workstation service that is always advertised.
-func zoneFunc(host string, services []Service) mdns.ZoneFunc {
-	return func(mac net.HardwareAddr, addrs []netip.Prefix) (mdns.Zone, error) {
+// zoneFunc is the mdns.ZoneFunc of services, besides the workstation
+// service that is always advertised.
+func zoneFunc(services []Service) mdns.ZoneFunc {
+	return func(host string, mac net.HardwareAddr, addrs []netip.Prefix) (mdns.Zone, error) {
 		return newZone(host, mac, addrs, services)
 	}
 }

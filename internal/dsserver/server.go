@@ -51,6 +51,10 @@ type Config struct {
 	UploadTimeout time.Duration // idle upload sessions end; DefaultUploadTimeout if 0
 	NoMDNS        bool          // serve HTTP only (tests on loopback)
 	PollInterval  time.Duration // interface poll period; DefaultPollInterval if 0
+
+	// RenameOnConflict: a taken name moves on to name-2, name-3 instead
+	// of stopping the server.
+	RenameOnConflict bool
 }
 
 // Server is a datastore: registry, files and mDNS responder.
@@ -163,7 +167,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	var responder *mdns.Responder
 	if !s.cfg.NoMDNS {
-		r, err := newResponder(s.cfg.Hostname, s.cfg.Interfaces, services, s.cfg.PollInterval)
+		r, err := newResponder(s.cfg.Hostname, s.cfg.Interfaces, services, s.cfg.PollInterval, s.cfg.RenameOnConflict)
 		if err != nil {
 			closeAll()
 			return err

@@ -175,3 +175,21 @@ func FuzzConflictWindow(f *testing.F) {
 		}
 	})
 }
+
+// TestNextName: --rename-on-conflict counts up as Avahi does.
+func TestNextName(t *testing.T) {
+	for in, want := range map[string]string{
+		"ds.local.":     "ds-2.local.",
+		"ds-2.local.":   "ds-3.local.",
+		"ds-9.local.":   "ds-10.local.",
+		"ds-1.local.":   "ds-1-2.local.",
+		"my-ds.local.":  "my-ds-2.local.",
+		"ds-x2.local.":  "ds-x2-2.local.",
+		"a-b-7.local.":  "a-b-8.local.",
+		"ubuntu.local.": "ubuntu-2.local.",
+	} {
+		if got, err := nextName(in); err != nil || got != want {
+			t.Errorf("nextName(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+}

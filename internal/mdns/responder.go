@@ -7,10 +7,16 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/containerd/log"
 )
+
+// maxRenames bounds --rename-on-conflict: a neighbour claiming every
+// name in turn must not keep the responder probing forever.
+const maxRenames = 20
 
 // DefaultPollInterval is how often the responder looks at its interfaces
 // and their addresses, so that it follows address changes without restart.
@@ -25,6 +31,8 @@ type Responder struct {
 	names   []string // interfaces asked for; empty: every suitable one
 	newZone ZoneFunc
 	poll    time.Duration
+	rename  bool
+	renames int // owned by Run
 
 	ifaces map[string]*ifaceResponder // owned by Run
 	warned map[string]string          // last warning per interface, to log changes only
@@ -37,6 +45,9 @@ type ResponderConfig struct {
 	Interfaces   []string // interface names; empty means every up, multicast, non-loopback one with IPv4
 	Zone         ZoneFunc // builds what one interface answers with
 	PollInterval time.Duration
+	// RenameOnConflict makes a taken name move on to "name-2", "name-3"
+	// (as Avahi does) instead of stopping the responder.
+	RenameOnConflict bool
 }
 
 // NewResponder checks cfg and returns a responder; Run starts it.
@@ -57,6 +68,7 @@ func NewResponder(cfg ResponderConfig) (*Responder, error) {
 		names:   slices.Clone(cfg.Interfaces),
 		newZone: cfg.Zone,
 		poll:    poll,
+		rename:  cfg.RenameOnConflict,
 		ifaces:  map[string]*ifaceResponder{},
 		warned:  map[string]string{},
 		failed:  make(chan error, 1),
@@ -82,7 +94,15 @@ func (r *Responder) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case err := <-r.failed:
-			return err
+			var ce *ConflictError
+			if !r.rename || !errors.As(err, &ce) {
+				return err
+			}
+			if ce.Host == r.host { // else: a late report on a name already left
+				if err := r.renameAfter(ctx, ce); err != nil {
+					return err
+				}
+			}
 		case <-t.C:
 		}
 	}
@@ -182,7 +202,7 @@ func (r *Responder) update(ctx context.Context, ir *ifaceResponder, ifi *net.Int
 	if old != nil && slices.Equal(old.subnets, addrs) {
 		return
 	}
-	z, err := r.newZone(ifi.HardwareAddr, addrs)
+	z, err := r.newZone(r.host, ifi.HardwareAddr, addrs)
 	if err != nil {
 		r.warn(ctx, ifi.Name, err.Error())
 		return
@@ -209,6 +229,40 @@ func (r *Responder) update(ctx context.Context, ir *ifaceResponder, ifi *net.Int
 			}
 		}
 	}()
+}
+
+// renameAfter moves to the next name after a conflict on ce's name: every
+// interface is closed (a goodbye where the old name was held) and the next
+// reconcile probes for the new name everywhere.
+func (r *Responder) renameAfter(ctx context.Context, ce *ConflictError) error {
+	if r.renames++; r.renames > maxRenames {
+		return fmt.Errorf("%w; gave up after %d renames", ce, maxRenames)
+	}
+	next, err := nextName(r.host)
+	if err != nil {
+		return fmt.Errorf("%w; and no name to rename to: %w", ce, err)
+	}
+	log.G(ctx).WithFields(log.Fields{"taken": r.host, "new": next, "interface": ce.Interface, "holder": ce.From}).
+		Warn("mdns: NAME CONFLICT: the name is taken; answering under a NEW NAME (--rename-on-conflict). Clients asking for the old name will not find this datastore")
+	for name, ir := range r.ifaces {
+		ir.close(ctx)
+		delete(r.ifaces, name)
+	}
+	r.host = next
+	return nil
+}
+
+// nextName is Avahi's rename: "name.local." becomes "name-2.local.",
+// "name-2.local." becomes "name-3.local.".
+func nextName(host string) (string, error) {
+	label := strings.TrimSuffix(host, LocalSuffix+".")
+	n := 2
+	if i := strings.LastIndexByte(label, '-'); i > 0 {
+		if k, err := strconv.Atoi(label[i+1:]); err == nil && k >= 2 {
+			label, n = label[:i], k+1
+		}
+	}
+	return QualifyHost(fmt.Sprintf("%s-%d", label, n))
 }
 
 // warn logs a problem with an interface once, until it changes.

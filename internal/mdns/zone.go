@@ -21,9 +21,11 @@ type Zone interface {
 	Announcement(ttl uint32) *dns.Msg
 }
 
-// ZoneFunc builds the zone of one interface from its hardware address (may
-// be empty) and its current IPv4 addresses with their subnets (may be none).
-type ZoneFunc func(mac net.HardwareAddr, addrs []netip.Prefix) (Zone, error)
+// ZoneFunc builds the zone of one interface for host ("name.local.", which
+// changes when the responder renames itself after a conflict) from the
+// interface's hardware address (may be empty) and its current IPv4
+// addresses with their subnets (may be none).
+type ZoneFunc func(host string, mac net.HardwareAddr, addrs []netip.Prefix) (Zone, error)
 
 // Dedupe drops repeated records, keeping the first of each, in place.
 func Dedupe(rrs []dns.RR) []dns.RR {
