@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -138,5 +139,50 @@ func TestTLSRequiredDatastore(t *testing.T) {
 	}
 	for _, r := range rec.seen() {
 		t.Errorf("the neighbour received %s %s over plain HTTP (Authorization %q)", r.Method, r.URL, r.Header.Get("Authorization"))
+	}
+}
+
+// TestLocaldsPullMaxSize: an archive larger than --max-size or the
+// datastore file's max_size is refused as soon as its size shows, with
+// the limit named; nothing of it stays (no image, no ingest, no partial
+// download). Within the cap it pulls.
+func TestLocaldsPullMaxSize(t *testing.T) {
+	requireE2E(t)
+	s := newBareSite(t)
+	dir := t.TempDir()
+	app := newCLIImage(t, "app", "", 256<<10, 128<<10)
+	appTar := namedLayout(t, app.img, "app:1")
+	writeFile(t, filepath.Join(dir, "images", "app.oci.tar"), appTar)
+	startServe(t, s, dir)
+	s.startDaemon(t)
+	s.startContainerd(t)
+	url := "http://" + dsLocal + "/images/app.oci.tar"
+	sum := sha256Hex(appTar)
+	dsFile := func(maxSize int) string {
+		p := filepath.Join(t.TempDir(), "datastores.toml")
+		writeFile(t, p, []byte(fmt.Sprintf("[[datastore]]\nname = \"ds\"\ntype = \"http\"\nfqdn = %q\npath = \"images\"\nmax_size = %d\n\n"+
+			"[[image]]\nname = \"app\"\ndatastore = \"ds\"\npath = \"app.oci.tar\"\nsha256 = %q\nref = \"app:1\"\n", dsLocal, maxSize, sum)))
+		return p
+	}
+	limit := len(appTar) / 2
+	for name, args := range map[string][]string{
+		"flag":     {"--max-size", fmt.Sprint(limit), "--sha256", sum, url, "app:1"},
+		"max_size": {"--datastore", dsFile(limit), "--image", "app"},
+	} {
+		_, stderr, err := s.localdsPull(t, args...)
+		if err == nil || !strings.Contains(stderr, fmt.Sprintf("more than the limit of %d", limit)) {
+			t.Errorf("%s: an archive of %d bytes over a cap of %d: %v\n%s", name, len(appTar), limit, err, stderr)
+		}
+		if got := s.imageTarget(t, "app:1"); got != "" {
+			t.Errorf("%s: image recorded: %s", name, got)
+		}
+		s.requireNoIngest(t)
+		if left, _ := filepath.Glob(filepath.Join(s.root, "vault", "downloader", "*.partial")); len(left) != 0 {
+			t.Errorf("%s: partial downloads left: %v", name, left)
+		}
+	}
+	s.mustLocaldsPull(t, "--datastore", dsFile(len(appTar)), "--image", "app")
+	if got := s.imageTarget(t, "app:1"); got != app.pushed.Manifest.Digest.String() {
+		t.Errorf("within the cap: app:1 -> %q", got)
 	}
 }
