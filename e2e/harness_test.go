@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -481,7 +482,10 @@ func pushImage(ctx context.Context, tr http.RoundTripper, ref string, img v1.Ima
 	if err != nil {
 		return pushed{}, err
 	}
-	if err := remote.Write(r, img, remote.WithTransport(tr), remote.WithContext(ctx)); err != nil {
+	// The push token is what `localds serve` (startServe) needs;
+	// docker-registry without auth ignores it.
+	auth := remote.WithAuth(&authn.Basic{Username: "e2e", Password: servePushToken})
+	if err := remote.Write(r, img, remote.WithTransport(tr), remote.WithContext(ctx), auth); err != nil {
 		return pushed{}, fmt.Errorf("push %s: %w", ref, err)
 	}
 	return describe(ref, img)

@@ -135,12 +135,21 @@ func TestServeRestartCtrPull(t *testing.T) {
 	t.Logf("%d bytes by Range (206, %s, X-Checksum-Sha256 %q); whole test %v", len(got.Body), got.ContentRange, got.Checksum, time.Since(start).Round(time.Millisecond))
 }
 
+// servePushToken is the push token of the datastores startServe runs
+// (pushImage sends it).
+const servePushToken = "e2e-push-token-0123456789abcdef"
+
 // startServe runs `localds serve` for dsName on the app side's eth0,
-// port 80, serving dir, and waits until it listens and answers mDNS.
+// port 80, serving dir, taking pushes with servePushToken, and waits
+// until it listens and answers mDNS.
 func startServe(t *testing.T, s *site, dir string) *testnet.Process {
 	t.Helper()
+	tokenFile := filepath.Join(t.TempDir(), "push-token")
+	if err := os.WriteFile(tokenFile, []byte(servePushToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	p := s.app.Start(t, testnet.Binary(t, "localds"), "serve",
-		"--hostname", dsName, "--interface", "eth0", "--listen", ":80", "--dir", dir)
+		"--hostname", dsName, "--interface", "eth0", "--listen", ":80", "--dir", dir, "--push-token-file", tokenFile)
 	p.WaitLog(t, "serving registry and files", e2eWait)
 	p.WaitLog(t, "mdns: answering", e2eWait)
 	return p

@@ -13,8 +13,12 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // flipByte changes one byte of a stored blob in place (same size): bit
@@ -56,7 +60,17 @@ func corruptCount(t *testing.T, url string) string {
 func TestCorruptBlobCut(t *testing.T) {
 	dir := t.TempDir()
 	_, ts := startServer(t, dir)
-	img, _ := random.Image(1<<20, 1)
+	// A layer of exactly 1 MiB: its last chunk is a whole 32 KiB write,
+	// which no server buffer would keep from the client; only the hold
+	// back does.
+	data := make([]byte, 1<<20)
+	for i := range data {
+		data[i] = byte(i*7 + i>>9)
+	}
+	img, err := mutate.AppendLayers(empty.Image, static.NewLayer(data, types.OCIUncompressedLayer))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := remote.Write(ref(t, ts, "app:1"), img); err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,9 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"strings"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/crane"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -26,18 +28,29 @@ import (
 func main() {
 	ref := flag.String("push", "", "image reference to push to, e.g. ubuntu-4321-http-server.local/app:1")
 	dataMiB := flag.Int("data-mib", 4, "size of the random data layer in MiB")
+	tokenFile := flag.String("push-token-file", "", "file with the datastore's push token (localds serve --push-token-file)")
 	flag.Parse()
 	if *ref == "" {
 		fmt.Fprintln(os.Stderr, "demo-image: --push REF is required")
 		os.Exit(2)
 	}
-	if err := run(context.Background(), *ref, *dataMiB); err != nil {
+	auth := authn.Anonymous
+	if *tokenFile != "" {
+		b, err := os.ReadFile(*tokenFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "demo-image: --push-token-file:", err)
+			os.Exit(2)
+		}
+		tok, _, _ := strings.Cut(string(b), "\n")
+		auth = &authn.Basic{Username: "demo", Password: strings.TrimSpace(tok)}
+	}
+	if err := run(context.Background(), *ref, *dataMiB, auth); err != nil {
 		fmt.Fprintln(os.Stderr, "demo-image:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, ref string, dataMiB int) error {
+func run(ctx context.Context, ref string, dataMiB int, auth authn.Authenticator) error {
 	data := make([]byte, dataMiB<<20)
 	if _, err := rand.Read(data); err != nil {
 		return err
@@ -74,7 +87,7 @@ func run(ctx context.Context, ref string, dataMiB int) error {
 	d := resolver.NewDiscoverer(resolver.Options{})
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.DialContext = resolver.NewDialer(d).DialContext
-	if err := remote.Write(tag, img, remote.WithTransport(tr), remote.WithContext(ctx)); err != nil {
+	if err := remote.Write(tag, img, remote.WithTransport(tr), remote.WithContext(ctx), remote.WithAuth(auth)); err != nil {
 		return fmt.Errorf("push %s: %w", ref, err)
 	}
 	dg, err := img.Digest()
