@@ -282,6 +282,9 @@ func TestPrefetchPoolBounded(t *testing.T) {
 	})
 	env := newTestEnv(t, stalling, Options{Store: newStore(t), Prefetch: true, MaxLayers: layers})
 	t.Cleanup(func() { close(release) })
+	runtime.GC()
+	var ms0, ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
 	before := runtime.NumGoroutine()
 	resp := env.do(t, http.MethodGet, env.url("/v2/app/manifests/huge"), nil)
 	io.Copy(io.Discard, resp.Body)
@@ -293,7 +296,9 @@ func TestPrefetchPoolBounded(t *testing.T) {
 	// slack for the test's own HTTP plumbing; one per layer would be
 	// thousands.
 	n := runtime.NumGoroutine()
-	t.Logf("goroutines: %d before the manifest, %d with %d layers queued", before, n, layers)
+	runtime.ReadMemStats(&ms1)
+	t.Logf("goroutines: %d before the manifest, %d with %d layers queued; heap+stacks in use %.1f -> %.1f MiB", before, n, layers,
+		float64(ms0.HeapInuse+ms0.StackInuse)/(1<<20), float64(ms1.HeapInuse+ms1.StackInuse)/(1<<20))
 	if n > before+6*DefaultPrefetchConcurrency+20 {
 		t.Errorf("%d goroutines with %d layers queued (%d before the manifest)", n, layers, before)
 	}
