@@ -317,8 +317,7 @@ func TestPrefetchPoolBounded(t *testing.T) {
 func TestPrefetchOtherHostNotBlocked(t *testing.T) {
 	const slowHost, fastHost = "slow.local:5000", "fast.local:5000"
 	reg := newFakeRegistry(t)
-	mdesc, blobs := testImage(t, reg)
-	_ = mdesc
+	_, blobs := testImage(t, reg)
 	layer := blobs[2]
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
