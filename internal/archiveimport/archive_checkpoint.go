@@ -11,12 +11,13 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // checkpointVersion changes when the checkpoint's meaning does; an old
 // one is then dropped, and its download starts over.
-const checkpointVersion = 1
+const checkpointVersion = 2
 
 // maxCheckpointSize bounds what Resume reads (the archive's metadata
 // files are at most maxArchiveJSON each).
@@ -54,8 +55,12 @@ type streamEntry struct {
 	DataStart int64              `json:"data_start"`
 	Pos       int64              `json:"pos"` // bytes written
 	// HashAtStart is the archive hash at DataStart: if the ingest is
-	// not exactly Pos long when resuming, the entry is written again.
-	HashAtStart []byte `json:"hash_at_start"`
+	// not exactly Pos long, or its bytes do not have PrefixDigest, when
+	// resuming, the entry is written again.
+	HashAtStart  []byte        `json:"hash_at_start"`
+	PrefixDigest digest.Digest `json:"prefix_digest,omitempty"` // of the ingest's first Pos bytes
+
+	syncErr error // the ingest could not be made durable: no checkpoint in its middle
 }
 
 // checkpointBlob is a pending blob: written whole, not committed.
@@ -89,6 +94,13 @@ func (s *StreamImport) save() error {
 	if cp.Hash == nil {
 		return nil // not even at the first entry yet
 	}
+	if cp.Current != nil && cp.Current.syncErr != nil {
+		return fmt.Errorf("entry %s: %w", cp.Current.Name, cp.Current.syncErr)
+	}
+	// What the checkpoint names is on disk before the checkpoint is.
+	if err := s.syncPending(); err != nil {
+		return err
+	}
 	for _, p := range a.pending {
 		cp.Pending = append(cp.Pending, checkpointBlob{Ref: p.ref, Desc: p.desc, Name: p.name, Off: p.off, Unnamed: p.unnamed, Exists: p.w == nil})
 	}
@@ -96,13 +108,8 @@ func (s *StreamImport) save() error {
 	if err != nil {
 		return err
 	}
-	tmp := s.checkpoint + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, s.checkpoint); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", s.checkpoint, err)
+	if err := writeDurably(s.checkpoint, b, s.sync); err != nil {
+		return err
 	}
 	s.savedAt = cp.Offset
 	return nil
@@ -134,6 +141,13 @@ func (s *StreamImport) Resume(ctx context.Context) (int64, error) {
 		}
 		if cp.Current != nil {
 			abort(ctx, s.local, cp.Current.Ref)
+		}
+		// A killed run also left the entry it was in, which no
+		// checkpoint names: every ingest of its prefix goes.
+		if prefix := cp.RefPrefix; prefix != "" && importPrefix(prefix) == prefix {
+			if _, _, err := sweepIngests(ctx, s.local, func(st content.Status) bool { return importPrefix(st.Ref) == prefix }); err != nil {
+				log.G(ctx).WithError(err).Warn("import: cannot remove the ingests of the checkpoint's run")
+			}
 		}
 	}
 	return 0, s.fresh()
@@ -176,21 +190,25 @@ func (s *StreamImport) restore(ctx context.Context, cp *checkpoint) (int64, erro
 	for _, p := range cp.Pending {
 		pb := pendingBlob{ref: p.Ref, desc: p.Desc, name: p.Name, off: p.Off, unnamed: p.Unnamed}
 		if !p.Exists {
-			w, err := s.reopen(ctx, p.Ref, p.Desc, p.Desc.Size)
+			// Written whole: its bytes must have its digest (computed
+			// while writing for a docker save file). Else the checkpoint
+			// is no good: a power cut lost what it vouched for.
+			w, err := s.reopen(ctx, p.Ref, p.Desc, p.Desc.Size, p.Desc.Digest)
 			if err != nil {
 				return 0, fmt.Errorf("blob %s of entry %s: %w", p.Desc.Digest, p.Name, err)
 			}
-			pb.w = w // nil if the store has the blob by now
+			pb.w, pb.synced = w, true // w nil if the store has the blob by now
 		}
 		a.pending = append(a.pending, pb)
 	}
 	off, hash := cp.Offset, cp.Hash
 	if cur := cp.Current; cur != nil {
-		w, err := s.reopen(ctx, cur.Ref, cur.Desc, cur.Pos)
-		if errors.Is(err, errIngestLength) {
-			// Written further (or less) than the checkpoint says: write
-			// the entry again from its start.
-			if w, err = s.reopen(ctx, cur.Ref, cur.Desc, -1); err == nil {
+		w, err := s.reopen(ctx, cur.Ref, cur.Desc, cur.Pos, cur.PrefixDigest)
+		if errors.Is(err, errIngestLength) || errors.Is(err, errIngestChanged) {
+			// Written further (or less) than the checkpoint says, or
+			// other bytes: write the entry again from its start.
+			log.G(ctx).WithError(err).WithField("entry", cur.Name).Info("import: the entry's ingest is not as checkpointed; writing it again")
+			if w, err = s.reopen(ctx, cur.Ref, cur.Desc, -1, ""); err == nil {
 				cur.Pos, off, hash = 0, cur.DataStart, cur.HashAtStart
 			}
 		}
@@ -213,10 +231,16 @@ func (s *StreamImport) restore(ctx context.Context, cp *checkpoint) (int64, erro
 // errIngestLength is an ingest whose length is not the checkpoint's.
 var errIngestLength = errors.New("ingest length does not match the checkpoint")
 
+// errIngestChanged is an ingest whose bytes are not those the checkpoint
+// recorded (their digest differs).
+var errIngestChanged = errors.New("ingest bytes do not match the checkpoint")
+
 // reopen opens the ingest ref again, which must hold exactly size bytes
-// (size < 0: emptied instead); the store hashes what is there. It returns
-// nil if the store has the blob by now (another pull committed it).
-func (s *StreamImport) reopen(ctx context.Context, ref string, desc ocispec.Descriptor, size int64) (content.Writer, error) {
+// whose digest is want (size < 0: emptied instead). The store hashes what
+// is there when it reopens an ingest, so the check reads nothing more. It
+// returns nil if the store has the blob by now (another pull committed
+// it).
+func (s *StreamImport) reopen(ctx context.Context, ref string, desc ocispec.Descriptor, size int64, want digest.Digest) (content.Writer, error) {
 	w, err := s.local.Writer(ctx, content.WithRef(ref), content.WithDescriptor(desc))
 	if errdefs.IsAlreadyExists(err) && desc.Digest != "" {
 		return nil, nil
@@ -241,6 +265,10 @@ func (s *StreamImport) reopen(ctx context.Context, ref string, desc ocispec.Desc
 	if st.Offset != size {
 		w.Close()
 		return nil, fmt.Errorf("%w: %d bytes, expected %d", errIngestLength, st.Offset, size)
+	}
+	if size > 0 && w.Digest() != want {
+		w.Close()
+		return nil, fmt.Errorf("%w: %d bytes of digest %s, expected %s", errIngestChanged, size, w.Digest(), want)
 	}
 	return w, nil
 }

@@ -19,6 +19,7 @@ type pendingBlob struct {
 	name    string // archive entry, for errors
 	off     int64  // where its data starts in the archive (see register)
 	unnamed bool   // digest computed while writing, not named by the path
+	synced  bool   // fsynced for a checkpoint (see syncPending)
 }
 
 // commitPending commits and registers every pending blob. If one fails,

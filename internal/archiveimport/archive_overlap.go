@@ -53,7 +53,7 @@ func (a *archive) copyOverlapped(ctx context.Context, cw content.Writer, r io.Re
 		}
 		if err != nil {
 			werr := finish()
-			a.stream.wrote(written)
+			a.stream.wrote(written, cw)
 			if werr != nil {
 				return werr
 			}
@@ -61,7 +61,7 @@ func (a *archive) copyOverlapped(ctx context.Context, cw content.Writer, r io.Re
 		}
 	}
 	if err := finish(); err != nil {
-		a.stream.wrote(written)
+		a.stream.wrote(written, cw)
 		return err
 	}
 	return nil

@@ -64,6 +64,7 @@ type StreamImport struct {
 	last    boundaryState // the last point between two entries
 	savedAt int64         // offset of the last checkpoint written
 	every   int64         // checkpointEvery
+	sync    durability    // fsyncs; tests record them
 
 	pipe     *chunkPipe
 	done     chan error
@@ -101,7 +102,7 @@ func NewStreamImport(ctx context.Context, cs content.Store, sha256hex, checkpoin
 	if !shared {
 		return nil, fmt.Errorf("import: containerd's content store is not backed by the local store: %w", errdefs.ErrNotImplemented)
 	}
-	s := &StreamImport{ctx: ctx, cs: cs, local: opts.Local, opts: opts, want: want, sha256: sha256hex, checkpoint: checkpoint, every: checkpointEvery}
+	s := &StreamImport{ctx: ctx, cs: cs, local: opts.Local, opts: opts, want: want, sha256: sha256hex, checkpoint: checkpoint, every: checkpointEvery, sync: fsyncs{}}
 	if err := s.fresh(); err != nil {
 		return nil, err
 	}
@@ -358,11 +359,16 @@ func (s *StreamImport) enter(e streamEntry) error {
 	return nil
 }
 
-// wrote records how far the entry got when the stream broke.
-func (s *StreamImport) wrote(pos int64) {
-	if s.current != nil {
-		s.current.Pos = pos
+// wrote records how far the entry got when the stream broke, with the
+// digest of those bytes, which a resume checks the ingest against (a
+// power cut may leave a file of the right length with other bytes), and
+// makes them durable for the checkpoint.
+func (s *StreamImport) wrote(pos int64, w content.Writer) {
+	cur := s.current
+	if cur == nil {
+		return
 	}
+	cur.Pos, cur.PrefixDigest, cur.syncErr = pos, w.Digest(), s.sync.ingest(w)
 }
 
 // skip reads the current entry's data up to size without keeping it,

@@ -1,6 +1,11 @@
 package archiveimport
 
-import "fmt"
+import (
+	"fmt"
+	"os"
+
+	"github.com/containerd/containerd/v2/core/content"
+)
 
 // SetCheckpointEvery makes a StreamImport checkpoint every n bytes of
 // archive (tests cut archives of a few KiB).
@@ -16,3 +21,29 @@ func Kill(s *StreamImport) {
 	}
 	s.hr.close()
 }
+
+// SyncRecorder records the fsyncs a StreamImport asks for, in order:
+// "ingest <ref>", "file <path>", "dir <path>".
+type SyncRecorder struct{ Calls []string }
+
+func (r *SyncRecorder) ingest(w content.Writer) error {
+	st, err := w.Status()
+	if err != nil {
+		return err
+	}
+	r.Calls = append(r.Calls, "ingest "+st.Ref)
+	return fsyncs{}.ingest(w)
+}
+
+func (r *SyncRecorder) file(f *os.File) error {
+	r.Calls = append(r.Calls, "file "+f.Name())
+	return nil
+}
+
+func (r *SyncRecorder) dir(dir string) error {
+	r.Calls = append(r.Calls, "dir "+dir)
+	return nil
+}
+
+// RecordSyncs makes s record its fsyncs in r.
+func RecordSyncs(s *StreamImport, r *SyncRecorder) { s.sync = r }

@@ -2,6 +2,7 @@ package cas
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 
@@ -92,4 +93,22 @@ func (w *writebackWriter) closeFile() {
 		w.f.Close()
 		w.f = nil
 	}
+}
+
+// Sync makes the bytes written so far durable (fsync of the ingest's
+// file), for a caller that records how far a write got, such as the
+// stream import's checkpoint.
+func (w *writebackWriter) Sync() error {
+	f := w.f
+	if f == nil {
+		var err error
+		if f, err = os.Open(w.data); err != nil {
+			return fmt.Errorf("sync ingest: %w", err)
+		}
+		defer f.Close()
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync ingest %s: %w", w.data, err)
+	}
+	return nil
 }
