@@ -74,8 +74,8 @@ func TestHostsTOMLWithContainerd(t *testing.T) {
 			t.Fatalf("%s: %d hosts, want mirror + server", host, len(rh))
 		}
 		m, s := rh[0], rh[1]
-		if m.Host != DefaultAddr || m.Scheme != "http" || m.Path != "/v2" || m.Capabilities != docker.HostCapabilityPull|docker.HostCapabilityResolve {
-			t.Errorf("%s: first host %+v, want the mirror with pull+resolve", host, m)
+		if m.Host != DefaultAddr || m.Scheme != "http" || m.Path != "/v2" || m.Capabilities != docker.HostCapabilityPull|docker.HostCapabilityResolve|docker.HostCapabilityReferrers {
+			t.Errorf("%s: first host %+v, want the mirror with pull+resolve+referrers (never push)", host, m)
 		}
 		if s.Host != host || s.Scheme != "http" {
 			t.Errorf("%s: server %s://%s", host, s.Scheme, s.Host)

@@ -78,7 +78,8 @@ func MirrorURL(addr string) (string, error) {
 }
 
 // HostsTOML returns a hosts.toml that makes containerd pull host through
-// the mirror at mirrorAddr (resolve and pull only: the mirror never
+// the mirror at mirrorAddr (resolve, pull and the referrers API, which
+// containerd asks only of hosts with that capability; the mirror never
 // accepts pushes). containerd adds ns=<host> to every request to a mirror,
 // which is how the mirror learns the datastore. serverScheme ("http" or
 // "https") is for the server line, which containerd only tries when the
@@ -123,7 +124,7 @@ func HostsTOMLWithKey(host, mirrorAddr, serverScheme, key string) (string, error
 			"# The server line is only tried when the mirror cannot answer.\n", host)
 		fmt.Fprintf(&b, "server = %q\n", serverScheme+"://"+host)
 	}
-	fmt.Fprintf(&b, "\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", mirrorURL)
+	fmt.Fprintf(&b, "\n[host.%q]\n  capabilities = [\"pull\", \"resolve\", \"referrers\"]\n", mirrorURL)
 	if key != "" {
 		b.WriteString("  # The mirror serves only requests with this key (<root>/vault/mirror.key):\n" +
 			"  # keep this file private (0600).\n")

@@ -307,6 +307,10 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		m.serveManifest(ctx, w, r, t)
 		return
 	}
+	if t.kind == kindReferrers {
+		m.serveReferrers(ctx, w, r, t) // referrers.go
+		return
+	}
 	m.serveBlob(ctx, w, r, t)
 }
 

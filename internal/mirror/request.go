@@ -82,7 +82,7 @@ func parsePath(escaped string) (name, kind, ref string, err error) {
 			message: fmt.Sprintf("path %q: the mirror serves only /v2/<name>/manifests/<reference> and /v2/<name>/blobs/<digest>", escaped)}
 	}
 	kind = segs[len(segs)-2]
-	if kind != kindManifest && kind != kindBlob {
+	if kind != kindManifest && kind != kindBlob && kind != kindReferrers {
 		return "", "", "", &requestError{status: http.StatusNotFound, code: codeUnsupported,
 			message: fmt.Sprintf("path %q: the mirror serves only /v2/<name>/manifests/<reference> and /v2/<name>/blobs/<digest>", escaped)}
 	}
@@ -116,8 +116,8 @@ func parseRef(kind, ref string) (digest.Digest, error) {
 	if strings.Contains(ref, ":") {
 		return parseDigest(ref)
 	}
-	if kind == kindBlob {
-		return "", badRequest(codeDigestInvalid, "blob reference %q is not a digest", ref)
+	if kind != kindManifest {
+		return "", badRequest(codeDigestInvalid, "%s reference %q is not a digest", strings.TrimSuffix(kind, "s"), ref)
 	}
 	if reponame.CheckTag(ref) != nil {
 		return "", badRequest(codeTagInvalid, "tag %q: want 1 to 128 characters of letters, digits, '_', '.' and '-', not starting with '.' or '-'", ref)
