@@ -73,6 +73,11 @@ func (st *Stage) Copy(dst io.Writer, src io.Reader) (int64, error) {
 	}
 	st.n = tr.n + rest
 	st.err, st.whiteouts, st.implicit = err, chk.whiteouts, chk.implicit
+	if err != nil {
+		// Never published: the tree goes now, not when the fetch ends
+		// (a full disk or a corrupt layer must not hold its bytes).
+		st.dropTree()
+	}
 	st.copied = cerr == nil
 	return st.n, cerr
 }
@@ -256,6 +261,13 @@ func (st *Stage) Commit(verified digest.Digest) {
 	}
 	st.s.publish(st.ctx, st.desc, t)
 	log.G(st.ctx).WithField("digest", st.desc.Digest).Debug("layer staged")
+}
+
+// dropTree removes a failed extraction's tree and releases what it
+// reserved; Commit or Abort find nothing left.
+func (st *Stage) dropTree() {
+	st.s.discard(st.ctx, &stagedTree{dir: st.dir, reserved: st.reserved})
+	st.reserved = 0
 }
 
 // Abort ends the stage of a fetch that failed: nothing is published.
