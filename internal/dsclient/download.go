@@ -446,7 +446,7 @@ func (f *fetch) download(ctx context.Context, statePath string) error {
 				return fmt.Errorf("giving up, the datastore did not answer for %s (%d tries) at offset %d: %w", away.Round(time.Millisecond), attempt, f.offset, err)
 			}
 			if out.tries == 1 {
-				log.G(ctx).WithError(err).WithFields(log.Fields{"offset": f.offset, "wait": f.d.opts.OutageTimeout}).Warn("datastore does not answer; waiting for it to come back")
+				log.G(ctx).WithError(err).WithFields(log.Fields{"offset": f.offset, "wait": f.d.opts.OutageTimeout}).Warn("download interrupted: the datastore does not answer; waiting for it to come back")
 			}
 			if err := sleepCtx(ctx, out.backoff(f.d.opts.OutageBackoff)); err != nil {
 				return fmt.Errorf("%w (%w)", err, context.Cause(ctx))
