@@ -33,6 +33,8 @@ func pullCommand() *cli.Command {
 			&cli.BoolFlag{Name: "unpack", Value: true, Usage: "unpack the image into the snapshotter (--unpack=false to only import)"},
 			&cli.StringFlag{Name: "datastore", Aliases: []string{"d"}, Usage: "datastore configuration `FILE` (TOML) to take --image from"},
 			&cli.StringFlag{Name: "image", Usage: "image `NAME` from the --datastore file"},
+			&cli.BoolFlag{Name: "referrers", Usage: "also keep the registry image's referrers (signatures, SBOMs, attestations) in the content store, as long as the image, for verification tools offline"},
+			&cli.StringSliceFlag{Name: "referrers-type", Usage: "keep only referrers of artifact `TYPE` (repeatable, e.g. application/spdx+json); implies --referrers"},
 			&cli.StringFlag{Name: "hosts-dir", Usage: "containerd hosts directory (e.g. /etc/containerd/certs.d) for registry pulls; default: none, .local hosts are resolved directly"},
 			&cli.DurationFlag{Name: "resolve-timeout", Value: resolver.DefaultTimeout, Usage: "how long to wait for a .local host to answer"},
 			&cli.DurationFlag{Name: "datastore-outage", Value: pull.DefaultDatastoreOutage, Usage: "how long a download in flight waits for a datastore that stopped answering (a restarting container), retrying at most 1s apart and continuing with Range"},
@@ -55,6 +57,9 @@ func pullRequest(cmd *cli.Command) (pull.Request, error) {
 		Novault:    cmd.Bool("novault"),
 		Unpack:     cmd.Bool("unpack"),
 		MaxSize:    cmd.Int64("max-size"),
+
+		Referrers:     cmd.Bool("referrers"),
+		ReferrerTypes: cmd.StringSlice("referrers-type"),
 	}
 	args := cmd.Args().Slice()
 	if len(args) > 0 {

@@ -48,6 +48,10 @@ func (o *pullOutput) Event(ev pull.Event) {
 		o.prog.Printf("removed %d unfinished import writes (%s) untouched since %s\n", ev.Count, humanSize(ev.Bytes), ev.Before.Format(time.DateTime))
 	case pull.Pulled:
 		fmt.Fprintf(o.stdout, "image %s %s (%s, %s) pulled from %s in %s\n", ev.Image.Name, ev.Image.Target.Digest, ev.Platform, humanSize(ev.Size), ev.Source, ev.Took.Round(time.Millisecond))
+	case pull.ReferrersNote:
+		o.prog.Printf("localds: note: referrers of %s: %v\n", ev.Subject, ev.Err)
+	case pull.ReferrersKept:
+		printReferrers(o.stdout, ev)
 	case pull.Unpacked:
 		fmt.Fprintf(o.stdout, "unpacked %s into snapshotter %s in %s\n", ev.Image, ev.Snapshotter, ev.Took.Round(time.Millisecond))
 	case pull.VolumeCreated:
@@ -61,4 +65,19 @@ func storagePlace(novault bool) string {
 		return "novault"
 	}
 	return "vault"
+}
+
+// printReferrers lists the referrers a pull kept for one subject.
+func printReferrers(w io.Writer, ev pull.ReferrersKept) {
+	if len(ev.Referrers) == 0 {
+		fmt.Fprintf(w, "referrers of %s: none listed by the registry\n", ev.Subject)
+		return
+	}
+	for _, r := range ev.Referrers {
+		at := r.Descriptor.ArtifactType
+		if at == "" {
+			at = r.Descriptor.MediaType
+		}
+		fmt.Fprintf(w, "kept referrer %s (%s) of %s: %d blobs, %s\n", r.Descriptor.Digest, at, ev.Subject, r.Blobs, humanSize(r.Bytes))
+	}
 }

@@ -78,6 +78,9 @@ type Datastore struct {
 	// 0 for no limit. A larger one is refused as soon as its size shows
 	// and nothing of it is kept.
 	MaxSize int64 `toml:"max_size"`
+	// Referrers (oci only) keeps every image's referrers (signatures,
+	// SBOMs) too, as `localds pull --referrers` does.
+	Referrers bool `toml:"referrers"`
 }
 
 // Values of Datastore.TLS.
@@ -159,7 +162,7 @@ func Parse(data []byte) (*Config, error) {
 				row, _ := e.Position()
 				keys = append(keys, fmt.Sprintf("%s (line %d)", strings.Join(e.Key(), "."), row))
 			}
-			return nil, fmt.Errorf("unknown key %s (valid: datastore.{name, type, fqdn, path, username, password, token, cert_chain, allow_plain_http_credentials, tls, max_size}, image.{name, datastore, path, sha256, ref, platform, volume}): %w",
+			return nil, fmt.Errorf("unknown key %s (valid: datastore.{name, type, fqdn, path, username, password, token, cert_chain, allow_plain_http_credentials, tls, max_size, referrers}, image.{name, datastore, path, sha256, ref, platform, volume}): %w",
 				strings.Join(keys, ", "), errdefs.ErrInvalidArgument)
 		case errors.As(err, &derr):
 			row, col := derr.Position()
@@ -314,6 +317,9 @@ func (d Datastore) Validate() error {
 	}
 	if err := d.checkTLS(); err != nil {
 		return err
+	}
+	if d.Referrers && d.Type != TypeOCI {
+		return fmt.Errorf("datastore %q: referrers = true needs type oci (only registry images have referrers): %w", d.Name, errdefs.ErrInvalidArgument)
 	}
 	if d.MaxSize < 0 {
 		return fmt.Errorf("datastore %q: max_size %d is negative (bytes; 0 for no limit): %w", d.Name, d.MaxSize, errdefs.ErrInvalidArgument)

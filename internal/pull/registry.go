@@ -60,13 +60,22 @@ func (p *Puller) pullRegistry(ctx context.Context, disc *resolver.Discoverer, sp
 		return images.Image{}, fmt.Errorf("pull %s: %w", spec.Source(), err)
 	}
 	fp := &fetchProgress{cs: c.ContentStore(), obs: p.observer(), sizes: map[digest.Digest]int64{}, done: map[digest.Digest]bool{}}
+	fetchOpts := []containerd.RemoteOpt{
+		containerd.WithResolver(r),
+		containerd.WithPlatformMatcher(platforms.Only(platforms.MustParse(spec.platform))),
+		containerd.WithImageHandler(images.HandlerFunc(fp.seen)),
+	}
+	var keeper *referrerKeeper
+	if spec.referrers {
+		if keeper, err = newRegistryReferrerKeeper(ctx, r, spec); err != nil {
+			return images.Image{}, fmt.Errorf("pull %s: %w", spec.Source(), err)
+		}
+		fetchOpts = append(fetchOpts, keeper.remoteOpts()...)
+	}
 	var rec images.Image
 	err = archiveimport.Leased(ctx, c.LeasesService(), func(ctx context.Context) error {
 		stop := fp.run(ctx)
-		img, err := c.Fetch(ctx, spec.ref,
-			containerd.WithResolver(r),
-			containerd.WithPlatformMatcher(platforms.Only(platforms.MustParse(spec.platform))),
-			containerd.WithImageHandler(images.HandlerFunc(fp.seen)))
+		img, err := c.Fetch(ctx, spec.ref, fetchOpts...)
 		stop()
 		if err != nil {
 			return err
@@ -76,6 +85,9 @@ func (p *Puller) pullRegistry(ctx context.Context, disc *resolver.Discoverer, sp
 	})
 	if err != nil {
 		return images.Image{}, fmt.Errorf("pull %s: %w", spec.Source(), err)
+	}
+	if keeper != nil {
+		keeper.report(ctx, c.ContentStore(), p.observer())
 	}
 	return rec, nil
 }

@@ -42,6 +42,12 @@ type Request struct {
 	// MaxSize is the largest archive accepted, in bytes; 0 for no limit.
 	// The datastore file's max_size applies too (the smaller wins).
 	MaxSize int64
+	// Referrers keeps the registry image's referrers (signatures, SBOMs)
+	// in the content store for as long as the image (referrers.go); a
+	// datastore file's referrers = true asks for them too. ReferrerTypes,
+	// if any, keeps only those artifact types (and implies Referrers).
+	Referrers     bool
+	ReferrerTypes []string
 }
 
 // Kinds of pull sources.
@@ -63,6 +69,9 @@ type Spec struct {
 	novault  bool
 	unpack   bool
 	maxSize  int64 // largest archive accepted, 0 for no limit
+
+	referrers     bool     // keep the image's referrers (registry only)
+	referrerTypes []string // artifact types to keep; none for all
 }
 
 // NewSpec checks everything in req that can be checked before any byte
@@ -82,6 +91,9 @@ func NewSpec(req Request) (*Spec, error) {
 		return nil, err
 	}
 
+	if err := spec.referrersFrom(req); err != nil {
+		return nil, err
+	}
 	if spec.kind == sourceRegistry {
 		if spec.name == "" {
 			spec.name = spec.ref
