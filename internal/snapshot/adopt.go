@@ -94,6 +94,9 @@ func (o *snapshotter) adopt(ctx context.Context, key, parent string, pl placemen
 		if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(o.instance+"\n"), 0o600); err != nil {
 			return fmt.Errorf("adopt volume %s: %w", pl.vol, err)
 		}
+		if err := syncNew(o.fsync, filepath.Join(dir, ownerFile), dir); err != nil {
+			return fmt.Errorf("adopt volume %s: %w", pl.vol, err)
+		}
 		return nil
 	})
 	if err != nil {

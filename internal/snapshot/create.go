@@ -130,6 +130,9 @@ func (o *snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 			return fmt.Errorf("move new snapshot into place: %w", err)
 		}
 		tmp, dest = "", target
+		if err := o.fsync(filepath.Dir(target)); err != nil {
+			return fmt.Errorf("move new snapshot into place: %w", err)
+		}
 		o.crashPoint(crashAfterRename)
 		return nil
 	})
@@ -166,6 +169,11 @@ func (o *snapshotter) prepareDirectory(kind snapshots.Kind, pl placement) (strin
 	}
 	if pl.volume {
 		if err := os.WriteFile(filepath.Join(td, ownerFile), []byte(o.instance+"\n"), 0o600); err != nil {
+			return td, fmt.Errorf("create volume directory: %w", err)
+		}
+		// The owner file and its entry reach the disk before the
+		// directory is renamed into place.
+		if err := syncNew(o.fsync, filepath.Join(td, ownerFile), td); err != nil {
 			return td, fmt.Errorf("create volume directory: %w", err)
 		}
 	}
@@ -217,7 +225,7 @@ func (o *snapshotter) mounts(s storage.Snapshot, pl placement) []mount.Mount {
 
 // loadInstance returns the identity of the metadata database, making a new
 // one when the database is new (or the file is missing).
-func loadInstance(path string, fresh bool) (string, error) {
+func loadInstance(path string, fresh bool, fsync func(string) error) (string, error) {
 	if !fresh {
 		b, err := os.ReadFile(path)
 		if err == nil {
@@ -237,7 +245,13 @@ func loadInstance(path string, fresh bool) (string, error) {
 	if err := os.WriteFile(tmp, []byte(id+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("snapshotter instance: %w", err)
 	}
+	if err := fsync(tmp); err != nil {
+		return "", fmt.Errorf("snapshotter instance: %w", err)
+	}
 	if err := os.Rename(tmp, path); err != nil {
+		return "", fmt.Errorf("snapshotter instance: %w", err)
+	}
+	if err := fsync(filepath.Dir(path)); err != nil {
 		return "", fmt.Errorf("snapshotter instance: %w", err)
 	}
 	return id, nil

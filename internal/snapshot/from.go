@@ -171,6 +171,9 @@ func (o *snapshotter) createFrom(ctx context.Context, key, parent string, pl pla
 			return fmt.Errorf("move new volume into place: %w", err)
 		}
 		dest = target
+		if err := o.fsync(filepath.Dir(target)); err != nil {
+			return fmt.Errorf("move new volume into place: %w", err)
+		}
 		o.crashPoint(crashAfterRename)
 		return nil
 	})

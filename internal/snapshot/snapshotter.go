@@ -45,6 +45,8 @@ type config struct {
 	// crash, if set, is called at named points of a prepare; tests use it
 	// to kill the process exactly there.
 	crash func(stage string)
+	// fsync is fsyncPath unless a test records the calls.
+	fsync func(path string) error
 }
 
 // WithMountOptions adds overlay mount options (e.g. "volatile").
@@ -74,6 +76,7 @@ type snapshotter struct {
 	options  []string // overlay mount options appended to every overlay mount
 	instance string   // this metastore's identity, written into volume dirs
 	crash    func(stage string)
+	fsync    func(path string) error
 	copying  inflight // volume directories being filled by createFrom
 }
 
@@ -119,7 +122,10 @@ func newSnapshotter(ctx context.Context, root string, opts ...Opt) (*snapshotter
 	// survived): a new instance ID keeps cleanup's hands off them.
 	_, statErr := os.Stat(l.metadataDB())
 	freshDB := errors.Is(statErr, os.ErrNotExist)
-	instance, err := loadInstance(l.instanceFile(), freshDB)
+	if cfg.fsync == nil {
+		cfg.fsync = fsyncPath
+	}
+	instance, err := loadInstance(l.instanceFile(), freshDB, cfg.fsync)
 	if err != nil {
 		return nil, err
 	}
@@ -138,6 +144,7 @@ func newSnapshotter(ctx context.Context, root string, opts ...Opt) (*snapshotter
 		options:  overlayOptions(ctx, l.snapshotsRoot(), cfg.mountOptions),
 		instance: instance,
 		crash:    cfg.crash,
+		fsync:    cfg.fsync,
 	}
 	// The first transaction opens the database; do it now so a locked or
 	// corrupt database fails New, and recover from a crash while at it.
