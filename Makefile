@@ -11,7 +11,7 @@ CONTAINERD_DIR = $(shell $(GO) mod download -json github.com/containerd/containe
 CMDS := localds containerd-localds-grpc
 GOTEST_FLAGS ?= -count=1 -timeout 25m
 
-.PHONY: all build containerd deps test unit demo bench fuzz lint notice clean conformance
+.PHONY: all build containerd deps test unit demo bench fuzz lint notice clean conformance chaos
 
 all: build
 
@@ -46,6 +46,12 @@ conformance:
 	$(GO) build -o $(BIN)/ ./cmd/localds
 	$(GO) build -o $(BIN)/oci-conformance github.com/opencontainers/distribution-spec/conformance
 	LOCALDS_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 10m -v -run '^TestConformance' ./internal/dsserver/
+
+# Faults against the real parts (kill -9 of the daemon and of localds
+# pull, datastore outages), one table of what was measured; make test runs
+# a short version of the same suite.
+chaos: deps build containerd
+	LOCALDS_CHAOS=full LOCALDS_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 20m -v -run '^TestChaos$$' ./e2e/
 
 # Unit tests only: -short skips everything that needs root or namespaces.
 unit:

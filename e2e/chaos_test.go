@@ -1,0 +1,223 @@
+//go:build linux
+
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/localds/localds/internal/cas"
+	"github.com/localds/localds/internal/testnet"
+)
+
+// The chaos suite runs faults against the real parts and prints one
+// table of what it measured. LOCALDS_CHAOS=full (make chaos) runs the
+// full counts; without it a short version runs (make test).
+
+// chaosScale is the counts of one run.
+type chaosScale struct {
+	daemonKills int
+	pullKills   int
+	outages     []time.Duration
+}
+
+func chaosCounts() chaosScale {
+	if os.Getenv("LOCALDS_CHAOS") == "full" {
+		return chaosScale{daemonKills: 20, pullKills: 10, outages: []time.Duration{time.Second, 30 * time.Second, 2 * time.Minute}}
+	}
+	return chaosScale{daemonKills: 3, pullKills: 2, outages: []time.Duration{time.Second}}
+}
+
+// abandonedWait bounds how long an abandoned `ctr image pull` is given to
+// end after the daemon under it was killed.
+const abandonedWait = 15 * time.Second
+
+// chaosRow is one line of the table.
+type chaosRow struct {
+	fault     string
+	runs      int
+	completed int
+	figures   string
+}
+
+func TestChaos(t *testing.T) {
+	requireE2E(t)
+	sc := chaosCounts()
+	seed := time.Now().UnixNano()
+	rng := rand.New(rand.NewSource(seed))
+	var rows []chaosRow
+	t.Run("daemon-kill", func(t *testing.T) {
+		if testnet.IsChild(t) { // the image push runs as a child of this subtest
+			pushChild(t)
+			return
+		}
+		rows = append(rows, chaosDaemonKills(t, rng, sc.daemonKills))
+	})
+	t.Run("pull-kill", func(t *testing.T) {
+		r := newResumeSite(t)
+		rows = append(rows, chaosPullKills(t, r, rng, sc.pullKills))
+		for _, d := range sc.outages {
+			rows = append(rows, chaosOutage(t, r, d))
+		}
+	})
+	var b strings.Builder
+	fmt.Fprintf(&b, "chaos (seed %d)\n", seed)
+	fmt.Fprintf(&b, "%-44s %5s %9s  %s\n", "fault", "runs", "completed", "measured")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "%-44s %5d %9d  %s\n", r.fault, r.runs, r.completed, r.figures)
+	}
+	t.Log("\n" + b.String())
+	fmt.Print(b.String())
+}
+
+// mismatched counts the blobs of img in the CAS whose bytes do not hash
+// to their name, and those missing.
+func mismatched(root string, blobs []blobRef) (bad, missing int) {
+	for _, b := range blobs {
+		p, err := cas.BlobPath(root, b.Digest)
+		if err != nil {
+			bad++
+			continue
+		}
+		d, n, err := hashFile(p)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			missing++
+		case err != nil || d != b.Digest || n != b.Size:
+			bad++
+		}
+	}
+	return bad, missing
+}
+
+// chaosDaemonKills: kill -9 of containerd-localds-grpc at a random point
+// of a `ctr image pull` through the mirror (64 MiB, the datastore's link
+// at 400 Mbit/s); what the abandoned pull does with the daemon dead; the
+// daemon restarted and the pull retried.
+func chaosDaemonKills(t *testing.T, rng *rand.Rand, n int) chaosRow {
+	s := newSite(t, 5000)
+	s.startDaemon(t)
+	s.startContainerd(t)
+	s.writeHosts(t, dsLocal+":5000")
+	img := s.push(t, pushJob{Ref: dsLocal + ":5000/chaos:1", Layers: []int64{32 << 20, 32 << 20}})[0]
+	limitRate(t, s)
+	row := chaosRow{fault: "kill -9 daemon mid ctr pull, retried", runs: n}
+	var bad, missing, stale, failed, finished, hung int
+	for i := 0; i < n; i++ {
+		delay := 100*time.Millisecond + time.Duration(rng.Int63n(int64(1200*time.Millisecond)))
+		ctx, cancel := context.WithTimeout(context.Background(), abandonedWait+delay)
+		cmd := s.ctrd.CtrCmd(ctx, "image", "pull", "--hosts-dir", s.hostsDir, img.Ref)
+		var out strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		time.Sleep(delay)
+		if err := s.daemon.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		err := <-done // bounded by ctx
+		switch {
+		case ctx.Err() != nil:
+			hung++
+			t.Logf("kill %d at %v: the abandoned ctr pull was still running %v later", i, delay, abandonedWait)
+		case err != nil:
+			failed++
+			t.Logf("kill %d at %v: the abandoned ctr pull failed: %s", i, delay, lastLines(out.String(), 2))
+		default:
+			finished++
+		}
+		cancel()
+		s.startDaemon(t)
+		if _, err := s.pull(t, img.Ref); err == nil {
+			row.completed++
+		}
+		b, m := mismatched(s.root, img.blobs())
+		bad, missing = bad+b, missing+m
+		if ingests, err := cas.ListIngests(s.root); err == nil {
+			stale += len(ingests)
+		}
+		s.ctrd.Ctr(t, "image", "rm", "--sync", img.Ref)
+	}
+	row.figures = fmt.Sprintf("mismatched blobs %d, missing %d, ingests left %d; abandoned pull: failed %d, finished first %d, running after %v %d",
+		bad, missing, stale, failed, finished, abandonedWait, hung)
+	return row
+}
+
+// chaosPullKills: kill -9 of `localds pull` at a random point of an
+// 80 MiB archive (a power cut as the stream import's checkpoint sees
+// it), then the pull run again.
+func chaosPullKills(t *testing.T, r resumeSite, rng *rand.Rand, n int) chaosRow {
+	s := r.site
+	url := "http://" + dsLocal + "/images/big.oci.tar"
+	row := chaosRow{fault: "kill -9 localds pull, run again", runs: n}
+	var bad, missing, stale int
+	var resumed []string
+	for i := 0; i < n; i++ {
+		srv := startServe(t, s, r.dir)
+		at := 4<<20 + rng.Int63n(68<<20)
+		pull := s.node.Start(t, testnet.Binary(t, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root,
+			"--interface", "br0", "--unpack=false", "--sha256", r.sum, url, "big:1")
+		waitIngest(t, s.root, at, pull)
+		if err := pull.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := s.localdsPull(t, "--unpack=false", "--sha256", r.sum, url, "big:1"); err == nil {
+			row.completed++
+		}
+		from := "0"
+		if m := regexp.MustCompile(`path=/images/big.oci.tar range="?bytes=(\d+)-`).FindAllStringSubmatch(srv.Log(), -1); len(m) > 0 {
+			from = m[len(m)-1][1]
+		}
+		f, _ := strconv.ParseInt(from, 10, 64)
+		resumed = append(resumed, fmt.Sprintf("%d→%d", at>>20, f>>20))
+		b, m := mismatched(s.root, r.big.pushed.blobs())
+		bad, missing = bad+b, missing+m
+		if ingests, err := cas.ListIngests(s.root); err == nil {
+			stale += len(ingests)
+		}
+		srv.Stop()
+		s.ctrd.Ctr(t, "image", "rm", "--sync", "big:1")
+	}
+	row.figures = fmt.Sprintf("mismatched blobs %d, missing %d, ingests left %d; killed→resumed at MiB: %s", bad, missing, stale, strings.Join(resumed, " "))
+	return row
+}
+
+// chaosOutage: the datastore killed 8 MiB into a `localds pull` and
+// started again after down; the same pull goes on.
+func chaosOutage(t *testing.T, r resumeSite, down time.Duration) chaosRow {
+	s := r.site
+	row := chaosRow{fault: fmt.Sprintf("datastore away %v mid localds pull", down), runs: 1}
+	srv := startServe(t, s, r.dir)
+	pull := s.node.Start(t, testnet.Binary(t, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root,
+		"--interface", "br0", "--unpack=false", "--sha256", r.sum, "http://"+dsLocal+"/images/big.oci.tar", "big:1")
+	waitIngest(t, s.root, 8<<20, pull)
+	if err := srv.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	pull.WaitLog(t, "download interrupted", e2eWait)
+	time.Sleep(down) // the outage itself
+	srv = startServe(t, s, r.dir)
+	back := time.Now() // answering mDNS and HTTP again
+	err := pull.Wait(localdsPullTimeout)
+	after := time.Since(back)
+	if err == nil {
+		row.completed++
+	}
+	b, m := mismatched(s.root, r.big.pushed.blobs())
+	row.figures = fmt.Sprintf("done %.1f s after the datastore answered again (~72 MiB left at 400 Mbit/s); mismatched blobs %d, missing %d", after.Seconds(), b, m)
+	srv.Stop()
+	s.ctrd.Ctr(t, "image", "rm", "--sync", "big:1")
+	return row
+}
