@@ -28,13 +28,7 @@ import (
 // wrote.
 func (p *Puller) pullArchive(ctx context.Context, disc *resolver.Discoverer, spec *Spec) (images.Image, error) {
 	obs := p.observer()
-	dl, err := dsclient.New(dsclient.Options{
-		Root:          p.Root,
-		MaxSize:       spec.maxSize,
-		Dial:          resolver.NewDialer(disc).DialContext,
-		Progress:      func(pr dsclient.Progress) { obs.Progress(pr.Phase, pr.Done, pr.Total) },
-		OutageTimeout: p.DatastoreOutage,
-	})
+	dl, err := p.downloader(disc, spec.maxSize)
 	if err != nil {
 		return images.Image{}, err
 	}
@@ -93,6 +87,19 @@ func (p *Puller) pullArchive(ctx context.Context, disc *resolver.Discoverer, spe
 	// The content is in the CAS now; the verified archive is not needed.
 	removeDownload(ctx, file)
 	return rec, nil
+}
+
+// downloader is the datastore downloader of a pull: dialling through the
+// Discoverer, progress to the observer.
+func (p *Puller) downloader(disc *resolver.Discoverer, maxSize int64) (*dsclient.Downloader, error) {
+	obs := p.observer()
+	return dsclient.New(dsclient.Options{
+		Root:          p.Root,
+		MaxSize:       maxSize,
+		Dial:          resolver.NewDialer(disc).DialContext,
+		Progress:      func(pr dsclient.Progress) { obs.Progress(pr.Phase, pr.Done, pr.Total) },
+		OutageTimeout: p.DatastoreOutage,
+	})
 }
 
 // badArchive tells whether an import failed because of the archive
