@@ -18,6 +18,7 @@ import (
 	"github.com/localds/localds/internal/httpclient"
 	"github.com/localds/localds/internal/layout"
 	"github.com/localds/localds/internal/mirror"
+	"github.com/localds/localds/internal/vault"
 )
 
 // Config is the daemon's one configuration. The fields with a toml tag are
@@ -40,6 +41,7 @@ import (
 //	snapshotter = true
 //	prefetch = true
 //	stage-layers = true
+//	vault-encryption = "warn"
 //	log-level = "info"
 type Config struct {
 	// Root is the localds root; the CAS is <Root>/vault/cas.
@@ -78,6 +80,10 @@ type Config struct {
 	// nil and layers are extracted at apply. It rides on the prefetch:
 	// Validate turns it off without Prefetch.
 	StageLayers bool `toml:"stage-layers" usage:"extract layers while they are prefetched (into <root>/vault/staging), so that applying one onto an empty snapshot on the same file system is a rename (--stage-layers=false: extract at apply)"`
+	// VaultEncryption is what an unencrypted <Root>/vault means at start
+	// (vault.Mode): "require" refuses to start, "warn" logs it once,
+	// "off" does not look.
+	VaultEncryption string `toml:"vault-encryption" usage:"require (refuse to start unless <root>/vault has an fscrypt policy with its key present), warn (log it once) or off"`
 	// LogLevel is applied by the command: the log level is the process's.
 	LogLevel string `toml:"log-level" usage:"trace, debug, info, warn or error"`
 
@@ -104,6 +110,7 @@ func DefaultConfig() Config {
 		Snapshotter:     true,
 		Prefetch:        true,
 		StageLayers:     true,
+		VaultEncryption: string(vault.DefaultMode),
 		LogLevel:        "info",
 		ShutdownTimeout: 10 * time.Second,
 	}
@@ -138,6 +145,9 @@ func (c *Config) Validate() error {
 		if d, err := time.ParseDuration(c.DatastoreOutage); err != nil || d <= 0 {
 			return fmt.Errorf("datastore-outage = %q: want a positive Go duration such as 10m: %w", c.DatastoreOutage, errdefs.ErrInvalidArgument)
 		}
+	}
+	if _, err := vault.ParseMode(c.VaultEncryption); err != nil {
+		return err
 	}
 	switch c.DatastoreTLS {
 	case "", TLSRequired, TLSAuto:

@@ -87,7 +87,7 @@ log-level = "debug"
 // documented, and an unknown key's error lists them all (stage-layers
 // included: the list is derived, it cannot miss one).
 func TestConfigKeys(t *testing.T) {
-	want := []string{"root", "address", "mirror-listen", "interface", "datastore-ca", "datastore-tls", "allow-plain-http-credentials", "datastore-outage", "snapshotter", "prefetch", "stage-layers", "log-level"}
+	want := []string{"root", "address", "mirror-listen", "interface", "datastore-ca", "datastore-tls", "allow-plain-http-credentials", "datastore-outage", "snapshotter", "prefetch", "stage-layers", "vault-encryption", "log-level"}
 	if got := daemon.ConfigKeys(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("keys %q, want %q", got, want)
 	}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"github.com/localds/localds/internal/vault"
 	"github.com/localds/localds/resolver"
 )
 
@@ -77,6 +78,22 @@ func registerResolverMetrics(reg *prometheus.Registry, d *resolver.Discoverer) {
 		Namespace: "localds", Subsystem: "resolver", Name: "conflicts_total",
 		Help: "Resolutions refused because more than one address claimed the name on one bridge.",
 	}, func() float64 { return float64(d.Conflicts()) }))
+}
+
+// registerVaultMetrics exposes whether <root>/vault is encrypted, asked
+// of the kernel at each scrape (an open and an ioctl), so a vault made
+// plain or moved while the daemon runs shows.
+func registerVaultMetrics(ctx context.Context, reg *prometheus.Registry, root string) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "localds", Subsystem: "vault", Name: "encrypted",
+		Help: "1 if <root>/vault has an fscrypt policy whose key is not known to be absent, else 0.",
+	}, func() float64 {
+		st, err := vault.Inspect(ctx, root)
+		if err != nil || !st.Encrypted || !st.Usable() {
+			return 0
+		}
+		return 1
+	}))
 }
 
 func metricsHandler(reg *prometheus.Registry) http.Handler {

@@ -29,6 +29,7 @@ import (
 	"github.com/localds/localds/internal/cas"
 	"github.com/localds/localds/internal/differ"
 	"github.com/localds/localds/internal/prefetch"
+	"github.com/localds/localds/internal/vault"
 	"github.com/localds/localds/resolver"
 )
 
@@ -112,6 +113,15 @@ func Serve(ctx context.Context, cfg Config) error {
 		}
 	}()
 
+	// Before anything is created under the vault: under require a plain
+	// vault must not get its first blob.
+	mode, err := vault.ParseMode(cfg.VaultEncryption)
+	if err != nil {
+		return err
+	}
+	if _, err := vault.Enforce(ctx, mode, cfg.Root); err != nil {
+		return fmt.Errorf("start: %w", err)
+	}
 	store, err := cas.Open(ctx, cfg.Root)
 	if err != nil {
 		return err
@@ -156,6 +166,7 @@ func Serve(ctx context.Context, cfg Config) error {
 		Metrics:    reg,
 	}
 	registerResolverMetrics(reg, deps.Discoverer)
+	registerVaultMetrics(ctx, reg, cfg.Root)
 
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxMsgSize),
