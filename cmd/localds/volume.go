@@ -31,18 +31,18 @@ func volumeCommand() *cli.Command {
 		Commands: []*cli.Command{
 			{
 				Name:      "create",
-				Usage:     "create a volume from an image (unpacking it first if needed)",
+				Usage:     "create a volume from an image (unpacking it first if needed), or from a VM disk image (--disk)",
 				ArgsUsage: "KEY   (a volume key <volumeUUID>#<generation>, e.g. 6f1c8a2e-3b7d-4c1e-9a55-0d2f4b8e9c10#1)",
-				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "image", Required: true, Usage: "image reference, as containerd names it (pull it first)"},
+				Flags: append([]cli.Flag{
+					&cli.StringFlag{Name: "image", Usage: "image reference, as containerd names it (pull it first); required unless --disk"},
 					&cli.BoolFlag{Name: "novault", Usage: "keep the volume under <root>/novault (unencrypted) instead of <root>/vault"},
 					&cli.StringFlag{Name: "from", Usage: "start with a copy of this volume's data (its whole writable layer), e.g. an app's previous generation; it must not be running and is only read"},
-				},
+				}, diskFlags()...),
 				Action: volumeCreate,
 			},
 			{
 				Name:   "ls",
-				Usage:  "list volumes with image, size and vault/novault",
+				Usage:  "list volumes (container and disk-image) with kind, image, size and vault/novault",
 				Action: volumeList,
 			},
 			{
@@ -57,7 +57,7 @@ func volumeCommand() *cli.Command {
 			},
 			{
 				Name:      "rm",
-				Usage:     "remove a volume and its files",
+				Usage:     "remove a volume and its files (a disk-image volume's file)",
 				ArgsUsage: "KEY",
 				Action:    volumeRemove,
 			},
@@ -81,6 +81,15 @@ func volumeKeyArg(cmd *cli.Command) (string, error) {
 func volumeCreate(ctx context.Context, cmd *cli.Command) error {
 	key, err := volumeKeyArg(cmd)
 	if err != nil {
+		return err
+	}
+	if cmd.String("disk") != "" {
+		return volumeCreateDisk(ctx, cmd, key)
+	}
+	if cmd.String("image") == "" {
+		return fmt.Errorf("volume create needs --image REF (a container volume) or --disk URL|FILE --sha256 HEX (a disk-image volume): %w", errdefs.ErrInvalidArgument)
+	}
+	if err := refuseDiskKey(cmd, key); err != nil {
 		return err
 	}
 	c, ctx, err := containerdClient(ctx, cmd)
@@ -159,8 +168,8 @@ func checkNotRunning(ctx context.Context, c *containerd.Client, snName, key stri
 }
 
 type volumeRow struct {
-	key, image, place string
-	created           time.Time
+	key, kind, image, place, size string
+	created                       time.Time
 }
 
 func volumeList(ctx context.Context, cmd *cli.Command) error {
@@ -186,30 +195,40 @@ func volumeList(ctx context.Context, cmd *cli.Command) error {
 		if image == "" {
 			image = info.Labels[snapshot.LabelImageInherited]
 		}
-		rows = append(rows, volumeRow{key: info.Name, image: image, place: place, created: info.Created})
+		rows = append(rows, volumeRow{key: info.Name, kind: "container", image: image, place: place, created: info.Created})
 		return nil
 	}); err != nil {
 		return fmt.Errorf("list snapshots of %s: %w", cmd.String("snapshotter"), err)
 	}
+	for i := range rows {
+		rows[i].size = "?"
+		if u, err := sn.Usage(ctx, rows[i].key); err == nil {
+			rows[i].size = humanSize(u.Size)
+		}
+	}
+	disks, err := diskRows(cmd)
+	if err != nil {
+		return err
+	}
+	rows = append(rows, disks...)
 	sort.Slice(rows, func(i, j int) bool { return rows[i].key < rows[j].key })
 	tw := tabwriter.NewWriter(cmd.Root().Writer, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "KEY\tIMAGE\tSIZE\tSTORAGE\tCREATED")
+	fmt.Fprintln(tw, "KEY\tKIND\tIMAGE\tSIZE\tSTORAGE\tCREATED")
 	for _, r := range rows {
-		size := "?"
-		if u, err := sn.Usage(ctx, r.key); err == nil {
-			size = humanSize(u.Size)
-		}
 		image := r.image
 		if image == "" {
 			image = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.key, image, size, r.place, r.created.UTC().Format(time.RFC3339))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.key, r.kind, image, r.size, r.place, r.created.UTC().Format(time.RFC3339))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	known := map[string]bool{}
 	for _, r := range rows {
+		if r.kind != "container" {
+			continue
+		}
 		known[r.key] = true
 	}
 	listForgotten(cmd, known)
@@ -299,6 +318,9 @@ const labelGCRoot = "containerd.io/gc.root"
 func volumeRemove(ctx context.Context, cmd *cli.Command) error {
 	key, err := volumeKeyArg(cmd)
 	if err != nil {
+		return err
+	}
+	if done, err := removeDisk(cmd, key); done || err != nil {
 		return err
 	}
 	c, ctx, err := containerdClient(ctx, cmd)
