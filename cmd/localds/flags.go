@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v3"
 
 	"github.com/localds/localds/internal/dsclient"
+	"github.com/localds/localds/internal/vault"
 )
 
 // globalFlags are the flags of the root command: those of ctr (address,
@@ -24,6 +25,7 @@ func globalFlags() []cli.Flag {
 		&cli.StringFlag{Name: "namespace", Aliases: []string{"n"}, Value: namespaces.Default, Sources: cli.EnvVars("CONTAINERD_NAMESPACE"), Usage: "containerd namespace"},
 		&cli.StringFlag{Name: "snapshotter", Value: "localds", Usage: "containerd's name of the localds snapshotter (its proxy_plugins entry): pulls unpack into it, volumes live on it"},
 		&cli.StringFlag{Name: "root", Value: dsclient.DefaultRoot, Usage: "localds root directory: the CAS is <root>/vault/cas, pulls download into <root>/vault/downloader"},
+		&cli.StringFlag{Name: "vault-encryption", Value: string(vault.DefaultMode), Usage: "pull and volume create: require (refuse to write under <root>/vault unless it has an fscrypt policy with its key present), warn (say so once) or off"},
 	}
 }
 
@@ -46,4 +48,15 @@ func containerdClient(ctx context.Context, cmd *cli.Command) (*containerd.Client
 		return nil, ctx, fmt.Errorf("connect to containerd at %s: %w", addr, err)
 	}
 	return c, namespaces.WithNamespace(ctx, ns), nil
+}
+
+// checkVault enforces --vault-encryption on --root's vault before a
+// command writes there (a pull, a vault volume).
+func checkVault(ctx context.Context, cmd *cli.Command) error {
+	mode, err := vault.ParseMode(cmd.String("vault-encryption"))
+	if err != nil {
+		return err
+	}
+	_, err = vault.Enforce(ctx, mode, cmd.String("root"))
+	return err
 }

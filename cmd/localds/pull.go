@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v3"
 
 	"github.com/localds/localds/internal/pull"
+	"github.com/localds/localds/internal/vault"
 	"github.com/localds/localds/resolver"
 )
 
@@ -114,6 +115,7 @@ func pullAction(ctx context.Context, cmd *cli.Command) (err error) {
 		DatastoreOutage:  cmd.Duration("datastore-outage"),
 		Snapshotter:      cmd.String("snapshotter"),
 		Observer:         out,
+		VaultEncryption:  vault.Mode(cmd.String("vault-encryption")),
 	}
 	_, err = p.Pull(ctx, spec)
 	return err

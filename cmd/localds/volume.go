@@ -83,6 +83,11 @@ func volumeCreate(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
+	if !cmd.Bool("novault") {
+		if err := checkVault(ctx, cmd); err != nil {
+			return err
+		}
+	}
 	if cmd.String("disk") != "" {
 		return volumeCreateDisk(ctx, cmd, key)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/platforms"
 
 	"github.com/localds/localds/internal/dsclient"
+	"github.com/localds/localds/internal/vault"
 	"github.com/localds/localds/resolver"
 )
 
@@ -54,6 +55,10 @@ type Puller struct {
 	Snapshotter string
 	// Observer hears the progress; nil for none.
 	Observer Observer
+	// VaultEncryption is checked on <Root>/vault before anything is
+	// written (every pull writes into the vault's CAS and downloader);
+	// "" is vault.DefaultMode.
+	VaultEncryption vault.Mode
 }
 
 // Result is what a pull made.
@@ -68,6 +73,13 @@ type Result struct {
 // Pull fetches what spec names, creates its image record and, as spec
 // asks, unpacks it and creates its volume.
 func (p *Puller) Pull(ctx context.Context, spec *Spec) (*Result, error) {
+	mode, err := vault.ParseMode(string(p.VaultEncryption))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := vault.Enforce(ctx, mode, p.Root); err != nil {
+		return nil, fmt.Errorf("pull: %w", err)
+	}
 	obs := p.observer()
 	if spec.sha256 == "" && spec.kind == sourceArchive {
 		obs.Event(Unverified{Source: spec.Source()})
@@ -81,7 +93,6 @@ func (p *Puller) Pull(ctx context.Context, spec *Spec) (*Result, error) {
 	}
 
 	var rec images.Image
-	var err error
 	start := time.Now()
 	switch spec.kind {
 	case sourceArchive:
