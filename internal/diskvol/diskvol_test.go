@@ -14,6 +14,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/localds/localds/internal/durable"
 	"github.com/localds/localds/internal/snapshot"
 )
 
@@ -197,7 +198,7 @@ func TestCommitNeverReplaces(t *testing.T) {
 	if err := os.WriteFile(other, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := renameNoReplace(other, p); !errors.Is(err, fs.ErrExist) {
+	if err := durable.RenameNoReplace(other, p); !errors.Is(err, fs.ErrExist) {
 		t.Fatalf("renameNoReplace onto an existing file: %v", err)
 	}
 	if b, _ := os.ReadFile(p); string(b) != "old" {

@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/localds/localds/internal/durable"
 	"github.com/localds/localds/internal/snapshot"
 )
 
@@ -146,14 +147,14 @@ func (in *Install) Commit(ctx context.Context) (Entry, error) {
 		return Entry{}, fmt.Errorf("volume %s was created meanwhile (%s); not overwritten, the image is dropped: %w", in.vol, p, errdefs.ErrAlreadyExists)
 	}
 	final := Path(in.root, in.vol, in.novault, format)
-	if err := renameNoReplace(in.partial, final); err != nil {
+	if err := durable.RenameNoReplace(in.partial, final); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			in.Discard()
 			return Entry{}, fmt.Errorf("volume %s exists (%s); not overwritten: %w", in.vol, final, errdefs.ErrAlreadyExists)
 		}
 		return Entry{}, fmt.Errorf("put disk volume %s in place: %w", in.vol, err)
 	}
-	if err := syncDir(filepath.Dir(final)); err != nil {
+	if err := durable.SyncDir(filepath.Dir(final)); err != nil {
 		return Entry{}, err
 	}
 	st, err := in.f.Stat()

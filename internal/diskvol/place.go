@@ -12,6 +12,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/localds/localds/internal/durable"
 	"github.com/localds/localds/internal/snapshot"
 )
 
@@ -127,20 +128,8 @@ func Remove(root string, v snapshot.Volume) (Entry, error) {
 	if err := os.Remove(e.Path); err != nil {
 		return Entry{}, fmt.Errorf("remove disk volume %s: %w", v, err)
 	}
-	if err := syncDir(filepath.Dir(e.Path)); err != nil {
+	if err := durable.SyncDir(filepath.Dir(e.Path)); err != nil {
 		return Entry{}, err
 	}
 	return e, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
 }
