@@ -48,6 +48,7 @@ func newApp() *cli.Command {
 			volumeCommand(),
 			pullCommand(),
 			runCommand(),
+			migrateCommand(),
 			statusCommand(),
 		},
 	}
