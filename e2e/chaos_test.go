@@ -25,15 +25,16 @@ import (
 // chaosScale is the counts of one run.
 type chaosScale struct {
 	daemonKills int
+	dead        time.Duration // the daemon dead before it is started again
 	pullKills   int
 	outages     []time.Duration
 }
 
 func chaosCounts() chaosScale {
 	if os.Getenv("LOCALDS_CHAOS") == "full" {
-		return chaosScale{daemonKills: 20, pullKills: 10, outages: []time.Duration{time.Second, 30 * time.Second, 2 * time.Minute}}
+		return chaosScale{daemonKills: 20, dead: 15 * time.Second, pullKills: 10, outages: []time.Duration{time.Second, 30 * time.Second, 2 * time.Minute}}
 	}
-	return chaosScale{daemonKills: 3, pullKills: 2, outages: []time.Duration{time.Second}}
+	return chaosScale{daemonKills: 3, dead: abandonedWait, pullKills: 2, outages: []time.Duration{time.Second}}
 }
 
 // chaosRow is one line of the table.
@@ -55,7 +56,7 @@ func TestChaos(t *testing.T) {
 			pushChild(t)
 			return
 		}
-		rows = append(rows, chaosDaemonKills(t, rng, sc.daemonKills))
+		rows = append(rows, chaosDaemonKills(t, rng, sc.daemonKills, sc.dead))
 	})
 	t.Run("pull-kill", func(t *testing.T) {
 		r := newResumeSite(t)
@@ -98,7 +99,7 @@ func mismatched(root string, blobs []blobRef) (bad, missing int) {
 // of a `ctr image pull` through the mirror (64 MiB, the datastore's link
 // at 400 Mbit/s); what the abandoned pull does with the daemon dead and
 // once it is back; the pull run again after containerd reconnected.
-func chaosDaemonKills(t *testing.T, rng *rand.Rand, n int) chaosRow {
+func chaosDaemonKills(t *testing.T, rng *rand.Rand, n int, dead time.Duration) chaosRow {
 	s := newSite(t, 5000)
 	s.startDaemon(t)
 	s.startContainerd(t)
@@ -111,7 +112,7 @@ func chaosDaemonKills(t *testing.T, rng *rand.Rand, n int) chaosRow {
 	abandoned := map[string]int{}
 	for i := 0; i < n; i++ {
 		delay := 100*time.Millisecond + time.Duration(rng.Int63n(int64(1200*time.Millisecond)))
-		k := killDaemonMidPull(t, s, img, delay)
+		k := killDaemonMidPull(t, s, img, delay, dead)
 		if k.retryErr == nil {
 			row.completed++
 		} else {
@@ -128,7 +129,7 @@ func chaosDaemonKills(t *testing.T, rng *rand.Rand, n int) chaosRow {
 		t.Errorf("after the retries: %d blobs mismatched, %d missing", bad, missing)
 	}
 	row.figures = fmt.Sprintf("mismatched blobs %d, missing %d, ingests left %d; containerd reconnected ≤ %.1f s after restart; abandoned pull (%v dead, then back): %s",
-		bad, missing, stale, maxReconnect.Seconds(), abandonedWait, counts(abandoned))
+		bad, missing, stale, maxReconnect.Seconds(), dead, counts(abandoned))
 	return row
 }
 
@@ -166,6 +167,8 @@ func chaosPullKills(t *testing.T, r resumeSite, rng *rand.Rand, n int) chaosRow 
 		}
 		if _, _, err := s.localdsPull(t, "--unpack=false", "--sha256", r.sum, url, "big:1"); err == nil {
 			row.completed++
+		} else {
+			t.Errorf("kill %d at %d MiB: localds pull run again failed: %v", i, at>>20, err)
 		}
 		from := "0"
 		if m := regexp.MustCompile(`path=/images/big.oci.tar range="?bytes=(\d+)-`).FindAllStringSubmatch(srv.Log(), -1); len(m) > 0 {
@@ -180,6 +183,9 @@ func chaosPullKills(t *testing.T, r resumeSite, rng *rand.Rand, n int) chaosRow 
 		}
 		srv.Stop()
 		s.ctrd.Ctr(t, "image", "rm", "--sync", "big:1")
+	}
+	if bad != 0 || missing != 0 {
+		t.Errorf("after the pulls run again: %d blobs mismatched, %d missing", bad, missing)
 	}
 	row.figures = fmt.Sprintf("mismatched blobs %d, missing %d, ingests left %d; killed→resumed at MiB: %s", bad, missing, stale, strings.Join(resumed, " "))
 	return row
@@ -205,8 +211,13 @@ func chaosOutage(t *testing.T, r resumeSite, down time.Duration) chaosRow {
 	after := time.Since(back)
 	if err == nil {
 		row.completed++
+	} else {
+		t.Errorf("datastore away %v: the localds pull failed: %v", down, err)
 	}
 	b, m := mismatched(s.root, r.big.pushed.blobs())
+	if b != 0 || m != 0 {
+		t.Errorf("datastore away %v: %d blobs mismatched, %d missing", down, b, m)
+	}
 	row.figures = fmt.Sprintf("done %.1f s after the datastore answered again (~72 MiB left at 400 Mbit/s); mismatched blobs %d, missing %d", after.Seconds(), b, m)
 	srv.Stop()
 	s.ctrd.Ctr(t, "image", "rm", "--sync", "big:1")
