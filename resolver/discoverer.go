@@ -77,6 +77,7 @@ type Discoverer struct {
 	flight    singleflight.Group
 	conflicts atomic.Uint64
 	watchers  watchers
+	recent    recentLog
 }
 
 // NewDiscoverer returns a Discoverer with opts, defaults filled in.
@@ -122,7 +123,11 @@ func (d *Discoverer) Resolve(ctx context.Context, host string) (Result, error) {
 		// impatient caller does not fail the others sharing the query.
 		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.opts.Timeout)
 		defer cancel()
-		return d.query(qctx, name)
+		r, err := d.query(qctx, name)
+		if err == nil {
+			d.recent.add(r, d.opts.Now())
+		}
+		return r, err
 	})
 	select {
 	case <-ctx.Done():

@@ -24,6 +24,7 @@ import (
 	"github.com/localds/localds/internal/mirror"
 	"github.com/localds/localds/internal/snapshot"
 	"github.com/localds/localds/internal/vault"
+	"github.com/localds/localds/resolver"
 )
 
 func statusCommand() *cli.Command {
@@ -32,7 +33,7 @@ func statusCommand() *cli.Command {
 		Usage: "one screen for an operator: CAS, volumes, vault encryption, unfinished downloads and ingests, the daemon's health",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print JSON (stable field names) for scripts"},
-			&cli.StringFlag{Name: "mirror-addr", Value: mirror.DefaultAddr, Usage: "the daemon's mirror listener, where /healthz and /metrics are"},
+			&cli.StringFlag{Name: "mirror-addr", Value: mirror.DefaultAddr, Usage: "the daemon's mirror listener, where /healthz, /metrics and /resolved are"},
 		},
 		Action: statusAction,
 	}
@@ -42,13 +43,20 @@ func statusCommand() *cli.Command {
 // ("unavailable: ...") instead of its figures when its source is not
 // there, so one missing source never hides the others.
 type statusReport struct {
-	Root       string          `json:"root"`
-	Vault      vaultSection    `json:"vault"`
-	CAS        casSection      `json:"cas"`
-	Downloads  downloadSection `json:"downloads"`
-	Volumes    volumeSection   `json:"volumes"`
-	Daemon     daemonSection   `json:"daemon"`
-	Datastores string          `json:"datastores"`
+	Root       string            `json:"root"`
+	Vault      vaultSection      `json:"vault"`
+	CAS        casSection        `json:"cas"`
+	Downloads  downloadSection   `json:"downloads"`
+	Volumes    volumeSection     `json:"volumes"`
+	Daemon     daemonSection     `json:"daemon"`
+	Datastores datastoresSection `json:"datastores"`
+}
+
+// datastoresSection is what the daemon's Discoverer found on the network
+// lately (its /resolved endpoint), most recent first.
+type datastoresSection struct {
+	Items []resolver.Resolution `json:"items"`
+	Error string                `json:"error,omitempty"`
 }
 
 type vaultSection struct {
@@ -101,7 +109,7 @@ func statusAction(ctx context.Context, cmd *cli.Command) error {
 	r.Downloads = downloadStatus(root)
 	r.Volumes = volumesStatus(ctx, cmd)
 	r.Daemon = daemonStatus(ctx, cmd.String("mirror-addr"))
-	r.Datastores = "unavailable: the daemon does not publish the datastores it resolved (localds resolve NAME asks now)"
+	r.Datastores = datastoresStatus(ctx, cmd.String("mirror-addr"))
 	w := cmd.Root().Writer
 	if cmd.Bool("json") {
 		enc := json.NewEncoder(w)
@@ -295,7 +303,7 @@ func printStatus(w io.Writer, r statusReport) error {
 		health = fmt.Sprintf("unhealthy: %s (%s)", r.Daemon.Health, r.Daemon.Addr)
 	}
 	line("daemon", or(r.Daemon.Error, health))
-	line("datastores", r.Datastores)
+	line("datastores", or(r.Datastores.Error, describeDatastores(r.Datastores.Items)))
 	line("volumes", or(r.Volumes.Error, strconv.Itoa(len(r.Volumes.Items))))
 	if err := tw.Flush(); err != nil {
 		return err
@@ -314,4 +322,44 @@ func printStatus(w io.Writer, r statusReport) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", v.Key, v.Storage, humanSize(v.Bytes), or("", v.Image), ctrs)
 	}
 	return tw.Flush()
+}
+
+// datastoresStatus asks the daemon which .local datastores it resolved.
+func datastoresStatus(ctx context.Context, addr string) datastoresSection {
+	var s datastoresSection
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/resolved", nil)
+	if err != nil {
+		s.Error = unavailable(err)
+		return s
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.Error = unavailable(fmt.Errorf("daemon at %s: %w", addr, err))
+		return s
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		s.Error = unavailable(fmt.Errorf("daemon at %s: /resolved answered %s", addr, resp.Status))
+		return s
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&s.Items); err != nil {
+		s.Error = unavailable(fmt.Errorf("daemon at %s: /resolved: %w", addr, err))
+	}
+	return s
+}
+
+// describeDatastores is the one-line summary: each host's address, bridge
+// and when it last answered.
+func describeDatastores(items []resolver.Resolution) string {
+	if len(items) == 0 {
+		return "none resolved since the daemon started"
+	}
+	parts := make([]string, 0, len(items))
+	for _, r := range items {
+		parts = append(parts, fmt.Sprintf("%s %s on %s (%s, %s ago, %d×)",
+			strings.TrimSuffix(r.Host, "."), r.Addr, r.Interface, r.Service, time.Since(r.Last).Round(time.Second), r.Count))
+	}
+	return strings.Join(parts, "; ")
 }

@@ -102,6 +102,10 @@ func TestStatusJSON(t *testing.T) {
 	if !r.Vault.Exists || r.Vault.Encrypted || r.Vault.Path != filepath.Join(root, "vault") {
 		t.Errorf("vault: %+v", r.Vault)
 	}
+	// The test's daemon asks on no bridge: the list is there, and empty.
+	if r.Datastores.Error != "" || r.Datastores.Items == nil || len(r.Datastores.Items) != 0 {
+		t.Errorf("datastores: %+v, want an empty list from the daemon", r.Datastores)
+	}
 
 	if err := d.Stop(); err != nil {
 		t.Logf("daemon stop: %v", err)
@@ -112,5 +116,8 @@ func TestStatusJSON(t *testing.T) {
 	}
 	if r.CAS.Blobs != blobs || r.CAS.Error != "" {
 		t.Errorf("cas with the daemon down: %+v", r.CAS)
+	}
+	if !strings.HasPrefix(r.Datastores.Error, "unavailable: ") {
+		t.Errorf("datastores with the daemon down: %+v", r.Datastores)
 	}
 }

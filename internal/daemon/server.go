@@ -7,6 +7,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -203,7 +204,7 @@ func Serve(ctx context.Context, cfg Config) error {
 		}
 	}
 	s.http = &http.Server{
-		Handler: s.routes(mirror, reg),
+		Handler: s.routes(mirror, reg, deps.Discoverer),
 		// Headers must come quickly; bodies (blobs) may stream for long.
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -286,11 +287,12 @@ func (s *server) shutdown(ctx context.Context) {
 
 // routes is the mirror listener's handler. /v2/ goes to the mirror as
 // received (no path cleaning or redirects: the mirror validates its paths
-// itself); /healthz and /metrics are the daemon's.
-func (s *server) routes(mirror http.Handler, reg *prometheus.Registry) http.Handler {
+// itself); /healthz, /metrics and /resolved are the daemon's.
+func (s *server) routes(mirror http.Handler, reg *prometheus.Registry, d *resolver.Discoverer) http.Handler {
 	mirror = s.metrics.instrument("mirror", mirror)
 	health := s.metrics.instrument("healthz", http.HandlerFunc(s.healthz))
 	metricsH := s.metrics.instrument("metrics", metricsHandler(reg))
+	resolved := s.metrics.instrument("resolved", resolvedHandler(d))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch p := r.URL.Path; {
 		case p == "/v2" || strings.HasPrefix(p, "/v2/"):
@@ -299,6 +301,8 @@ func (s *server) routes(mirror http.Handler, reg *prometheus.Registry) http.Hand
 			health.ServeHTTP(w, r)
 		case p == "/metrics":
 			metricsH.ServeHTTP(w, r)
+		case p == "/resolved":
+			resolved.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -332,3 +336,25 @@ func notMirrored(w http.ResponseWriter, r *http.Request) {
 
 // errAlreadyServing is returned when another daemon owns the socket or root.
 var errAlreadyServing = fmt.Errorf("another containerd-localds-grpc is running: %w", errdefs.ErrAlreadyExists)
+
+// resolvedHandler lists the datastores the daemon's Discoverer found on
+// the network lately (`localds status`). It says no more than a local
+// user's own mDNS question would, so it is as open as /metrics.
+func resolvedHandler(d *resolver.Discoverer) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		list := []resolver.Resolution{}
+		if d != nil {
+			list = d.Recent()
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		if err := json.NewEncoder(w).Encode(list); err != nil {
+			log.G(r.Context()).WithError(err).Debug("write /resolved")
+		}
+	})
+}

@@ -179,6 +179,10 @@ func TestServeEndpointsAndShutdown(t *testing.T) {
 	if code, _ := d.get(t, "/nothing"); code != http.StatusNotFound {
 		t.Fatalf("/nothing: %d, want 404", code)
 	}
+	// No bridge asked yet: an empty JSON list, not null or 404.
+	if code, body := d.get(t, "/resolved"); code != 200 || body != "[]\n" {
+		t.Fatalf("/resolved: %d %q, want 200 []", code, body)
+	}
 	cs := d.client(t)
 	if err := content.WriteBlob(ctx, cs, "m", strings.NewReader("metrics"), ocispec.Descriptor{Size: 7, Digest: digest.FromString("metrics")}); err != nil {
 		t.Fatal(err)
