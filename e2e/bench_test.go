@@ -115,15 +115,18 @@ func BenchmarkPull(b *testing.B) {
 
 // freshRoot gives the next daemon an empty root and a new socket path.
 // The node's mirror key comes along: the hosts.toml files written before
-// name it (the mirror answers only requests that carry it).
+// name it (the mirror answers only requests that carry it). It is kept in
+// the site, since each round removes its root when it ends.
 func (s *site) freshRoot(b testing.TB) {
-	key, keyErr := os.ReadFile(mirror.KeyPath(s.root))
+	if key, err := os.ReadFile(mirror.KeyPath(s.root)); err == nil {
+		s.mirrorKey = key
+	}
 	s.root = filepath.Join(b.TempDir(), "persist")
-	if keyErr == nil {
+	if s.mirrorKey != nil {
 		if err := os.MkdirAll(filepath.Dir(mirror.KeyPath(s.root)), 0o700); err != nil {
 			b.Fatal(err)
 		}
-		if err := os.WriteFile(mirror.KeyPath(s.root), key, 0o600); err != nil {
+		if err := os.WriteFile(mirror.KeyPath(s.root), s.mirrorKey, 0o600); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -78,6 +78,9 @@ type site struct {
 	hostsDir string // `localds hosts --dir`
 	daemon   *testnet.Process
 	ctrd     *testnet.Containerd
+	// mirrorKey is the daemon's mirror key once freshRoot has seen it:
+	// hosts.toml files name it, and every later root must carry it.
+	mirrorKey []byte
 	// client talks HTTP from inside the node namespace (its loopback:
 	// the mirror, /healthz, /metrics; the bridge: the registry by IP).
 	client *http.Client

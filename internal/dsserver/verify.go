@@ -66,6 +66,7 @@ type sendCheck struct {
 	hw     hash.Hash
 	hashed int64 // bytes [0, hashed) are in hw
 	read   bool  // some content was read to be sent
+	err    error // a read error of the hash beside a sendfile
 }
 
 // feed hashes b, read at off, after whatever lies between the hashed
@@ -99,6 +100,9 @@ func (c *sendCheck) hashFile(end int64) error {
 
 // finish hashes the rest of the blob and compares.
 func (c *sendCheck) finish(want v1.Hash) error {
+	if c.err != nil {
+		return c.err
+	}
 	if err := c.hashFile(c.size); err != nil {
 		return err
 	}
@@ -145,13 +149,69 @@ func (r *checkedReader) Seek(off int64, whence int) (int64, error) {
 
 // holdbackWriter passes writes on one behind: the last one waits for
 // release, so a body found corrupt at its end is never complete at the
-// client. It deliberately has no ReadFrom (no sendfile): the bytes must
-// pass through the hash.
+// client. Its ReadFrom sends most of the body with sendfile while the
+// blob is hashed beside it (see ReadFrom).
 type holdbackWriter struct {
 	http.ResponseWriter
 	held []byte
 	err  error
 }
+
+// heldTail is what ReadFrom keeps back of a body until the digest
+// matched: any byte withheld leaves a corrupt body incomplete.
+const heldTail = 32 << 10
+
+// ReadFrom is ServeContent's copy of a checkedReader range. Instead of
+// passing every byte through the hash in line (one core, no sendfile), it
+// hashes the whole blob from the file on another goroutine while the
+// kernel sends all but the last heldTail bytes of the range with
+// sendfile; the tail is read and held back, so sendVerified sends it only
+// once the digest matched. Blobs are written once and renamed into place,
+// so what is hashed is what is sent. Anything else takes the plain copy.
+func (w *holdbackWriter) ReadFrom(src io.Reader) (int64, error) {
+	lr, ok := src.(*io.LimitedReader)
+	var cr *checkedReader
+	if ok {
+		cr, ok = lr.R.(*checkedReader)
+	}
+	rf, canSend := w.ResponseWriter.(io.ReaderFrom)
+	if !ok || !canSend || w.err != nil || lr.N <= heldTail || len(w.held) > 0 || cr.pos+lr.N > cr.check.size {
+		return io.Copy(writerOnly{w}, src)
+	}
+	check, f, start, n := cr.check, cr.check.f, cr.pos, lr.N
+	check.read = true
+	hashed := make(chan error, 1)
+	go func() { hashed <- check.hashFile(check.size) }()
+
+	body := n - heldTail
+	var sent int64
+	_, err := f.Seek(start, io.SeekStart)
+	if err == nil {
+		sent, err = rf.ReadFrom(&io.LimitedReader{R: f, N: body})
+		if err == nil && sent < body {
+			err = io.ErrUnexpectedEOF
+		}
+	}
+	herr := <-hashed // check is not touched again before the goroutine is done
+	if err != nil {
+		w.err = err
+		return sent, err
+	}
+	if herr != nil {
+		check.err = herr
+	}
+	tail := make([]byte, heldTail)
+	if _, err := f.ReadAt(tail, start+body); err != nil {
+		w.err = fmt.Errorf("read blob tail: %w", err)
+		return sent, w.err
+	}
+	w.held = tail
+	cr.pos, lr.N = start+n, 0
+	return n, nil
+}
+
+// writerOnly hides ReadFrom, for the plain copy.
+type writerOnly struct{ io.Writer }
 
 func (w *holdbackWriter) Write(p []byte) (int, error) {
 	if w.err != nil {
