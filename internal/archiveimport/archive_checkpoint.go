@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/localds/localds/internal/durable"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -108,7 +109,7 @@ func (s *StreamImport) save() error {
 	if err != nil {
 		return err
 	}
-	if err := writeDurably(s.checkpoint, b, s.sync); err != nil {
+	if err := durable.WriteFile(s.checkpoint, b, s.sync); err != nil {
 		return err
 	}
 	s.savedAt = cp.Offset

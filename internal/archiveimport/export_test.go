@@ -35,12 +35,12 @@ func (r *SyncRecorder) ingest(w content.Writer) error {
 	return fsyncs{}.ingest(w)
 }
 
-func (r *SyncRecorder) file(f *os.File) error {
+func (r *SyncRecorder) File(f *os.File) error {
 	r.Calls = append(r.Calls, "file "+f.Name())
 	return nil
 }
 
-func (r *SyncRecorder) dir(dir string) error {
+func (r *SyncRecorder) Dir(dir string) error {
 	r.Calls = append(r.Calls, "dir "+dir)
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/containerd/errdefs"
+	"github.com/localds/localds/internal/durable"
 )
 
 // The downloader area, <root>/vault/downloader, holds per download
@@ -84,52 +85,18 @@ func readState(path string) (state, error) {
 // or power cut leaves the old or the new one, never half of either, and
 // a state that was relied on (the download went on) is still there.
 func writeState(path string, st state) error {
-	return writeStateSynced(path, st, durable{})
+	return writeStateSynced(path, st, durable.OS{})
 }
-
-// syncer is fsync of a file and of a directory; tests record the calls.
-type syncer interface {
-	file(f *os.File) error
-	dir(dir string) error
-}
-
-type durable struct{}
-
-func (durable) file(f *os.File) error { return f.Sync() }
-func (durable) dir(dir string) error  { return syncDir(dir) }
 
 // writeStateSynced writes the temporary file and fsyncs it before the
 // rename (else the rename may reach the disk before the data), then
 // fsyncs the directory that holds the rename.
-func writeStateSynced(path string, st state, sy syncer) error {
+func writeStateSynced(path string, st state, sy durable.Syncer) error {
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_CLOEXEC, 0o600)
-	if err != nil {
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = sy.file(f)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := sy.dir(filepath.Dir(path)); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
+	return durable.WriteFile(path, b, sy)
 }
 
 // openLocked opens (creating it if need be) path with an exclusive or
@@ -165,19 +132,6 @@ func sameFile(f *os.File, path string) bool {
 	}
 	b, err := os.Stat(path)
 	return err == nil && os.SameFile(a, b)
-}
-
-// syncDir makes a rename or create in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
 }
 
 // makeArea creates <root>/vault/downloader with mode 0700: downloads are

@@ -4,6 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/localds/localds/internal/durable"
 )
 
 type recordingSyncer struct {
@@ -11,7 +13,7 @@ type recordingSyncer struct {
 	path  string
 }
 
-func (r *recordingSyncer) file(f *os.File) error {
+func (r *recordingSyncer) File(f *os.File) error {
 	// The state file must not be in place before its data is synced.
 	if _, err := os.Stat(r.path); err == nil {
 		r.calls = append(r.calls, "file-after-rename")
@@ -21,9 +23,9 @@ func (r *recordingSyncer) file(f *os.File) error {
 	return f.Sync()
 }
 
-func (r *recordingSyncer) dir(dir string) error {
+func (r *recordingSyncer) Dir(dir string) error {
 	r.calls = append(r.calls, "dir:"+dir)
-	return syncDir(dir)
+	return durable.SyncDir(dir)
 }
 
 // TestWriteStateSyncs: the state file's data is fsynced before its

@@ -23,6 +23,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/localds/localds/internal/durable"
 	"github.com/localds/localds/internal/layout"
 	"github.com/localds/localds/internal/progress"
 )
@@ -303,7 +304,7 @@ func (f *fetch) run(ctx context.Context) (*Download, error) {
 		return nil, fmt.Errorf("fetch %s: %w", f.src.URL.Redacted(), err)
 	}
 	removeQuiet(statePath)
-	if err := syncDir(f.d.dir); err != nil {
+	if err := durable.SyncDir(f.d.dir); err != nil {
 		return nil, err
 	}
 	// Keep a shared lock from here on: Remove by another holder leaves it.

@@ -18,6 +18,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/localds/localds/internal/durable"
 	"github.com/localds/localds/internal/reponame"
 )
 
@@ -224,7 +225,7 @@ func (m *manifestStore) delete(w http.ResponseWriter, req *http.Request, repo, r
 			writeRegError(w, http.StatusNotFound, "MANIFEST_UNKNOWN", fmt.Sprintf("tag %q not in %s", ref, repo))
 			return
 		} else if err == nil {
-			err = syncDir(filepath.Dir(m.tagPath(repo, ref)))
+			err = durable.SyncDir(filepath.Dir(m.tagPath(repo, ref)))
 		}
 		if err != nil {
 			writeStorageError(req.Context(), w, fmt.Errorf("delete tag %s of %s: %w", ref, repo, err))
@@ -250,7 +251,7 @@ func (m *manifestStore) delete(w http.ResponseWriter, req *http.Request, repo, r
 		}
 	}
 	if len(tags) > 0 {
-		if err := syncDir(filepath.Join(m.dir(repo), "tags")); err != nil {
+		if err := durable.SyncDir(filepath.Join(m.dir(repo), "tags")); err != nil {
 			writeStorageError(req.Context(), w, fmt.Errorf("delete tags of manifest %s of %s: %w", h, repo, err))
 			return
 		}
@@ -259,7 +260,7 @@ func (m *manifestStore) delete(w http.ResponseWriter, req *http.Request, repo, r
 		writeStorageError(req.Context(), w, fmt.Errorf("delete manifest %s of %s: %w", h, repo, err))
 		return
 	}
-	if err := syncDir(filepath.Dir(m.revisionPath(repo, h))); err != nil {
+	if err := durable.SyncDir(filepath.Dir(m.revisionPath(repo, h))); err != nil {
 		writeStorageError(req.Context(), w, fmt.Errorf("delete manifest %s of %s: %w", h, repo, err))
 		return
 	}
@@ -359,7 +360,7 @@ func writeFileAtomic(path string, data []byte) error {
 		os.Remove(f.Name())
 		return storageError("rename "+path, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := durable.SyncDir(dir); err != nil {
 		return storageError("rename "+path, err)
 	}
 	return nil
@@ -384,5 +385,5 @@ func mkdirAllSync(dir string) error {
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return err
 	}
-	return syncDir(parent)
+	return durable.SyncDir(parent)
 }

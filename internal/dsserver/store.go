@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/localds/localds/internal/durable"
 )
 
 // ErrDiskFull is returned (wrapped) when a write fails for lack of space.
@@ -115,7 +116,7 @@ func (s *blobStore) remove(h v1.Hash) error {
 		return fmt.Errorf("delete blob %s: %w", h, err)
 	}
 	s.quota.release(fi.Size())
-	return syncDir(filepath.Dir(p))
+	return durable.SyncDir(filepath.Dir(p))
 }
 
 // has reports whether the blob is in the store.
@@ -192,7 +193,7 @@ func (s *blobStore) commit(f tempFile, hw hash.Hash, want v1.Hash, reserved int6
 		s.quota.release(reserved) // the same bytes were counted already
 	}
 	s.recent.touch(want)
-	if err := syncDir(filepath.Dir(s.path(want))); err != nil {
+	if err := durable.SyncDir(filepath.Dir(s.path(want))); err != nil {
 		return storageError("commit blob "+want.String(), err)
 	}
 	return nil
@@ -262,20 +263,6 @@ func storageError(what string, err error) error {
 		return fmt.Errorf("%s: %w: %w", what, ErrDiskFull, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)
-}
-
-// syncDir makes the renames, creations and removals in dir durable: a
-// power cut after a 201 must not lose what the client was told is stored.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open %s to sync it: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
 }
 
 // contextReader stops a copy when the request is cancelled.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/containerd/log"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/localds/localds/internal/durable"
 )
 
 // quarantineDir (under the registry's directory) is where blobs that no
@@ -256,8 +257,8 @@ func (s *blobStore) quarantine(h v1.Hash, f *os.File) (string, error) {
 		return "", fmt.Errorf("move corrupt blob to %s: %w", dest, err)
 	}
 	s.quota.release(fi.Size())
-	if err := syncDir(filepath.Dir(p)); err != nil {
+	if err := durable.SyncDir(filepath.Dir(p)); err != nil {
 		return dest, err
 	}
-	return dest, syncDir(filepath.Dir(dest))
+	return dest, durable.SyncDir(filepath.Dir(dest))
 }

@@ -203,3 +203,50 @@ func CopyTree(src, dst string) error {
 	}
 	return nil
 }
+
+// Syncer makes a file's data and a directory's entries durable; tests
+// stand in for it to see the calls and their order.
+type Syncer interface {
+	File(f *os.File) error
+	Dir(dir string) error
+}
+
+// OS is the Syncer of the real file system.
+type OS struct{}
+
+// File fsyncs f.
+func (OS) File(f *os.File) error { return f.Sync() }
+
+// Dir fsyncs dir.
+func (OS) Dir(dir string) error { return SyncDir(dir) }
+
+// WriteFile replaces path with b so that a crash or power cut leaves the
+// old or the new content, never half of either: a temporary file beside
+// it (mode 0600) written and synced, renamed over path, and the directory
+// synced (else the rename may reach the disk before the data, or not at
+// all).
+func WriteFile(path string, b []byte, sy Syncer) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = sy.File(f)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := sy.Dir(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
