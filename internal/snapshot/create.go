@@ -115,18 +115,7 @@ func (o *snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 			}
 		}
 		target := o.l.dir(s.ID, pl)
-		if pl.volume {
-			// Rename would silently replace an empty directory; a volume
-			// directory already there is another namespace's volume of the
-			// same key or the leftover of a crash: never take it over.
-			if _, err := os.Lstat(target); err == nil {
-				return fmt.Errorf("volume %s: directory %s already exists: %w", pl.vol, target, errdefs.ErrAlreadyExists)
-			} else if !errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("volume %s: %w", pl.vol, err)
-			}
-		}
-		o.crashPoint(crashBeforeRename)
-		if err := os.Rename(tmp, target); err != nil {
+		if err := o.placeNew(pl, tmp, target); err != nil {
 			return fmt.Errorf("move new snapshot into place: %w", err)
 		}
 		tmp, dest = "", target
@@ -263,4 +252,21 @@ func isHex(s string, n int) bool {
 	}
 	_, err := hex.DecodeString(s)
 	return err == nil
+}
+
+// placeNew renames the prepared directory tmp to target. For a volume it
+// first refuses a directory already there: rename would silently replace
+// an empty one, and a volume directory already there is another
+// namespace's volume of the same key or the leftover of a crash, never
+// to be taken over.
+func (o *snapshotter) placeNew(pl placement, tmp, target string) error {
+	if pl.volume {
+		if _, err := os.Lstat(target); err == nil {
+			return fmt.Errorf("volume %s: directory %s already exists: %w", pl.vol, target, errdefs.ErrAlreadyExists)
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("volume %s: %w", pl.vol, err)
+		}
+	}
+	o.crashPoint(crashBeforeRename)
+	return os.Rename(tmp, target)
 }

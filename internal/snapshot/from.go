@@ -4,7 +4,6 @@ package snapshot
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	iofs "io/fs"
 	"os"
@@ -161,13 +160,7 @@ func (o *snapshotter) createFrom(ctx context.Context, key, parent string, pl pla
 			return fmt.Errorf("create snapshot %q: %w", clip(key), err)
 		}
 		target := o.l.dir(s.ID, pl)
-		if _, err := os.Lstat(target); err == nil {
-			return fmt.Errorf("volume %s: directory %s already exists: %w", pl.vol, target, errdefs.ErrAlreadyExists)
-		} else if !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("volume %s: %w", pl.vol, err)
-		}
-		o.crashPoint(crashBeforeRename)
-		if err := os.Rename(tmp, target); err != nil {
+		if err := o.placeNew(pl, tmp, target); err != nil {
 			return fmt.Errorf("move new volume into place: %w", err)
 		}
 		dest = target
