@@ -57,6 +57,9 @@ func checkVault(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
-	_, err = vault.Enforce(ctx, mode, cmd.String("root"))
+	st, err := vault.Enforce(ctx, mode, cmd.String("root"))
+	if st.Warning != "" {
+		fmt.Fprintf(cmd.Root().ErrWriter, "localds: warning: %s\n", st.Warning)
+	}
 	return err
 }

@@ -31,6 +31,8 @@ func (o *pullOutput) Event(ev pull.Event) {
 	switch ev := ev.(type) {
 	case pull.Unverified:
 		o.prog.Printf("localds: warning: %s is not verified against a configured sha256 (use --sha256)\n", ev.Source)
+	case pull.VaultWarning:
+		o.prog.Printf("localds: warning: %s\n", ev.Warning)
 	case pull.Resolved:
 		r := ev.Result
 		o.prog.Printf("resolved %s to %s on %s (%s, %s)\n", ev.Host, r.Addr, r.Interface, r.Service, r.Elapsed.Round(time.Microsecond))

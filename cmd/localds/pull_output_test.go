@@ -22,6 +22,7 @@ func TestPullOutput(t *testing.T) {
 	touched := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	for _, ev := range []pull.Event{
 		pull.Unverified{Source: "http://ds.local/a.tar"},
+		pull.VaultWarning{Warning: "vault /persist/vault is not encrypted (no policy)"},
 		pull.Resolved{Host: "ds.local", Result: resolver.Result{Addr: netip.MustParseAddr("10.1.0.2"), Interface: "br0", Service: "A", Elapsed: 1500 * time.Microsecond}},
 		pull.SweptDownload{What: "http://ds.local/old.tar", Bytes: 42 << 20, Touched: touched},
 		pull.SweptImports{Count: 3, Bytes: 2048, Before: touched},
@@ -36,6 +37,7 @@ func TestPullOutput(t *testing.T) {
 	}
 	wantErr := []string{
 		"localds: warning: http://ds.local/a.tar is not verified against a configured sha256 (use --sha256)",
+		"localds: warning: vault /persist/vault is not encrypted (no policy)",
 		"resolved ds.local to 10.1.0.2 on br0 (A, 1.5ms)",
 		"removed the unfinished download of http://ds.local/old.tar (42.0 MiB, untouched since 2026-01-02 03:04:05)",
 		"removed 3 unfinished import writes (2.0 KiB) untouched since 2026-01-02 03:04:05",

@@ -120,8 +120,12 @@ func Serve(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	if _, err := vault.Enforce(ctx, mode, cfg.Root); err != nil {
+	vst, err := vault.Enforce(ctx, mode, cfg.Root)
+	if err != nil {
 		return fmt.Errorf("start: %w", err)
+	}
+	if vst.Warning != "" {
+		log.G(ctx).WithField("vault", vst.Path).Warn(vst.Warning)
 	}
 	store, err := cas.Open(ctx, cfg.Root)
 	if err != nil {

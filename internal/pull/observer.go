@@ -27,12 +27,16 @@ type Observer interface {
 	Event(ev Event)
 }
 
-// Event is one of Unverified, Resolved, Downloaded, Imported,
+// Event is one of Unverified, VaultWarning, Resolved, Downloaded, Imported,
 // SweptDownload, SweptImports, Pulled, Unpacked, VolumeCreated.
 type Event interface{ event() }
 
 // Unverified: an archive is pulled without a sha256 to check it against.
 type Unverified struct{ Source string }
+
+// VaultWarning: the vault is not as vault-encryption=warn wants it (not
+// encrypted, or its state unknown); the pull goes on.
+type VaultWarning struct{ Warning string }
 
 // Resolved: the .local host of the source answered.
 type Resolved struct {
@@ -96,6 +100,7 @@ type VolumeCreated struct {
 }
 
 func (Unverified) event()    {}
+func (VaultWarning) event()  {}
 func (Resolved) event()      {}
 func (Downloaded) event()    {}
 func (Imported) event()      {}

@@ -77,10 +77,14 @@ func (p *Puller) Pull(ctx context.Context, spec *Spec) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := vault.Enforce(ctx, mode, p.Root); err != nil {
+	vst, err := vault.Enforce(ctx, mode, p.Root)
+	if err != nil {
 		return nil, fmt.Errorf("pull: %w", err)
 	}
 	obs := p.observer()
+	if vst.Warning != "" {
+		obs.Event(VaultWarning{Warning: vst.Warning})
+	}
 	if spec.sha256 == "" && spec.kind == sourceArchive {
 		obs.Event(Unverified{Source: spec.Source()})
 	}

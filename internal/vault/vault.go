@@ -54,6 +54,9 @@ type Status struct {
 	// Reason says why the vault is not encrypted (no policy, a file
 	// system without encryption support).
 	Reason string `json:"reason,omitempty"`
+	// Warning is what Enforce found wrong under vault-encryption=warn,
+	// for the caller to show.
+	Warning string `json:"warning,omitempty"`
 }
 
 // Usable says whether files under the vault can be written: not
@@ -120,26 +123,26 @@ func ParseMode(s string) (Mode, error) {
 
 // Check enforces mode on st: under Require an unencrypted, missing or
 // locked vault is an error (FailedPrecondition) naming the path and what
-// to do; under Warn the same is logged as a warning and nil returned;
-// Off returns nil without looking. It is called once per program start
-// (the daemon) or command, so a warning is logged once.
-func Check(ctx context.Context, mode Mode, st Status) error {
+// to do; under Warn the same is returned as a warning for the caller to
+// show once (the daemon logs it, the localds command prints it as a
+// note), with a nil error; Off returns nothing without looking.
+func Check(mode Mode, st Status) (warning string, err error) {
 	if mode == Off || mode == "" {
-		return nil
+		return "", nil
 	}
 	problem := describe(st)
 	if problem == "" {
-		return nil
+		return "", nil
 	}
 	if mode == Require {
-		return fmt.Errorf("vault-encryption=require: %s: %w", problem, errdefs.ErrFailedPrecondition)
+		return "", fmt.Errorf("vault-encryption=require: %s: %w", problem, errdefs.ErrFailedPrecondition)
 	}
-	log.G(ctx).WithField("vault", st.Path).Warn(problem + " (vault-encryption=warn; set it to require to refuse, off to silence)")
-	return nil
+	return problem + " (vault-encryption=warn; set it to require to refuse, off to silence)", nil
 }
 
-// Enforce inspects root's vault and checks it against mode; Off does not
-// look at all.
+// Enforce inspects root's vault and checks it against mode (see Check);
+// Off does not look at all. Under Warn, Status.Warning says what is
+// wrong.
 func Enforce(ctx context.Context, mode Mode, root string) (Status, error) {
 	if mode == Off {
 		return Status{Path: Dir(root)}, nil
@@ -149,10 +152,11 @@ func Enforce(ctx context.Context, mode Mode, root string) (Status, error) {
 		if mode == Require {
 			return st, fmt.Errorf("vault-encryption=require: %w: %w", err, errdefs.ErrFailedPrecondition)
 		}
-		log.G(ctx).WithError(err).Warn("cannot tell whether the vault is encrypted")
+		st.Warning = fmt.Sprintf("cannot tell whether the vault is encrypted: %v", err)
 		return st, nil
 	}
-	return st, Check(ctx, mode, st)
+	st.Warning, err = Check(mode, st)
+	return st, err
 }
 
 // describe is what is wrong with st and what to do, "" if nothing.
