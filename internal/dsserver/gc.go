@@ -89,19 +89,8 @@ func manifestNeeds(body []byte) []v1.Descriptor {
 
 // walkRevisions calls fn for every stored manifest revision.
 func (m *manifestStore) walkRevisions(fn func(repo, name string)) error {
-	err := filepath.WalkDir(m.root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if !d.IsDir() || d.Name() != "_manifests" {
-			return nil
-		}
-		rel, _ := filepath.Rel(m.root, filepath.Dir(p))
-		repo := filepath.ToSlash(rel)
-		if reponame.CheckRepository(repo) != nil {
-			return fs.SkipDir
-		}
-		entries, err := os.ReadDir(filepath.Join(p, "revisions"))
+	err := m.walkRepositories(func(repo, dir string) error {
+		entries, err := os.ReadDir(filepath.Join(dir, "revisions"))
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("list revisions of %s: %w", repo, err)
 		}
@@ -112,12 +101,42 @@ func (m *manifestStore) walkRevisions(fn func(repo, name string)) error {
 				}
 			}
 		}
-		return fs.SkipDir
-	})
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}, nil)
+	if err != nil {
 		return fmt.Errorf("walk manifests in %s: %w", m.root, err)
 	}
 	return nil
+}
+
+// walkRepositories calls fn with each stored repository's name and its
+// _manifests directory. A directory whose path is not a valid repository
+// name is never read, only passed to skipped (if set).
+func (m *manifestStore) walkRepositories(fn func(repo, dir string) error, skipped func(dir string)) error {
+	err := filepath.WalkDir(m.root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() || d.Name() != "_manifests" {
+			return nil
+		}
+		rel, _ := filepath.Rel(m.root, filepath.Dir(p))
+		repo := filepath.ToSlash(rel)
+		if reponame.CheckRepository(repo) != nil {
+			if skipped != nil {
+				skipped(p)
+			}
+			return fs.SkipDir
+		}
+		if err := fn(repo, p); err != nil {
+			return err
+		}
+		return fs.SkipDir
+	})
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
 }
 
 // gcResult is what a collection did.

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"mime"
 	"net/http"
 	"os"
@@ -280,20 +279,8 @@ type stored struct {
 // index. Corrupt entries are logged and skipped (and answer 404 later).
 func (m *manifestStore) load(ctx context.Context) error {
 	revs, tags := 0, 0
-	err := filepath.WalkDir(m.root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if !d.IsDir() || d.Name() != "_manifests" {
-			return nil
-		}
-		rel, _ := filepath.Rel(m.root, filepath.Dir(p))
-		repo := filepath.ToSlash(rel)
-		if reponame.CheckRepository(repo) != nil {
-			log.G(ctx).WithField("path", p).Warn("registry: skipping directory with an invalid repository name")
-			return fs.SkipDir
-		}
-		entries, _ := os.ReadDir(filepath.Join(p, "revisions"))
+	err := m.walkRepositories(func(repo, dir string) error {
+		entries, _ := os.ReadDir(filepath.Join(dir, "revisions"))
 		for _, e := range entries {
 			s, err := m.readRevision(repo, e.Name())
 			if err != nil {
@@ -306,11 +293,13 @@ func (m *manifestStore) load(ctx context.Context) error {
 				m.referrers.add(repo, mf.Subject.Digest, referrerDescriptor(s.mt, s.h, int64(len(s.body)), mf))
 			}
 		}
-		entries, _ = os.ReadDir(filepath.Join(p, "tags"))
+		entries, _ = os.ReadDir(filepath.Join(dir, "tags"))
 		tags += len(entries)
-		return fs.SkipDir
+		return nil
+	}, func(dir string) {
+		log.G(ctx).WithField("path", dir).Warn("registry: skipping directory with an invalid repository name")
 	})
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err != nil {
 		return fmt.Errorf("load manifests from %s: %w", m.root, err)
 	}
 	log.G(ctx).WithFields(log.Fields{"manifests": revs, "tags": tags}).Info("registry: loaded stored manifests")
