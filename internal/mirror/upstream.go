@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
 	"github.com/localds/localds/internal/httpclient"
@@ -129,8 +130,8 @@ func (u *upstream) do(ctx context.Context, method, host, path string, hdr http.H
 		}
 		lastErr = err
 		var certErr *tls.CertificateVerificationError
-		if ctx.Err() != nil || errors.As(err, &certErr) || errors.Is(err, errPlainCredentials) || errors.Is(err, errTLSRequired) {
-			break // a wrong certificate stays wrong, and so does a refusal
+		if ctx.Err() != nil || errors.As(err, &certErr) || errors.Is(err, errPlainCredentials) || errors.Is(err, errTLSRequired) || errdefs.IsConflict(err) {
+			break // a wrong certificate stays wrong, and so does a refusal or a name two addresses claim
 		}
 		log.G(ctx).WithError(err).WithFields(log.Fields{"host": host, "attempt": attempt + 1}).
 			Info("request to datastore failed")
