@@ -28,13 +28,17 @@ type chaosScale struct {
 	dead        time.Duration // the daemon dead before it is started again
 	pullKills   int
 	outages     []time.Duration
+	// on the ctr site (chaos_ctr_test.go)
+	ctrdRestarts, diskFulls, casFlips, dsFlips int
 }
 
 func chaosCounts() chaosScale {
 	if os.Getenv("LOCALDS_CHAOS") == "full" {
-		return chaosScale{daemonKills: 20, dead: 15 * time.Second, pullKills: 10, outages: []time.Duration{time.Second, 30 * time.Second, 2 * time.Minute}}
+		return chaosScale{daemonKills: 20, dead: 15 * time.Second, pullKills: 10, outages: []time.Duration{time.Second, 30 * time.Second, 5 * time.Minute},
+			ctrdRestarts: 6, diskFulls: 6, casFlips: 3, dsFlips: 3}
 	}
-	return chaosScale{daemonKills: 3, dead: abandonedWait, pullKills: 2, outages: []time.Duration{time.Second}}
+	return chaosScale{daemonKills: 3, dead: abandonedWait, pullKills: 2, outages: []time.Duration{time.Second},
+		ctrdRestarts: 1, diskFulls: 1, casFlips: 1, dsFlips: 1}
 }
 
 // chaosRow is one line of the table.
@@ -57,6 +61,17 @@ func TestChaos(t *testing.T) {
 			return
 		}
 		rows = append(rows, chaosDaemonKills(t, rng, sc.daemonKills, sc.dead))
+	})
+	t.Run("ctr-faults", func(t *testing.T) {
+		if testnet.IsChild(t) { // the image push runs as a child of this subtest
+			pushChild(t)
+			return
+		}
+		c := newCtrSite(t, sc.dsFlips)
+		rows = append(rows, chaosContainerdRestarts(t, c, rng, sc.ctrdRestarts))
+		rows = append(rows, chaosDiskFull(t, c, rng, sc.diskFulls))
+		rows = append(rows, chaosCASFlips(t, c, rng, sc.casFlips))
+		rows = append(rows, chaosDatastoreFlips(t, c, rng))
 	})
 	t.Run("pull-kill", func(t *testing.T) {
 		r := newResumeSite(t)
