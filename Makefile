@@ -48,8 +48,9 @@ conformance:
 	LOCALDS_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 10m -v -run '^TestConformance' ./internal/dsserver/
 
 # Faults against the real parts (kill -9 of the daemon and of localds
-# pull, datastore outages), one table of what was measured; make test runs
-# a short version of the same suite.
+# pull, containerd restarted, datastore outages, a full disk, bit flips in
+# the CAS and the datastore), one table of what was measured; make test
+# runs a short version of the same suite.
 chaos: deps build containerd
 	LOCALDS_CHAOS=full LOCALDS_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 20m -v -run '^TestChaos$$' ./e2e/
 
