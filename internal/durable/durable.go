@@ -40,14 +40,18 @@ func RenameNoReplace(old, new string) error {
 
 // SyncDir makes the entries of dir (creations, renames, removals)
 // durable.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
+func SyncDir(dir string) error { return SyncPath(dir) }
+
+// SyncPath fsyncs the file or directory at path: a file's bytes, a
+// directory's entries.
+func SyncPath(path string) error {
+	f, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
+		return fmt.Errorf("sync %s: %w", path, err)
 	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", path, err)
 	}
 	return nil
 }

@@ -4,6 +4,8 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/localds/localds/internal/durable"
 )
 
 // TestRenamesSynced: the instance file is fsynced before its rename and
@@ -14,7 +16,7 @@ func TestRenamesSynced(t *testing.T) {
 	var calls []string
 	rec := func(path string) error {
 		calls = append(calls, path)
-		return fsyncPath(path)
+		return durable.SyncPath(path)
 	}
 	sn, root, ctx := newTestSnapshotter(t, withFsync(rec))
 	inst := sn.l.instanceFile()

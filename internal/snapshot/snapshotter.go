@@ -29,6 +29,7 @@ import (
 	"github.com/containerd/continuity/fs"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/localds/localds/internal/durable"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -45,7 +46,7 @@ type config struct {
 	// crash, if set, is called at named points of a prepare; tests use it
 	// to kill the process exactly there.
 	crash func(stage string)
-	// fsync is fsyncPath unless a test records the calls.
+	// fsync is durable.SyncPath unless a test records the calls.
 	fsync func(path string) error
 }
 
@@ -123,7 +124,7 @@ func newSnapshotter(ctx context.Context, root string, opts ...Opt) (*snapshotter
 	_, statErr := os.Stat(l.metadataDB())
 	freshDB := errors.Is(statErr, os.ErrNotExist)
 	if cfg.fsync == nil {
-		cfg.fsync = fsyncPath
+		cfg.fsync = durable.SyncPath
 	}
 	instance, err := loadInstance(l.instanceFile(), freshDB, cfg.fsync)
 	if err != nil {
