@@ -24,6 +24,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/localds/localds/internal/durable"
+	"github.com/localds/localds/internal/httpclient"
 	"github.com/localds/localds/internal/layout"
 	"github.com/localds/localds/internal/progress"
 )
@@ -449,7 +450,7 @@ func (f *fetch) download(ctx context.Context, statePath string) error {
 			if out.tries == 1 {
 				log.G(ctx).WithError(err).WithFields(log.Fields{"offset": f.offset, "wait": f.d.opts.OutageTimeout}).Warn("download interrupted: the datastore does not answer; waiting for it to come back")
 			}
-			if err := sleepCtx(ctx, out.backoff(f.d.opts.OutageBackoff)); err != nil {
+			if err := httpclient.Wait(ctx, out.backoff(f.d.opts.OutageBackoff)); err != nil {
 				return fmt.Errorf("%w (%w)", err, context.Cause(ctx))
 			}
 			continue
@@ -462,7 +463,7 @@ func (f *fetch) download(ctx context.Context, statePath string) error {
 			return fmt.Errorf("giving up after %d tries: %w", attempt, err)
 		}
 		log.G(ctx).WithError(err).WithFields(log.Fields{"attempt": attempt, "offset": f.offset, "wait": backoff}).Warn("download interrupted; retrying")
-		if err := sleepCtx(ctx, backoff); err != nil {
+		if err := httpclient.Wait(ctx, backoff); err != nil {
 			return fmt.Errorf("%w (%w)", err, context.Cause(ctx))
 		}
 		backoff = min(2*backoff, maxBackoff)

@@ -1,7 +1,6 @@
 package dsclient
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -54,16 +53,4 @@ func isOutage(err error) bool {
 		return true
 	}
 	return false
-}
-
-// sleepCtx waits d or until ctx is done.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"github.com/localds/localds/internal/httpclient"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -52,7 +53,7 @@ func (m *Mirror) serveManifest(ctx context.Context, w http.ResponseWriter, r *ht
 			m.up.reset(t.host)
 			log.G(ctx).WithError(lastErr).WithFields(log.Fields{"host": t.host, "attempt": attempt}).
 				Warn("manifest transfer broke; resolving again and retrying")
-			if err := sleepCtx(ctx, min(100*time.Millisecond<<(attempt-1), 2*time.Second)); err != nil {
+			if err := httpclient.Wait(ctx, min(100*time.Millisecond<<(attempt-1), 2*time.Second)); err != nil {
 				break
 			}
 		}

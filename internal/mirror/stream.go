@@ -123,7 +123,7 @@ func (s *stream) resume() error {
 			return err
 		}
 		if s.resumes+s.outageTries > 0 {
-			if err := sleepCtx(s.ctx, s.backoff()); err != nil {
+			if err := httpclient.Wait(s.ctx, s.backoff()); err != nil {
 				return fmt.Errorf("blob %s from %s: %w (after: %w)", s.t.dgst, s.t.host, err, s.lastErr)
 			}
 		}

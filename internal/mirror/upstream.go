@@ -120,7 +120,7 @@ func (u *upstream) do(ctx context.Context, method, host, path string, hdr http.H
 	for attempt := range connectAttempts {
 		if attempt > 0 {
 			u.reset(host)
-			if err := sleepCtx(ctx, time.Duration(attempt)*100*time.Millisecond); err != nil {
+			if err := httpclient.Wait(ctx, time.Duration(attempt)*100*time.Millisecond); err != nil {
 				return nil, fmt.Errorf("%s %s%s: %w (after: %w)", method, host, path, err, lastErr)
 			}
 		}
@@ -239,16 +239,5 @@ func copyResponseHeaders(dst, src http.Header) {
 		if v := src.Values(k); len(v) > 0 {
 			dst[http.CanonicalHeaderKey(k)] = append([]string(nil), v...)
 		}
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
 	}
 }
