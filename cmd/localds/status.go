@@ -246,20 +246,7 @@ func volumesStatus(ctx context.Context, cmd *cli.Command) volumeSection {
 // that does not answer in seconds is itself the news.
 func daemonStatus(ctx context.Context, addr string) daemonSection {
 	s := daemonSection{Addr: addr}
-	hc := &http.Client{Timeout: 5 * time.Second}
-	get := func(path string) (int, []byte, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
-		if err != nil {
-			return 0, nil, err
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			return 0, nil, err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-		return resp.StatusCode, b, err
-	}
+	get := func(path string) (int, []byte, error) { return daemonGet(ctx, addr, path) }
 	code, body, err := get("/healthz")
 	if err != nil {
 		s.Error = unavailable(fmt.Errorf("daemon at %s: %w", addr, err))
@@ -327,27 +314,36 @@ func printStatus(w io.Writer, r statusReport) error {
 // datastoresStatus asks the daemon which .local datastores it resolved.
 func datastoresStatus(ctx context.Context, addr string) datastoresSection {
 	var s datastoresSection
+	code, body, err := daemonGet(ctx, addr, "/resolved")
+	switch {
+	case err != nil:
+		s.Error = unavailable(fmt.Errorf("daemon at %s: %w", addr, err))
+	case code != http.StatusOK:
+		s.Error = unavailable(fmt.Errorf("daemon at %s: /resolved answered %d", addr, code))
+	default:
+		if err := json.Unmarshal(body, &s.Items); err != nil {
+			s.Error = unavailable(fmt.Errorf("daemon at %s: /resolved: %w", addr, err))
+		}
+	}
+	return s
+}
+
+// daemonGet reads path from the daemon's mirror listener (bounded in time
+// and size).
+func daemonGet(ctx context.Context, addr, path string) (int, []byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/resolved", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
 	if err != nil {
-		s.Error = unavailable(err)
-		return s
+		return 0, nil, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		s.Error = unavailable(fmt.Errorf("daemon at %s: %w", addr, err))
-		return s
+		return 0, nil, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		s.Error = unavailable(fmt.Errorf("daemon at %s: /resolved answered %s", addr, resp.Status))
-		return s
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&s.Items); err != nil {
-		s.Error = unavailable(fmt.Errorf("daemon at %s: /resolved: %w", addr, err))
-	}
-	return s
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	return resp.StatusCode, b, err
 }
 
 // describeDatastores is the one-line summary: each host's address, bridge
