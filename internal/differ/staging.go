@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/log"
 	"github.com/moby/sys/userns"
 	"github.com/opencontainers/go-digest"
@@ -66,7 +67,11 @@ type stagedTree struct {
 	// implicit are the parent directories archive.Apply made, for
 	// fixImplicit.
 	implicit []string
-	expiry   *time.Timer
+	// usage is what fs.DiskUsage would report for the tree (bytes in
+	// blocks and inodes, each inode once), counted while extracting so
+	// the snapshot's Commit need not walk it; zero when unknown.
+	usage  snapshots.Usage
+	expiry *time.Timer
 }
 
 const (
