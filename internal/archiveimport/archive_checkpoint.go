@@ -112,7 +112,7 @@ func (s *StreamImport) save() error {
 	if err := durable.WriteFile(s.checkpoint, b, s.sync); err != nil {
 		return err
 	}
-	s.savedAt = cp.Offset
+	s.savedAt, s.saved = cp.Offset, true
 	return nil
 }
 
@@ -225,7 +225,7 @@ func (s *StreamImport) restore(ctx context.Context, cp *checkpoint) (int64, erro
 	s.hr.close()
 	s.hr = hr
 	s.last = boundaryState{offset: off, hash: hash, entries: cp.Entries}
-	s.savedAt = off
+	s.savedAt, s.saved = off, true
 	return off, nil
 }
 

@@ -63,6 +63,10 @@ type StreamImport struct {
 	resumeW content.Writer
 	last    boundaryState // the last point between two entries
 	savedAt int64         // offset of the last checkpoint written
+	// saved: a checkpoint of this run's ref prefix is on disk, so a
+	// killed process's ingests are named and the next run reuses (or
+	// removes) them; see enter.
+	saved bool
 	every   int64         // checkpointEvery
 	sync    durability    // fsyncs; tests record them
 
@@ -124,7 +128,7 @@ func (s *StreamImport) fresh() error {
 		return err
 	}
 	s.a, s.hr, s.current, s.resumeW = a, hr, nil, nil
-	s.last, s.savedAt, s.err = boundaryState{}, 0, nil
+	s.last, s.savedAt, s.saved, s.err = boundaryState{}, 0, false, nil
 	return nil
 }
 
@@ -265,6 +269,13 @@ func (s *StreamImport) discard() {
 		s.current = nil
 	}
 	s.a.abortPending(s.ctx)
+	// A killed run of this prefix may have left ingests that this run
+	// did not reach again (a blob another pull committed meanwhile).
+	if prefix := s.a.refPrefix; prefix != "" {
+		if _, _, err := sweepIngests(s.ctx, s.local, func(st content.Status) bool { return importPrefix(st.Ref) == prefix }); err != nil {
+			log.G(s.ctx).WithError(err).Warn("import: cannot remove the import's ingests")
+		}
+	}
 	if err := os.Remove(s.checkpoint); err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.G(s.ctx).WithError(err).Warn("import: cannot remove the checkpoint")
 	}
@@ -356,6 +367,16 @@ func (s *StreamImport) enter(e streamEntry) error {
 	}
 	e.HashAtStart = st
 	s.current = &e
+	// The first ingest of a run is checkpointed at once (its ingest at
+	// length 0): a process killed before the first periodic checkpoint
+	// then leaves ingests that the next run finds by their ref prefix
+	// and writes again, instead of starting over under a new prefix and
+	// leaving them to the sweep of abandoned imports.
+	if !s.saved {
+		if err := s.save(); err != nil {
+			log.G(s.ctx).WithError(err).Warn("import: cannot write the first checkpoint")
+		}
+	}
 	return nil
 }
 

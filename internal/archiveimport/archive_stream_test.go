@@ -457,3 +457,47 @@ func TestStreamImportOtherArchive(t *testing.T) {
 	}
 	e.blobs(t) // the first archive's ingests are gone too
 }
+
+// TestStreamImportKilledBeforeCheckpoint: a process killed before its
+// first periodic checkpoint (inside the first blobs of the archive) left
+// a checkpoint naming its ingests, so the next run continues under the
+// same ref prefix and nothing of the killed run is left once it is done.
+func TestStreamImportKilledBeforeCheckpoint(t *testing.T) {
+	archive := testimage.OCILayoutTar(t, testimage.NamedIndex(randomImage(t, 3, "linux/amd64"), "app:1"))
+	ranges := dataRanges(t, archive)
+	for _, at := range []int64{ranges[0][0] + 10, (ranges[1][0] + ranges[1][1]) / 2, ranges[3][0] + 1} {
+		e := newImportEnv(t)
+		r := newStreamRun(t, e, archive)
+		si, _ := r.open(t, e.ctx, 0) // the default: no periodic checkpoint in this small archive
+		if err := r.feed(si, 0, at); err != nil {
+			t.Fatal(err)
+		}
+		archiveimport.Kill(si)
+
+		next, err := cas.Open(e.ctx, e.root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.local = next
+		sts, err := next.ListStatuses(e.ctx)
+		if err != nil || len(sts) == 0 {
+			t.Fatalf("killed at %d: %d ingests left to resume (%v)", at, len(sts), err)
+		}
+		probe, err := archiveimport.NewStreamImport(e.ctx, e.db.ContentStore(), r.sum, r.ckpt, archiveimport.ImportOptions{Platform: "linux/amd64", Local: next})
+		if err != nil {
+			t.Fatal(err)
+		}
+		off, err := probe.Resume(e.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		probe.Stop(errCut)
+		if off <= 0 || off > at {
+			t.Fatalf("killed at %d: resumes at %d, want the first entry's start", at, off)
+		}
+		if _, err := r.complete(t, off, "app:1"); err != nil {
+			t.Fatalf("killed at %d, resumed at %d: %v", at, off, err)
+		}
+		e.blobs(t) // fails on an ingest left behind
+	}
+}
