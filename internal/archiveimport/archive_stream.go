@@ -67,8 +67,8 @@ type StreamImport struct {
 	// killed process's ingests are named and the next run reuses (or
 	// removes) them; see enter.
 	saved bool
-	every   int64         // checkpointEvery
-	sync    durability    // fsyncs; tests record them
+	every int64      // checkpointEvery
+	sync  durability // fsyncs; tests record them
 
 	pipe     *chunkPipe
 	done     chan error
