@@ -74,6 +74,9 @@ type ContainerdOptions struct {
 	ExtraConfig string
 	// LogLevel is containerd's log level; default "info".
 	LogLevel string
+	// Dir, if set, holds root, state and temp (e.g. a LoopFS's Dir);
+	// default a new t.TempDir().
+	Dir string
 	// RunContainers starts containerd so that it can run containers
 	// (cgroups and a private /run in its mount namespace; see
 	// containerdWithCgroups), not only pull and unpack.
@@ -101,7 +104,10 @@ type Containerd struct {
 func (ns *Namespace) StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 	t.Helper()
 	ctr := ContainerdBinary(t, "ctr")
-	dir := t.TempDir()
+	dir := opts.Dir
+	if dir == "" {
+		dir = t.TempDir()
+	}
 	// Unix socket paths are limited to 107 bytes and t.TempDir() can be
 	// long, so the sockets get a short directory of their own.
 	sockDir, err := os.MkdirTemp("", "ldc")
