@@ -2,33 +2,33 @@ package prefetch
 
 import (
 	"context"
-	"fmt"
 	"strings"
-	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 )
 
-// infoWait bounds how long Info waits for a running prefetch. containerd
-// calls Info (and Writer) inside a write transaction of its metadata
-// database, so the wait holds that lock: it is kept short, and a longer
-// prefetch makes containerd come back (see Store.Writer).
-const infoWait = time.Second
-
 // Store is the content store as containerd sees it through the content
 // API, so that a blob the mirror is prefetching crosses the bridge and the
-// disk once. containerd's fetch opens a writer, and its metadata store
-// first asks Info whether the blob is already there; if so it only
-// records it ("shared" content policy) and skips the download.
-//   - Info of a blob being prefetched waits (bounded) for the prefetch.
-//   - Writer for a blob still being prefetched is refused as Unavailable,
-//     what a locked ingest answers: content.OpenWriter retries it with
-//     backoff, and the retry's Info finds the committed blob.
+// disk once. containerd's fetch opens a writer; its metadata store first
+// asks Info whether the blob is already there (if so it only records it,
+// "shared" content policy) and else opens the backend's writer, both
+// inside a write transaction of its metadata database: whatever they
+// wait for holds containerd's one write lock, and every other fetch,
+// commit and label update of the pull queues behind it. So nothing here
+// waits there:
+//   - Info answers at once from the store;
+//   - Writer for a blob being prefetched answers at once with a held
+//     writer (heldWriter) whose first Status (the proxy's negotiation,
+//     still inside the transaction) answers at once too; the fetch's next
+//     Status, outside the transaction, waits for the prefetch (within
+//     its hold) and then reports the blob complete if it is in the store,
+//     so the fetch commits it without downloading, or else opens the
+//     real ingest and the fetch downloads as usual.
 //
-// If the prefetch fails, the blob is not in the store and containerd's
-// retry downloads it through the mirror as usual.
+// If the prefetch fails or outlives its hold (DefaultHold), the blob is
+// not in the store and containerd downloads it through the mirror.
 type Store struct {
 	content.Store
 	prefetches *Tracker
@@ -40,22 +40,9 @@ func NewStore(store content.Store, prefetches *Tracker) *Store {
 	return &Store{Store: store, prefetches: prefetches}
 }
 
-// Info waits up to a second for a running prefetch of d, then answers
-// from the store.
-func (s *Store) Info(ctx context.Context, d digest.Digest) (content.Info, error) {
-	if done := s.prefetches.Running(d); done != nil {
-		t := time.NewTimer(infoWait)
-		select {
-		case <-done:
-		case <-t.C:
-		case <-ctx.Done():
-		}
-		t.Stop()
-	}
-	return s.Store.Info(ctx, d)
-}
-
-// Writer refuses, as Unavailable, an ingest of a blob being prefetched.
+// Writer hands out a held writer for a blob being prefetched (see Store),
+// unless containerd already has a partial ingest under this ref: that one
+// is resumed at once, so the negotiated offset is the real one.
 func (s *Store) Writer(ctx context.Context, opts ...content.WriterOpt) (content.Writer, error) {
 	var wo content.WriterOpts
 	for _, o := range opts {
@@ -64,7 +51,9 @@ func (s *Store) Writer(ctx context.Context, opts ...content.WriterOpt) (content.
 		}
 	}
 	if d, ok := refDigest(wo.Ref); ok && s.prefetches.Running(d) != nil {
-		return nil, fmt.Errorf("blob %s is being prefetched into the store: %w", d, errdefs.ErrUnavailable)
+		if _, err := s.Store.Status(ctx, wo.Ref); errdefs.IsNotFound(err) {
+			return newHeldWriter(ctx, s, wo, d), nil
+		}
 	}
 	return s.Store.Writer(ctx, opts...)
 }

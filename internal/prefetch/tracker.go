@@ -3,10 +3,10 @@
 // background as soon as it serves the manifest, and everything that would
 // otherwise fetch or extract the same blob a second time:
 //
-//   - the content store containerd sees (Store): Info of a blob being
-//     prefetched waits for it (at most a second, see Store) and containerd's
-//     writer for it is refused as Unavailable, so containerd's retry finds
-//     the committed blob instead of downloading it;
+//   - the content store containerd sees (Store): containerd's writer for
+//     a blob being prefetched waits for it once containerd holds no lock,
+//     then reports the committed blob complete, so containerd records it
+//     instead of downloading it;
 //   - the mirror's own blob requests, which wait (Tracker.Wait) and are
 //     then answered from the store;
 //   - the layer staging (Stager), which extracts a layer while it is
@@ -21,6 +21,7 @@ package prefetch
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -28,8 +29,7 @@ import (
 )
 
 // DefaultHold bounds how long a prefetch holds others back: while it is
-// younger, containerd's writer for its blob is refused (Store) and Info
-// waits for it. A datastore that trickles (or a neighbour posing as one)
+// younger, containerd's writer for its blob waits for it (Store). A datastore that trickles (or a neighbour posing as one)
 // can keep a prefetch running for its whole timeout; past the hold,
 // containerd fetches the blob itself, and a content-addressed blob is the
 // same whichever fetch commits it first.
@@ -48,6 +48,8 @@ type Tracker struct {
 
 	mu       sync.Mutex
 	inFlight map[digest.Digest]map[string]*trackedJob // digest -> source
+
+	waits atomic.Int64 // WaitHeld calls so far, for tests to see a waiter
 }
 
 type trackedJob struct {
@@ -121,6 +123,43 @@ func (t *Tracker) Running(dgst digest.Digest) <-chan struct{} {
 		}
 	}
 	return nil
+}
+
+// WaitHeld blocks while a prefetch of dgst holds the store's callers
+// back: until every such prefetch has ended or outlived the hold, or ctx
+// ends.
+func (t *Tracker) WaitHeld(ctx context.Context, dgst digest.Digest) {
+	t.waits.Add(1)
+	// Each round outlasts one prefetch (ended or past its hold); a new
+	// one may begin meanwhile, so the rounds are bounded.
+	for range 16 {
+		done, until := t.held(dgst)
+		if done == nil {
+			return
+		}
+		timer := time.NewTimer(time.Until(until))
+		select {
+		case <-done:
+		case <-timer.C:
+		case <-ctx.Done():
+		}
+		timer.Stop()
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// held is Running with the end of the prefetch's hold.
+func (t *Tracker) held(dgst digest.Digest) (<-chan struct{}, time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, j := range t.inFlight[dgst] {
+		if until := j.began.Add(t.hold); time.Now().Before(until) {
+			return j.done, until
+		}
+	}
+	return nil, time.Time{}
 }
 
 // Wait blocks while a prefetch of dgst that Running reports is in

@@ -1,0 +1,206 @@
+package prefetch
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	contentapi "github.com/containerd/containerd/api/services/content/v1"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/content/proxy"
+	"github.com/containerd/containerd/v2/core/metadata"
+	"github.com/containerd/containerd/v2/core/remotes"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/plugins/services/content/contentserver"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/localds/localds/internal/cas"
+)
+
+// containerdView is containerd's content store over the daemon's, as a
+// proxy plugin wires it: containerd's metadata store (bolt) over the
+// content proxy, over gRPC, to the content service over Store.
+type containerdView struct {
+	inner   content.Store // the CAS the prefetches commit to
+	tracker *Tracker
+	bolt    *bolt.DB
+	cs      content.Store // what containerd's fetch writes to
+}
+
+func newContainerdView(t *testing.T, opts ...TrackerOption) *containerdView {
+	t.Helper()
+	ctx := context.Background()
+	inner, err := cas.Open(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tracker := NewTracker(nil, opts...)
+	lis := bufconn.Listen(1 << 20)
+	srv := grpc.NewServer()
+	contentapi.RegisterContentServer(srv, contentserver.New(NewStore(inner, tracker)))
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient("passthrough:///localds",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	bdb, err := bolt.Open(filepath.Join(t.TempDir(), "meta.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bdb.Close() })
+	mdb := metadata.NewDB(bdb, proxy.NewContentStore(conn), nil)
+	if err := mdb.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return &containerdView{inner: inner, tracker: tracker, bolt: bdb, cs: mdb.ContentStore()}
+}
+
+func layer(data []byte) ocispec.Descriptor {
+	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromBytes(data), Size: int64(len(data))}
+}
+
+// fetch is containerd's fetch of desc (remotes.Fetch, as a pull runs
+// it); fetched counts the downloads it had to make.
+func (v *containerdView) fetch(ctx context.Context, desc ocispec.Descriptor, data []byte, fetched *int) <-chan error {
+	errc := make(chan error, 1)
+	go func() {
+		errc <- remotes.Fetch(ctx, v.cs, remotes.FetcherFunc(func(context.Context, ocispec.Descriptor) (io.ReadCloser, error) {
+			*fetched++
+			return io.NopCloser(bytes.NewReader(data)), nil
+		}), desc)
+	}()
+	return errc
+}
+
+// TestFetchWaitsOutsideTheLock: containerd's fetch of a blob being
+// prefetched waits for the prefetch and then records the prefetched blob
+// without downloading it, and while it waits containerd's metadata
+// database is free: another blob's ingest and a label update complete.
+// The prefetch ends only after they did, so a wait inside containerd's
+// write transaction deadlocks this test (caught by its timeout) instead
+// of passing slowly.
+func TestFetchWaitsOutsideTheLock(t *testing.T) {
+	v := newContainerdView(t)
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "default"), 20*time.Second)
+	defer cancel()
+	blob := []byte("prefetched layer bytes")
+	desc := layer(blob)
+	end, ok := v.tracker.Begin(desc.Digest)
+	if !ok {
+		t.Fatal("Begin refused")
+	}
+	var fetched int
+	errc := v.fetch(ctx, desc, blob, &fetched)
+	for v.tracker.waits.Load() == 0 {
+		select {
+		case err := <-errc:
+			t.Fatalf("fetch ended before the prefetch did: %v (downloads %d)", err, fetched)
+		case <-ctx.Done():
+			t.Fatal("containerd's fetch never waited for the prefetch")
+		case <-time.After(time.Millisecond):
+		}
+	}
+
+	other := []byte("another blob")
+	od := layer(other)
+	if err := content.WriteBlob(ctx, v.cs, remotes.MakeRefKey(ctx, od), bytes.NewReader(other), od); err != nil {
+		t.Fatalf("another blob's ingest while a fetch waits for a prefetch: %v", err)
+	}
+	if _, err := v.cs.Update(ctx, content.Info{Digest: od.Digest, Labels: map[string]string{"x": "y"}}, "labels.x"); err != nil {
+		t.Fatalf("label update while a fetch waits for a prefetch: %v", err)
+	}
+	select {
+	case err := <-errc:
+		t.Fatalf("fetch ended before the prefetch did: %v", err)
+	default:
+	}
+
+	// The prefetch commits the blob to the daemon's store, then ends.
+	if err := content.WriteBlob(ctx, v.inner, RefPrefix+desc.Digest.String(), bytes.NewReader(blob), desc); err != nil {
+		t.Fatal(err)
+	}
+	end()
+	if err := <-errc; err != nil {
+		t.Fatalf("fetch after the prefetch: %v", err)
+	}
+	if fetched != 0 {
+		t.Errorf("containerd downloaded the prefetched blob %d times", fetched)
+	}
+	if info, err := v.cs.Info(ctx, desc.Digest); err != nil || info.Size != desc.Size {
+		t.Errorf("containerd's record of the prefetched blob: %+v, %v", info, err)
+	}
+	assertNoIngests(ctx, t, v)
+}
+
+// TestFetchAfterFailedPrefetch: a prefetch that ends without the blob
+// (failed), or outlives its hold, leaves the download to containerd,
+// which then commits the blob as usual.
+func TestFetchAfterFailedPrefetch(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		hold  time.Duration
+		ended bool
+	}{
+		{"failed", DefaultHold, true},
+		{"past the hold", 50 * time.Millisecond, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := newContainerdView(t, WithHold(tc.hold))
+			ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "default"), 20*time.Second)
+			defer cancel()
+			blob := []byte("layer whose prefetch fails: " + tc.name)
+			desc := layer(blob)
+			end, _ := v.tracker.Begin(desc.Digest)
+			if !tc.ended {
+				defer end()
+			}
+			var fetched int
+			errc := v.fetch(ctx, desc, blob, &fetched)
+			if tc.ended {
+				for v.tracker.waits.Load() == 0 && ctx.Err() == nil {
+					time.Sleep(time.Millisecond)
+				}
+				end()
+			}
+			if err := <-errc; err != nil {
+				t.Fatalf("fetch: %v", err)
+			}
+			if fetched != 1 {
+				t.Errorf("containerd downloaded the blob %d times, want 1", fetched)
+			}
+			ra, err := v.inner.ReaderAt(ctx, desc)
+			if err != nil {
+				t.Fatalf("blob not in the daemon's store: %v", err)
+			}
+			ra.Close()
+			assertNoIngests(ctx, t, v)
+		})
+	}
+}
+
+// A held writer leaves no ingest behind, in the daemon or in containerd.
+func assertNoIngests(ctx context.Context, t *testing.T, v *containerdView) {
+	t.Helper()
+	for name, s := range map[string]content.Store{"daemon": v.inner, "containerd": v.cs} {
+		st, err := s.ListStatuses(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st) != 0 {
+			t.Errorf("%s ingests left: %+v", name, st)
+		}
+	}
+}
