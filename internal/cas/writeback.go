@@ -9,6 +9,7 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/localds/localds/internal/durable"
 	"github.com/localds/localds/internal/writeback"
 )
 
@@ -46,6 +47,9 @@ type writebackWriter struct {
 	started bool  // from and written are known
 	from    int64 // offset the next hint starts at
 	written int64 // offset reached by this writer's writes
+	// ingestSynced: Sync made the ingest's ref file and directory
+	// entries durable (they do not change after).
+	ingestSynced bool
 }
 
 func (w *writebackWriter) Write(p []byte) (int, error) {
@@ -97,7 +101,11 @@ func (w *writebackWriter) closeFile() {
 
 // Sync makes the bytes written so far durable (fsync of the ingest's
 // file), for a caller that records how far a write got, such as the
-// stream import's checkpoint.
+// stream import's checkpoint. The first Sync also makes the ingest itself
+// durable: its ref file, which the local store writes without a sync and
+// without which it does not resume the ingest but starts it again (seen
+// after a power cut: an empty ref file, the ingest recreated at 0 bytes
+// under a checkpoint that vouched for more), and the directory entries.
 func (w *writebackWriter) Sync() error {
 	f := w.f
 	if f == nil {
@@ -110,5 +118,15 @@ func (w *writebackWriter) Sync() error {
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("sync ingest %s: %w", w.data, err)
 	}
+	if w.ingestSynced {
+		return nil
+	}
+	dir := filepath.Dir(w.data)
+	for _, p := range []string{filepath.Join(dir, "ref"), dir, filepath.Dir(dir)} {
+		if err := durable.SyncPath(p); err != nil {
+			return fmt.Errorf("sync ingest: %w", err)
+		}
+	}
+	w.ingestSynced = true
 	return nil
 }
