@@ -13,7 +13,7 @@ import (
 // it onto the snapshot gives.
 var errNotStageable = errors.New("layer needs the normal apply")
 
-// entryCheck is the archive.Apply filter of a stage. containerd's apply
+// entryCheck is the filter of a stage (see extractor). containerd's apply
 // of a layer onto an empty upperdir depends on the target only where
 //   - an entry's parent directory is not in the layer: archive.Apply
 //     creates it (mkparent) with the owner, mode and times of the lower
@@ -32,8 +32,11 @@ var errNotStageable = errors.New("layer needs the normal apply")
 //   - a PAX global header or an entry type it does not extract.
 //
 // Such layers are refused (the filter's error ends the extraction) and
-// applied the normal way. Every other entry is extracted by archive.Apply
-// exactly as it is onto the snapshot.
+// applied the normal way. Every other entry is extracted exactly as
+// archive.Apply extracts it onto the snapshot; the stage's extractor
+// relies on that: with every parent a directory of the layer and no
+// entry replacing another, it need not resolve paths nor look at what is
+// there.
 type entryCheck struct {
 	seen      map[string]byte // cleaned name -> tar type flag of what is there
 	whiteouts bool
@@ -91,6 +94,12 @@ func (c *entryCheck) filter(hdr *tar.Header) (bool, error) {
 	switch hdr.Typeflag {
 	case tar.TypeDir, tar.TypeReg, tar.TypeRegA, tar.TypeSymlink, tar.TypeChar, tar.TypeBlock, tar.TypeFifo: //nolint:staticcheck // TypeRegA as archive.Apply
 	case tar.TypeLink:
+		// archive.Apply resolves the link's directory in the target
+		// (following symlinks, then ".."): the cleaned name is that
+		// directory only without "..".
+		if hasDotDot(hdr.Linkname) {
+			return false, fmt.Errorf("%w: hard link %q to %q", errNotStageable, name, hdr.Linkname)
+		}
 		link := path.Clean(hdr.Linkname)
 		if t, ok := c.seen[link]; !ok || (t != tar.TypeReg && t != tar.TypeRegA && t != tar.TypeLink) { //nolint:staticcheck // TypeRegA as archive.Apply
 			return false, fmt.Errorf("%w: hard link %q to %q, not a file extracted before", errNotStageable, name, hdr.Linkname)
@@ -133,4 +142,14 @@ func (c *entryCheck) parentsInLayer(name string) error {
 		c.implicit = append(c.implicit, missing[i])
 	}
 	return nil
+}
+
+// hasDotDot: name has a ".." component.
+func hasDotDot(name string) bool {
+	for c := range strings.SplitSeq(name, "/") {
+		if c == ".." {
+			return true
+		}
+	}
+	return false
 }

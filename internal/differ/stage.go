@@ -5,9 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 
-	"github.com/containerd/containerd/v2/pkg/archive"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/archive/compression"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
@@ -41,7 +42,8 @@ type Stage struct {
 	diffSize  int64
 	whiteouts bool
 	implicit  []string
-	ended     bool // Commit or Abort was called
+	usage     snapshots.Usage // of the extracted tree (see stagedTree)
+	ended     bool            // Commit or Abort was called
 }
 
 func startStage(ctx context.Context, s *Staging, desc ocispec.Descriptor, dir string) *Stage {
@@ -82,48 +84,58 @@ func (st *Stage) Copy(dst io.Writer, src io.Reader) (int64, error) {
 	return st.n, cerr
 }
 
-// extract runs containerd's own extractor on the layer read from r, as
-// its overlay apply calls it (decompressed as its apply does, see
-// layerDecoding); the check refuses entries whose result would depend on
-// the target (see entryCheck), so the tree is what Apply would make. For
-// a decompressed layer it hashes all that the decompressor gives, as
-// containerd's apply does for the diff ID.
+// extract extracts the layer read from r into the stage's directory as
+// containerd's own apply would (see extractor), decompressed as its apply
+// does (see layerDecoding); the check refuses entries whose result would
+// depend on the target (see entryCheck), so the tree is what Apply would
+// make. Reading, decompressing and hashing run on a goroutine of their
+// own (readAhead), overlapping the extraction. For a decompressed layer
+// it hashes all that the decompressor gives, as containerd's apply does
+// for the diff ID.
 func (st *Stage) extract(r io.Reader, chk *entryCheck) error {
-	opts := []archive.ApplyOpt{archive.WithConvertWhiteout(archive.OverlayConvertWhiteout), archive.WithFilter(st.bound(chk.filter))}
+	filter := st.bound(chk.filter)
 	if !st.decoded {
-		_, err := archive.Apply(st.ctx, st.dir, r, opts...)
+		_, err := st.extractFrom(r, nil, filter)
 		return err
 	}
 	ds, err := compression.DecompressStream(r)
 	if err != nil {
 		return fmt.Errorf("decompress: %w", err)
 	}
-	// Drained before it is closed, also when the extraction fails: with
-	// an external decompressor (unpigz, igzip) a goroutine of os/exec
-	// reads r until the decompressor is done, and the caller goes on
-	// reading src only after that.
-	defer func() {
-		io.Copy(io.Discard, ds)
-		ds.Close()
-	}()
+	// Drained before it is closed, also when the extraction fails
+	// (extractFrom reads it to its end): with an external decompressor
+	// (unpigz, igzip) a goroutine of os/exec reads r until the
+	// decompressor is done, and the caller goes on reading src only
+	// after that.
+	defer ds.Close()
 	if ds.GetCompression() == compression.Uncompressed {
 		// The blob is the tar (a docker tar type): no second hash.
-		if _, err := archive.Apply(st.ctx, st.dir, ds, opts...); err != nil {
-			return err
-		}
-		_, err := io.Copy(io.Discard, ds)
+		_, err := st.extractFrom(ds, nil, filter)
 		return err
 	}
 	h := digest.Canonical.Digester()
-	cr := &countingReader{r: io.TeeReader(ds, h.Hash())}
-	if _, err := archive.Apply(st.ctx, st.dir, cr, opts...); err != nil {
+	n, err := st.extractFrom(ds, h.Hash(), filter)
+	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(io.Discard, cr); err != nil {
-		return fmt.Errorf("decompress: %w", err)
-	}
-	st.diffID, st.diffSize = h.Digest(), cr.n
+	st.diffID, st.diffSize = h.Digest(), n
 	return nil
+}
+
+// extractFrom extracts the tar read from r, which a readAhead reads (to
+// its end, hashing it with h if not nil) on its own goroutine, and sets
+// the stage's usage. n is the bytes read from r.
+func (st *Stage) extractFrom(r io.Reader, h hash.Hash, filter func(*tar.Header) (bool, error)) (n int64, err error) {
+	ra := startReadAhead(r, h)
+	usage, err := extractTar(st.ctx, st.dir, ra, filter)
+	if rerr := ra.close(); err == nil && rerr != nil {
+		err = fmt.Errorf("read layer: %w", rerr)
+	}
+	if err != nil {
+		return ra.n, err
+	}
+	st.usage = usage
+	return ra.n, nil
 }
 
 // entryCost is what an entry costs besides its content: an inode, a
@@ -154,17 +166,6 @@ func (st *Stage) bound(filter func(*tar.Header) (bool, error)) func(*tar.Header)
 		}
 		return filter(hdr)
 	}
-}
-
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // teeChunk is how much teeReader reads ahead and writes to the store at
@@ -249,7 +250,7 @@ func (st *Stage) Commit(verified digest.Digest) {
 	case verified != st.desc.Digest:
 		err = fmt.Errorf("blob verified as %s, staged as %s", verified, st.desc.Digest)
 	}
-	t := &stagedTree{dir: st.dir, size: st.desc.Size, reserved: st.reserved, decoded: st.decoded, diffID: st.diffID, diffSize: st.diffSize, whiteouts: st.whiteouts, implicit: st.implicit}
+	t := &stagedTree{dir: st.dir, size: st.desc.Size, reserved: st.reserved, decoded: st.decoded, diffID: st.diffID, diffSize: st.diffSize, whiteouts: st.whiteouts, implicit: st.implicit, usage: st.usage}
 	if t.diffID == "" {
 		// The blob is the tar: its verified digest is the diff ID.
 		t.diffID, t.diffSize = st.desc.Digest, st.desc.Size
