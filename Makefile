@@ -68,7 +68,8 @@ bench: deps build
 	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'ResolveLatency' -benchtime 300x ./resolver/
 	$(GO) test -run '^$$' -bench 'ResolveCached' -benchmem ./resolver/
 	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'BlobServe' -benchtime 5x ./internal/dsserver/
-	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench Pull -benchtime 3x ./e2e/
+	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench '^Benchmark(Pull|LocaldsPullArchive)$$' -benchtime 3x ./e2e/
+	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'PullShapes' -benchtime 3x -timeout 30m ./e2e/
 	LOCALDS_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench 'Download' -benchtime 5x ./internal/dsclient/
 	$(GO) test -run '^$$' -bench 'VolumeCreate|Unpack' -benchtime 5x ./internal/snapshot/
 

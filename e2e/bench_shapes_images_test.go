@@ -1,0 +1,202 @@
+//go:build linux
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/localds/localds/internal/mirror"
+	"github.com/localds/localds/internal/testimage"
+)
+
+// shapeSpec says how big each benchmark shape is: the benchmark takes
+// the full sizes, TestPullShapesTreesMatch smaller ones.
+type shapeSpec struct {
+	// real: one gzip layer per group of host trees (walked).
+	real [][]string
+	// split: the entries under splitRoots cut into splitLayers gzip layers.
+	splitRoots  []string
+	splitLayers int
+	// big: one image of uncompressed random layers of these sizes.
+	big []int64
+	// concurrent: concurrentImages images of these random layers each,
+	// pulled at the same time.
+	concurrent       []int64
+	concurrentImages int
+}
+
+// fullShapes are the benchmark's images (issue 15).
+func fullShapes() shapeSpec {
+	return shapeSpec{
+		real:             testimage.RealGroups(),
+		splitRoots:       splitRoots(),
+		splitLayers:      40,
+		big:              []int64{256 << 20, 256 << 20, 256 << 20, 256 << 20},
+		concurrent:       []int64{64 << 20, 64 << 20, 64 << 20, 64 << 20},
+		concurrentImages: 4,
+	}
+}
+
+// splitRoots is the tree the 40-layer image is cut from: a Python
+// standard library if there is one (1.5k small files), else C headers.
+func splitRoots() []string {
+	if p := testimage.Existing("/usr/lib/python3.*"); len(p) > 0 {
+		return p[:1]
+	}
+	return testimage.Existing("/usr/include")
+}
+
+// shape is one benchmark image (or several pulled at once), pushed.
+type shape struct {
+	name string
+	// goal is issue 15's target ratio localds/stock.
+	goal   float64
+	images []pushed
+	// repos are the images' names in the registry (repository:tag).
+	repos []string
+	about string // what it holds, for the logs
+}
+
+func (sh shape) refs(host string) []string {
+	var out []string
+	for _, r := range sh.repos {
+		out = append(out, host+":5000/"+r)
+	}
+	return out
+}
+
+// buildShapes builds every shape of spec (gzip layers into dir, written
+// once per run) and pushes them by IP from the node namespace.
+func (s *site) buildShapes(t testing.TB, spec shapeSpec, dir string) []shape {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	tr := &http.Transport{Proxy: nil, DialContext: s.nodeDial}
+	defer tr.CloseIdleConnections()
+	push := func(sh *shape, repo string, img v1.Image) {
+		t.Helper()
+		start := time.Now()
+		p, err := pushImage(ctx, tr, appIP+":5000/"+repo, img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("pushed %s (%d layers, %d MiB) in %v", repo, len(p.Layers), p.size()>>20, time.Since(start).Round(time.Millisecond))
+		sh.images, sh.repos = append(sh.images, p), append(sh.repos, repo)
+	}
+	gzipShape := func(name string, goal float64, groups [][]string) shape {
+		t.Helper()
+		start := time.Now()
+		d := filepath.Join(dir, name)
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		files, stats, err := testimage.WriteLayers(d, groups)
+		if err != nil {
+			t.Fatalf("shape %s: %v", name, err)
+		}
+		var total testimage.LayerStats
+		for _, st := range stats {
+			total.Entries += st.Entries
+			total.TarBytes += st.TarBytes
+			total.GzipBytes += st.GzipBytes
+		}
+		sh := shape{name: name, goal: goal, about: fmt.Sprintf("%d gzip layers, %d entries, %d MiB tar, %d MiB gzip",
+			len(files), total.Entries, total.TarBytes>>20, total.GzipBytes>>20)}
+		t.Logf("shape %s: %s (built in %v)", name, sh.about, time.Since(start).Round(time.Millisecond))
+		img, err := testimage.GzipImage(files)
+		if err != nil {
+			t.Fatal(err)
+		}
+		push(&sh, "shapes/"+name+":1", img)
+		return sh
+	}
+	randomShape := func(name string, goal float64, n int, sizes []int64) shape {
+		t.Helper()
+		var sum int64
+		for _, sz := range sizes {
+			sum += sz
+		}
+		sh := shape{name: name, goal: goal, about: fmt.Sprintf("%d image(s) of %d uncompressed random layers, %d MiB each", n, len(sizes), sum>>20)}
+		for i := range n {
+			img, err := testimage.RandomImage(sizes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			push(&sh, fmt.Sprintf("shapes/%s-%d:1", name, i), img)
+			img = nil
+			runtime.GC() // the next image's layers reuse this memory
+		}
+		return sh
+	}
+
+	var shapes []shape
+	if len(spec.real) > 0 {
+		groups := make([][]string, len(spec.real))
+		for i, roots := range spec.real {
+			var err error
+			if groups[i], err = testimage.Walk(roots...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		shapes = append(shapes, gzipShape("real", 0.5, groups))
+	} else {
+		t.Logf("shape real: none of its host trees exist here; left out")
+	}
+	entries, err := testimage.Walk(spec.splitRoots...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) < spec.splitLayers {
+		t.Fatalf("shape layers%d: %d entries under %v", spec.splitLayers, len(entries), spec.splitRoots)
+	}
+	shapes = append(shapes, gzipShape(fmt.Sprintf("layers%d", spec.splitLayers), 0.8, testimage.Split(entries, spec.splitLayers)))
+	shapes = append(shapes, randomShape("big", 0.65, 1, spec.big))
+	shapes = append(shapes, randomShape("concurrent", 0.8, spec.concurrentImages, spec.concurrent))
+	return shapes
+}
+
+// loopRoot points the next daemon at a root on the side's own file
+// system, with the mirror key the hosts.toml files name, and a new
+// socket path (see freshRoot, which does the same on the root fs).
+func (s *site) loopRoot(t testing.TB, dir string) {
+	t.Helper()
+	if s.mirrorKey == nil {
+		key, err := os.ReadFile(mirror.KeyPath(s.root))
+		if err != nil {
+			t.Fatalf("mirror key (written by localds hosts): %v", err)
+		}
+		s.mirrorKey = key
+	}
+	s.root = filepath.Join(dir, "persist")
+	if err := os.MkdirAll(filepath.Dir(mirror.KeyPath(s.root)), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(mirror.KeyPath(s.root), s.mirrorKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sockDir, err := os.MkdirTemp("", "lde")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	s.sock = filepath.Join(sockDir, "l.sock")
+}
+
+// shapeNames lists the shapes, for logs.
+func shapeNames(shapes []shape) string {
+	var n []string
+	for _, sh := range shapes {
+		n = append(n, sh.name)
+	}
+	return strings.Join(n, ", ")
+}
