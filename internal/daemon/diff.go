@@ -31,6 +31,7 @@ func DiffService() ServiceFunc {
 		return &diffService{applier: differ.New(d.Store,
 			differ.WithObserver(m.applied),
 			differ.WithStaging(d.Staging, m.staged),
+			differ.WithUsageHints(d.UsageHints),
 		)}, nil
 	}
 }

@@ -64,6 +64,10 @@ type Deps struct {
 	// for them (prefetch.Store), so the mirror must record its prefetches
 	// here.
 	Prefetches *prefetch.Tracker
+	// UsageHints carries the usage of the staged trees the diff service
+	// moves onto snapshots to the snapshotter's Commit, which then need
+	// not walk them; nil unless Staging.
+	UsageHints *differ.UsageHints
 }
 
 // MirrorFunc builds the registry mirror handler served under /v2/.
@@ -162,7 +166,12 @@ func Serve(ctx context.Context, cfg Config) error {
 
 	reg := prometheus.NewRegistry()
 	s.metrics = newMetrics(reg)
+	var hints *differ.UsageHints
+	if staging != nil {
+		hints = differ.NewUsageHints()
+	}
 	deps := Deps{
+		UsageHints: hints,
 		Staging:    staging,
 		Prefetches: prefetches,
 		Root:       cfg.Root,

@@ -20,10 +20,16 @@ const SnapshotterName = "localds"
 
 // SnapshotService serves the localds volume snapshotter, rooted at the
 // daemon's root, on the daemon's socket (containerd's snapshots API via
-// snapshotservice.FromSnapshotter). Add it to Config.Services.
+// snapshotservice.FromSnapshotter). Add it to Config.Services. Its Commit
+// takes the usage of a tree the diff service moved in from the staging
+// (Deps.UsageHints) instead of walking it.
 func SnapshotService(opts ...snapshot.Opt) ServiceFunc {
 	return func(ctx context.Context, d Deps) (Service, error) {
-		sn, err := snapshot.New(d.Root, opts...)
+		all := opts
+		if d.UsageHints != nil {
+			all = append(opts[:len(opts):len(opts)], snapshot.WithUsageHints(d.UsageHints))
+		}
+		sn, err := snapshot.New(d.Root, all...)
 		if err != nil {
 			return nil, fmt.Errorf("snapshotter: %w", err)
 		}

@@ -33,6 +33,7 @@ type config struct {
 	observe func(ok bool, d time.Duration)
 	staging *Staging
 	staged  func(taken bool)
+	hints   *UsageHints
 }
 
 // Option configures the applier New returns.
@@ -51,6 +52,12 @@ func WithStaging(st *Staging, fn func(taken bool)) Option {
 	return func(c *config) { c.staging, c.staged = st, fn }
 }
 
+// WithUsageHints records in h the disk usage of each staged tree Apply
+// moves onto a snapshot, for the snapshotter's Commit (see UsageHints).
+func WithUsageHints(h *UsageHints) Option {
+	return func(c *config) { c.hints = h }
+}
+
 // New returns the layer applier of the diff service: containerd's
 // file-system applier reading layers from store (the CAS). It answers the
 // descriptor of the uncompressed layer (its diff ID), as containerd's own
@@ -62,7 +69,7 @@ func New(store content.Provider, opts ...Option) diff.Applier {
 	}
 	a := apply.NewFileSystemApplier(store)
 	if c.staging != nil {
-		a = &stagedApplier{next: a, staging: c.staging, staged: c.staged}
+		a = &stagedApplier{next: a, staging: c.staging, staged: c.staged, hints: c.hints}
 	}
 	if c.observe != nil {
 		a = observedApplier{next: a, observe: c.observe}
@@ -116,6 +123,7 @@ type stagedApplier struct {
 	next    diff.Applier
 	staging *Staging
 	staged  func(taken bool) // may be nil
+	hints   *UsageHints      // may be nil
 	otherFS sync.Once        // warned that snapshots are on another file system
 }
 

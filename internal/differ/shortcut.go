@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/log"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
@@ -45,6 +46,10 @@ func (a *stagedApplier) applyStaged(ctx context.Context, desc ocispec.Descriptor
 		l.WithError(err).Debug("staged layer's implicit parents differ; extracting")
 		return ocispec.Descriptor{}, false, nil
 	}
+	// The staged root stays behind; its own blocks are not the
+	// snapshot's (the hint counts the target's instead).
+	var rootSt unix.Stat_t
+	rootErr := unix.Lstat(t.dir, &rootSt)
 	moved, err := moveTree(t.dir, target)
 	if err != nil {
 		if moved {
@@ -57,6 +62,9 @@ func (a *stagedApplier) applyStaged(ctx context.Context, desc ocispec.Descriptor
 		}
 		l.WithError(err).Debug("staged layer not moved; extracting")
 		return ocispec.Descriptor{}, false, nil
+	}
+	if rootErr == nil && t.usage.Inodes > 0 {
+		a.hints.record(target, snapshots.Usage{Inodes: t.usage.Inodes - 1, Size: t.usage.Size - rootSt.Blocks*512})
 	}
 	if syncFs {
 		if err := syncFS(target); err != nil {

@@ -48,6 +48,27 @@ type config struct {
 	crash func(stage string)
 	// fsync is durable.SyncPath unless a test records the calls.
 	fsync func(path string) error
+	hints UsageHints
+}
+
+// UsageHints knows the disk usage of upper directories something else
+// filled (the diff service's staging shortcut, differ.UsageHints), so
+// that Commit need not walk them.
+type UsageHints interface {
+	// Accept tells the hints that Commit will ask about trees under dir.
+	Accept(dir string)
+	// TakeUsage returns what fs.DiskUsage(dir) would report, or false
+	// if unknown (the caller walks).
+	TakeUsage(dir string) (snapshots.Usage, bool)
+}
+
+// WithUsageHints makes Commit take an upper directory's usage from h when
+// h knows it, instead of walking the tree.
+func WithUsageHints(h UsageHints) Opt {
+	return func(c *config) error {
+		c.hints = h
+		return nil
+	}
 }
 
 // WithMountOptions adds overlay mount options (e.g. "volatile").
@@ -78,7 +99,8 @@ type snapshotter struct {
 	instance string   // this metastore's identity, written into volume dirs
 	crash    func(stage string)
 	fsync    func(path string) error
-	copying  inflight // volume directories being filled by createFrom
+	copying  inflight   // volume directories being filled by createFrom
+	hints    UsageHints // may be nil
 }
 
 // New opens (creating if needed) the snapshotter rooted at root (the
@@ -146,6 +168,10 @@ func newSnapshotter(ctx context.Context, root string, opts ...Opt) (*snapshotter
 		instance: instance,
 		crash:    cfg.crash,
 		fsync:    cfg.fsync,
+		hints:    cfg.hints,
+	}
+	if o.hints != nil {
+		o.hints.Accept(l.snapshotDirs())
 	}
 	// The first transaction opens the database; do it now so a locked or
 	// corrupt database fails New, and recover from a crash while at it.
@@ -314,15 +340,28 @@ func (o *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		if pl.volume {
 			return fmt.Errorf("snapshot %q is a volume and cannot be committed (make a layer from its diff instead): %w", clip(key), errdefs.ErrFailedPrecondition)
 		}
-		usage, err := fs.DiskUsage(ctx, o.l.upper(id, pl))
+		usage, err := o.commitUsage(ctx, o.l.upper(id, pl))
 		if err != nil {
 			return fmt.Errorf("usage of %q: %w", clip(key), err)
 		}
-		if _, err := storage.CommitActive(ctx, key, name, snapshots.Usage(usage), opts...); err != nil {
+		if _, err := storage.CommitActive(ctx, key, name, usage, opts...); err != nil {
 			return fmt.Errorf("commit snapshot %q: %w", clip(key), err)
 		}
 		return nil
 	})
+}
+
+// commitUsage is the usage Commit records for upper: the hint's if the
+// diff service filled it with a staged tree and it has not changed since,
+// else a walk.
+func (o *snapshotter) commitUsage(ctx context.Context, upper string) (snapshots.Usage, error) {
+	if o.hints != nil {
+		if u, ok := o.hints.TakeUsage(upper); ok {
+			return u, nil
+		}
+	}
+	du, err := fs.DiskUsage(ctx, upper)
+	return snapshots.Usage(du), err
 }
 
 // Walk calls fn for every snapshot that matches the filters.
