@@ -27,6 +27,7 @@ type chaosScale struct {
 	daemonKills int
 	dead        time.Duration // the daemon dead before it is started again
 	pullKills   int
+	powerCuts   int
 	outages     []time.Duration
 	// on the ctr site (chaos_ctr_test.go)
 	ctrdRestarts, diskFulls, casFlips, dsFlips int
@@ -34,10 +35,10 @@ type chaosScale struct {
 
 func chaosCounts() chaosScale {
 	if os.Getenv("LOCALDS_CHAOS") == "full" {
-		return chaosScale{daemonKills: 20, dead: 15 * time.Second, pullKills: 10, outages: []time.Duration{time.Second, 30 * time.Second, 5 * time.Minute},
+		return chaosScale{daemonKills: 20, dead: 15 * time.Second, pullKills: 10, powerCuts: 6, outages: []time.Duration{time.Second, 30 * time.Second, 5 * time.Minute},
 			ctrdRestarts: 6, diskFulls: 6, casFlips: 3, dsFlips: 3}
 	}
-	return chaosScale{daemonKills: 3, dead: abandonedWait, pullKills: 2, outages: []time.Duration{time.Second},
+	return chaosScale{daemonKills: 3, dead: abandonedWait, pullKills: 2, powerCuts: 1, outages: []time.Duration{time.Second},
 		ctrdRestarts: 1, diskFulls: 1, casFlips: 1, dsFlips: 1}
 }
 
@@ -79,6 +80,9 @@ func TestChaos(t *testing.T) {
 		for _, d := range sc.outages {
 			rows = append(rows, chaosOutage(t, r, d))
 		}
+	})
+	t.Run("power-cut", func(t *testing.T) {
+		rows = append(rows, chaosPowerCuts(t, rng, sc.powerCuts))
 	})
 	var b strings.Builder
 	fmt.Fprintf(&b, "chaos (seed %d)\n", seed)

@@ -78,6 +78,7 @@ type site struct {
 	hostsDir string // `localds hosts --dir`
 	daemon   *testnet.Process
 	ctrd     *testnet.Containerd
+	ctrdDir  string // containerd's root, state and temp; "" for a new temp dir
 	// mirrorKey is the daemon's mirror key once freshRoot has seen it:
 	// hosts.toml files name it, and every later root must carry it.
 	mirrorKey []byte
@@ -170,7 +171,7 @@ func (s *site) startDaemon(t testing.TB, extra ...string) {
 // differ every unpack uses) proxy plugins on the daemon's socket.
 func (s *site) startContainerd(t testing.TB) {
 	t.Helper()
-	s.ctrd = s.node.StartContainerd(t, testnet.ContainerdOptions{ContentSocket: s.sock, SnapshotSocket: s.sock, DiffSocket: s.sock})
+	s.ctrd = s.node.StartContainerd(t, testnet.ContainerdOptions{ContentSocket: s.sock, SnapshotSocket: s.sock, DiffSocket: s.sock, Dir: s.ctrdDir})
 }
 
 // writeHosts runs `localds --root <root> hosts --dir <hostsDir> HOST...`

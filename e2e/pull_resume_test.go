@@ -144,7 +144,18 @@ type resumeSite struct {
 
 func newResumeSite(t *testing.T) resumeSite {
 	t.Helper()
+	return newResumeSiteAt(t, "", "")
+}
+
+// newResumeSiteAt is newResumeSite with the daemon's root and containerd's
+// directories at the given paths ("" for the defaults).
+func newResumeSiteAt(t *testing.T, root, ctrdDir string) resumeSite {
+	t.Helper()
 	r := resumeSite{site: newBareSite(t), dir: t.TempDir(), big: newCLIImage(t, "big", "", 40<<20, 40<<20)}
+	if root != "" {
+		r.site.root = root
+	}
+	r.site.ctrdDir = ctrdDir
 	archive := namedLayout(t, r.big.img, "big:1")
 	writeFile(t, filepath.Join(r.dir, "images", "big.oci.tar"), archive)
 	r.sum, r.size = sha256Hex(archive), int64(len(archive))
