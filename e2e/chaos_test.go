@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -184,17 +182,13 @@ func chaosPullKills(t *testing.T, r resumeSite, rng *rand.Rand, n int) chaosRow 
 		if err := pull.Kill(); err != nil {
 			t.Fatal(err)
 		}
+		ranges := len(rangeFrom.FindAllStringSubmatch(srv.Log(), -1))
 		if _, _, err := s.localdsPull(t, "--unpack=false", "--sha256", r.sum, url, "big:1"); err == nil {
 			row.completed++
 		} else {
 			t.Errorf("kill %d at %d MiB: localds pull run again failed: %v", i, at>>20, err)
 		}
-		from := "0"
-		if m := regexp.MustCompile(`path=/images/big.oci.tar range="?bytes=(\d+)-`).FindAllStringSubmatch(srv.Log(), -1); len(m) > 0 {
-			from = m[len(m)-1][1]
-		}
-		f, _ := strconv.ParseInt(from, 10, 64)
-		resumed = append(resumed, fmt.Sprintf("%d→%d", at>>20, f>>20))
+		resumed = append(resumed, fmt.Sprintf("%d→%s", at>>20, resumedAt(srv.Log(), ranges, "")))
 		b, m := mismatched(s.root, r.big.pushed.blobs())
 		bad, missing = bad+b, missing+m
 		if ingests, err := cas.ListIngests(s.root); err == nil {
@@ -203,10 +197,10 @@ func chaosPullKills(t *testing.T, r resumeSite, rng *rand.Rand, n int) chaosRow 
 		srv.Stop()
 		s.ctrd.Ctr(t, "image", "rm", "--sync", "big:1")
 	}
-	if bad != 0 || missing != 0 {
-		t.Errorf("after the pulls run again: %d blobs mismatched, %d missing", bad, missing)
+	if bad != 0 || missing != 0 || stale != 0 {
+		t.Errorf("after the pulls run again: %d blobs mismatched, %d missing, %d ingests left", bad, missing, stale)
 	}
-	row.figures = fmt.Sprintf("mismatched blobs %d, missing %d, ingests left %d; killed→resumed at MiB: %s", bad, missing, stale, strings.Join(resumed, " "))
+	row.figures = fmt.Sprintf("mismatched blobs %d, missing %d, ingests left %d; killed at MiB→resumed at: %s", bad, missing, stale, strings.Join(resumed, " "))
 	return row
 }
 
