@@ -29,15 +29,16 @@ type chaosScale struct {
 	outages     []time.Duration
 	// on the ctr site (chaos_ctr_test.go)
 	ctrdRestarts, diskFulls, casFlips, dsFlips int
+	serveFlips                                 int
 }
 
 func chaosCounts() chaosScale {
 	if os.Getenv("LOCALDS_CHAOS") == "full" {
 		return chaosScale{daemonKills: 20, dead: 15 * time.Second, pullKills: 10, powerCuts: 6, outages: []time.Duration{time.Second, 30 * time.Second, 5 * time.Minute},
-			ctrdRestarts: 6, diskFulls: 6, casFlips: 3, dsFlips: 3}
+			ctrdRestarts: 6, diskFulls: 6, casFlips: 3, dsFlips: 3, serveFlips: 3}
 	}
 	return chaosScale{daemonKills: 3, dead: abandonedWait, pullKills: 2, powerCuts: 1, outages: []time.Duration{time.Second},
-		ctrdRestarts: 1, diskFulls: 1, casFlips: 1, dsFlips: 1}
+		ctrdRestarts: 1, diskFulls: 1, casFlips: 1, dsFlips: 1, serveFlips: 1}
 }
 
 // chaosRow is one line of the table.
@@ -71,6 +72,13 @@ func TestChaos(t *testing.T) {
 		rows = append(rows, chaosDiskFull(t, c, rng, sc.diskFulls))
 		rows = append(rows, chaosCASFlips(t, c, rng, sc.casFlips))
 		rows = append(rows, chaosDatastoreFlips(t, c, rng))
+	})
+	t.Run("serve-flip", func(t *testing.T) {
+		if testnet.IsChild(t) { // the image push runs as a child of this subtest
+			pushChild(t)
+			return
+		}
+		rows = append(rows, chaosServeFlips(t, rng, sc.serveFlips))
 	})
 	t.Run("pull-kill", func(t *testing.T) {
 		r := newResumeSite(t)

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	mathrand "math/rand"
 	"net"
 	"net/http"
 	"os"
@@ -356,6 +357,9 @@ func tail(s string, n int) string {
 type pushJob struct {
 	Ref    string  `json:"ref"`
 	Layers []int64 `json:"layers"`
+	// Seed, if not 0, makes the content pseudo-random from it, so that
+	// the same job pushed again is the same image.
+	Seed int64 `json:"seed,omitempty"`
 }
 
 type blobRef struct {
@@ -419,7 +423,11 @@ func pushChild(t *testing.T) {
 	var res []pushed
 	for _, j := range jobs {
 		start := time.Now()
-		img, err := buildImage(j.Layers)
+		src := rand.Reader
+		if j.Seed != 0 {
+			src = mathrand.New(mathrand.NewSource(j.Seed))
+		}
+		img, err := buildImageFrom(j.Layers, src)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -439,11 +447,16 @@ func pushChild(t *testing.T) {
 // buildImage makes an OCI image for this machine's platform whose layers
 // are uncompressed tars, each holding one file of random bytes.
 func buildImage(sizes []int64) (v1.Image, error) {
+	return buildImageFrom(sizes, rand.Reader)
+}
+
+// buildImageFrom is buildImage with the layers' bytes read from src.
+func buildImageFrom(sizes []int64, src io.Reader) (v1.Image, error) {
 	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
 	var adds []mutate.Addendum
 	for i, size := range sizes {
-		b, err := layerTar(fmt.Sprintf("data/layer-%d.bin", i), size)
+		b, err := layerTar(fmt.Sprintf("data/layer-%d.bin", i), size, src)
 		if err != nil {
 			return nil, err
 		}
@@ -463,15 +476,15 @@ func buildImage(sizes []int64) (v1.Image, error) {
 	return mutate.ConfigFile(img, cf)
 }
 
-// layerTar is a tar with one regular file of size random bytes.
-func layerTar(name string, size int64) ([]byte, error) {
+// layerTar is a tar with one regular file of size bytes from src.
+func layerTar(name string, size int64, src io.Reader) ([]byte, error) {
 	var buf bytes.Buffer
 	buf.Grow(int(size) + 4096)
 	tw := tar.NewWriter(&buf)
 	if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: size, ModTime: time.Unix(1700000000, 0)}); err != nil {
 		return nil, err
 	}
-	if _, err := io.CopyN(tw, rand.Reader, size); err != nil {
+	if _, err := io.CopyN(tw, src, size); err != nil {
 		return nil, err
 	}
 	if err := tw.Close(); err != nil {
