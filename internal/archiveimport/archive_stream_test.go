@@ -302,36 +302,45 @@ func TestStreamImportKilled(t *testing.T) {
 	archive := testimage.OCILayoutTar(t, testimage.NamedIndex(randomImage(t, 3, "linux/amd64"), "app:1"))
 	ranges := dataRanges(t, archive)
 	for _, at := range []int64{ranges[2][0] + 10, (ranges[3][0] + ranges[3][1]) / 2, ranges[len(ranges)-1][1] + 3} {
-		e := newImportEnv(t)
-		r := newStreamRun(t, e, archive)
-		si, _ := r.open(t, e.ctx, 1) // a checkpoint at every entry
-		if err := r.feed(si, 0, at); err != nil {
-			t.Fatal(err)
-		}
-		archiveimport.Kill(si)
-
-		next, err := cas.Open(e.ctx, e.root)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.local = next
-		probe, err := archiveimport.NewStreamImport(e.ctx, e.db.ContentStore(), r.sum, r.ckpt, archiveimport.ImportOptions{Platform: "linux/amd64", Local: next})
-		if err != nil {
-			t.Fatal(err)
-		}
-		off, err := probe.Resume(e.ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		probe.Stop(errCut)
-		if off <= 0 || off > at {
-			t.Fatalf("killed at %d: resumes at %d", at, off)
-		}
-		if _, err := r.complete(t, off, "app:1"); err != nil {
-			t.Fatalf("killed at %d, resumed at %d: %v", at, off, err)
-		}
-		e.blobs(t)
+		killAndComplete(t, archive, at, 1) // a checkpoint at every entry
 	}
+}
+
+// killAndComplete imports archive up to at (checkpointing every every
+// bytes, 0 for the default), kills the import, then completes it in a
+// new process, which must resume somewhere in (0, at], and leave no
+// ingest behind.
+func killAndComplete(t *testing.T, archive []byte, at, every int64) {
+	t.Helper()
+	e := newImportEnv(t)
+	r := newStreamRun(t, e, archive)
+	si, _ := r.open(t, e.ctx, every)
+	if err := r.feed(si, 0, at); err != nil {
+		t.Fatal(err)
+	}
+	archiveimport.Kill(si)
+
+	next, err := cas.Open(e.ctx, e.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.local = next
+	probe, err := archiveimport.NewStreamImport(e.ctx, e.db.ContentStore(), r.sum, r.ckpt, archiveimport.ImportOptions{Platform: "linux/amd64", Local: next})
+	if err != nil {
+		t.Fatal(err)
+	}
+	off, err := probe.Resume(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe.Stop(errCut)
+	if off <= 0 || off > at {
+		t.Fatalf("killed at %d: resumes at %d", at, off)
+	}
+	if _, err := r.complete(t, off, "app:1"); err != nil {
+		t.Fatalf("killed at %d, resumed at %d: %v", at, off, err)
+	}
+	e.blobs(t) // fails on an ingest left behind
 }
 
 // TestStreamImportIngestChanged: an ingest that is not as long as the
@@ -466,38 +475,6 @@ func TestStreamImportKilledBeforeCheckpoint(t *testing.T) {
 	archive := testimage.OCILayoutTar(t, testimage.NamedIndex(randomImage(t, 3, "linux/amd64"), "app:1"))
 	ranges := dataRanges(t, archive)
 	for _, at := range []int64{ranges[0][0] + 10, (ranges[1][0] + ranges[1][1]) / 2, ranges[3][0] + 1} {
-		e := newImportEnv(t)
-		r := newStreamRun(t, e, archive)
-		si, _ := r.open(t, e.ctx, 0) // the default: no periodic checkpoint in this small archive
-		if err := r.feed(si, 0, at); err != nil {
-			t.Fatal(err)
-		}
-		archiveimport.Kill(si)
-
-		next, err := cas.Open(e.ctx, e.root)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.local = next
-		sts, err := next.ListStatuses(e.ctx)
-		if err != nil || len(sts) == 0 {
-			t.Fatalf("killed at %d: %d ingests left to resume (%v)", at, len(sts), err)
-		}
-		probe, err := archiveimport.NewStreamImport(e.ctx, e.db.ContentStore(), r.sum, r.ckpt, archiveimport.ImportOptions{Platform: "linux/amd64", Local: next})
-		if err != nil {
-			t.Fatal(err)
-		}
-		off, err := probe.Resume(e.ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		probe.Stop(errCut)
-		if off <= 0 || off > at {
-			t.Fatalf("killed at %d: resumes at %d, want the first entry's start", at, off)
-		}
-		if _, err := r.complete(t, off, "app:1"); err != nil {
-			t.Fatalf("killed at %d, resumed at %d: %v", at, off, err)
-		}
-		e.blobs(t) // fails on an ingest left behind
+		killAndComplete(t, archive, at, 0) // the default: no periodic checkpoint in this small archive
 	}
 }
