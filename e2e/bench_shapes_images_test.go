@@ -126,7 +126,7 @@ func (s *site) buildShapes(t testing.TB, spec shapeSpec, dir string) []shape {
 		for _, sz := range sizes {
 			sum += sz
 		}
-		sh := shape{name: name, goal: goal, about: fmt.Sprintf("%d image(s) of %d uncompressed random layers, %d MiB each", n, len(sizes), sum>>20)}
+		sh := shape{name: name, goal: goal, about: fmt.Sprintf("%d image(s) of %d uncompressed random layers, %d MiB per image", n, len(sizes), sum>>20)}
 		for i := range n {
 			img, err := testimage.RandomImage(sizes)
 			if err != nil {

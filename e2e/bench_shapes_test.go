@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -105,6 +106,16 @@ func benchCount() int {
 type sideRun struct {
 	sec, cpu float64 // wall seconds; CPU seconds of containerd (+ daemon)
 	rss      float64 // daemon's VmHWM, MiB (localds only)
+	// idle is the share of the machine's CPU time left idle during the
+	// pull: low means the side was CPU bound or others were busy (the
+	// figures of a busy machine say less).
+	idle float64
+}
+
+// idleShare is the idle share of all CPUs since idle0 (idleSeconds) over
+// sec seconds.
+func idleShare(b testing.TB, idle0, sec float64) float64 {
+	return (idleSeconds(b) - idle0) / (sec * float64(runtime.NumCPU()))
 }
 
 // benchShape runs rounds of both sides of sh and reports them; it
@@ -125,8 +136,8 @@ func (s *site) benchShape(b *testing.B, sh shape, rounds int) (string, float64) 
 		if i%2 == 1 {
 			first = "localds"
 		}
-		log = append(log, fmt.Sprintf("%s first: stock %.2fs (CPU %.2fs) localds %.2fs (CPU %.2fs, RSS %.0f MiB)",
-			first, st.sec, st.cpu, lo.sec, lo.cpu, lo.rss))
+		log = append(log, fmt.Sprintf("%s first: stock %.2fs (CPU %.2fs, idle %.0f%%) localds %.2fs (CPU %.2fs, idle %.0f%%, RSS %.0f MiB)",
+			first, st.sec, st.cpu, 100*st.idle, lo.sec, lo.cpu, 100*lo.idle, lo.rss))
 	}
 	med := func(runs []sideRun, f func(sideRun) float64) float64 {
 		v := make([]float64, len(runs))
@@ -165,8 +176,9 @@ func (s *site) stockShape(b *testing.B, sh shape) sideRun {
 	c := s.node.StartContainerd(b, testnet.ContainerdOptions{Dir: fsys.Dir})
 	cpu0 := cpuSeconds(b, c.Proc.Pid())
 	quiesce()
+	idle0 := idleSeconds(b)
 	sec := timedPulls(b, c, sh.refs(appIP), "--plain-http")
-	run := sideRun{sec: sec, cpu: cpuSeconds(b, c.Proc.Pid()) - cpu0}
+	run := sideRun{sec: sec, cpu: cpuSeconds(b, c.Proc.Pid()) - cpu0, idle: idleShare(b, idle0, sec)}
 	for _, p := range sh.images {
 		checkStockBlobs(b, c, p)
 	}
@@ -187,8 +199,10 @@ func (s *site) localdsShape(b *testing.B, sh shape) sideRun {
 		Dir: filepath.Join(fsys.Dir, "containerd"), ContentSocket: s.sock, SnapshotSocket: s.sock, DiffSocket: s.sock})
 	cpu0 := cpuSeconds(b, s.daemon.Pid()) + cpuSeconds(b, s.ctrd.Proc.Pid())
 	quiesce()
+	idle0 := idleSeconds(b)
 	sec := timedPulls(b, s.ctrd, sh.refs(dsLocal), "--hosts-dir", s.hostsDir, "--snapshotter", "localds")
-	run := sideRun{sec: sec, cpu: cpuSeconds(b, s.daemon.Pid()) + cpuSeconds(b, s.ctrd.Proc.Pid()) - cpu0, rss: peakRSS(b, s.daemon.Pid())}
+	run := sideRun{sec: sec, cpu: cpuSeconds(b, s.daemon.Pid()) + cpuSeconds(b, s.ctrd.Proc.Pid()) - cpu0,
+		rss: peakRSS(b, s.daemon.Pid()), idle: idleShare(b, idle0, sec)}
 	for _, p := range sh.images {
 		s.checkBlobs(b, p)
 	}
