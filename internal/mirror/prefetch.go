@@ -50,6 +50,10 @@ const (
 	DefaultPrefetchTimeout = 10 * time.Minute
 	// prefetchRefPrefix names the store ingests of prefetches.
 	prefetchRefPrefix = prefetch.RefPrefix
+	// smallBlob is the size up to which a blob (an image config, a tiny
+	// layer) goes ahead of the queued large ones: with several pulls at
+	// once, one image's config need not wait for another image's layers.
+	smallBlob = 1 << 20
 )
 
 // prefetcher runs the mirror's prefetches in a bounded pool: a queue of
@@ -69,7 +73,8 @@ type prefetcher struct {
 	wg       sync.WaitGroup
 
 	mu      sync.Mutex
-	queue   []*prefetchJob
+	small   []*prefetchJob       // blobs up to smallBlob, taken first
+	queue   []*prefetchJob       // the others, in order
 	jobs    map[prefetchKey]bool // queued or running
 	running int                  // worker goroutines
 	closed  bool
@@ -81,12 +86,13 @@ type prefetchKey struct {
 }
 
 type prefetchJob struct {
-	key  prefetchKey
-	ctx  context.Context // the manifest request's logger, not its lifetime
-	t    target
-	hdr  http.Header
-	desc ocispec.Descriptor
-	end  func() // the Tracker's
+	key    prefetchKey
+	ctx    context.Context // the manifest request's logger, not its lifetime
+	t      target
+	hdr    http.Header
+	desc   ocispec.Descriptor
+	end    func()    // the Tracker's
+	queued time.Time // when start queued it, for the log
 }
 
 func newPrefetcher(m *Mirror, inFlight *prefetch.Tracker, concurrency int) *prefetcher {
@@ -100,8 +106,8 @@ func (p *prefetcher) close() {
 	p.stop()
 	p.mu.Lock()
 	p.closed = true
-	queued := p.queue
-	p.queue = nil
+	queued := append(p.small, p.queue...)
+	p.small, p.queue = nil, nil
 	p.mu.Unlock()
 	for _, j := range queued {
 		j.end()
@@ -150,7 +156,7 @@ func (p *prefetcher) start(ctx context.Context, t target, hdr http.Header, desc 
 	key := prefetchKey{host: t.host, dgst: desc.Digest}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed || p.jobs[key] || len(p.queue) >= maxQueuedPrefetches {
+	if p.closed || p.jobs[key] || len(p.small)+len(p.queue) >= maxQueuedPrefetches {
 		return // being prefetched from this host, or too much queued: fetched on request
 	}
 	end, ok := p.inFlight.BeginFrom(t.host, desc.Digest)
@@ -158,7 +164,12 @@ func (p *prefetcher) start(ctx context.Context, t target, hdr http.Header, desc 
 		return
 	}
 	p.jobs[key] = true
-	p.queue = append(p.queue, &prefetchJob{key: key, ctx: ctx, t: t, hdr: hdr, desc: desc, end: end})
+	j := &prefetchJob{key: key, ctx: ctx, t: t, hdr: hdr, desc: desc, end: end, queued: time.Now()}
+	if desc.Size <= smallBlob {
+		p.small = append(p.small, j)
+	} else {
+		p.queue = append(p.queue, j)
+	}
 	if p.running < p.workers {
 		p.running++
 		p.wg.Add(1)
@@ -166,22 +177,36 @@ func (p *prefetcher) start(ctx context.Context, t target, hdr http.Header, desc 
 	}
 }
 
-// work runs queued jobs until the queue is empty.
+// work runs queued jobs until none is left.
 func (p *prefetcher) work() {
 	defer p.wg.Done()
 	for {
 		p.mu.Lock()
-		if len(p.queue) == 0 {
+		j := p.next()
+		if j == nil {
 			p.running--
 			p.mu.Unlock()
 			return
 		}
-		j := p.queue[0]
-		p.queue[0] = nil
-		p.queue = p.queue[1:]
 		p.mu.Unlock()
 		p.run(j)
 	}
+}
+
+// next takes the next job off the queues, small blobs first, each queue
+// in order; nil if both are empty. p.mu must be held.
+func (p *prefetcher) next() *prefetchJob {
+	q := &p.small
+	if len(*q) == 0 {
+		q = &p.queue
+	}
+	if len(*q) == 0 {
+		return nil
+	}
+	j := (*q)[0]
+	(*q)[0] = nil
+	*q = (*q)[1:]
+	return j
 }
 
 // run prefetches one job, detached from the manifest request, bounded
@@ -190,6 +215,8 @@ func (p *prefetcher) work() {
 func (p *prefetcher) run(j *prefetchJob) {
 	jctx, cancel := context.WithTimeout(log.WithLogger(p.base, log.G(j.ctx)), p.m.opts.PrefetchTimeout)
 	defer cancel()
+	began := time.Now()
+	jctx = log.WithLogger(jctx, log.G(jctx).WithField("queued", began.Sub(j.queued).Round(time.Millisecond)))
 	err := p.fetch(jctx, j.t, j.hdr, j.desc)
 	if err != nil {
 		log.G(jctx).WithError(err).WithField("digest", j.desc.Digest).Warn("prefetch failed; the blob will be fetched on request")
@@ -212,6 +239,7 @@ func (p *prefetcher) run(j *prefetchJob) {
 // transfer) into the store, and commits it only if its length and digest
 // are the descriptor's.
 func (p *prefetcher) fetch(ctx context.Context, t target, hdr http.Header, desc ocispec.Descriptor) error {
+	began := time.Now()
 	if _, err := p.m.opts.Store.Info(ctx, desc.Digest); err == nil {
 		return nil // containerd (or another prefetch) got there first
 	}
@@ -290,6 +318,7 @@ func (p *prefetcher) fetch(ctx context.Context, t target, hdr http.Header, desc 
 		p.m.stats.verifyFailures.Add(1)
 		return fmt.Errorf("%w: datastore sent %d bytes with digest %s, want %d bytes %s", errDigestMismatch, n, got, desc.Size, desc.Digest)
 	}
+	copied := time.Now()
 	if err := cw.Commit(ctx, desc.Size, desc.Digest); err != nil && !errdefs.IsAlreadyExists(err) {
 		return fmt.Errorf("commit: %w", err)
 	}
@@ -297,7 +326,7 @@ func (p *prefetcher) fetch(ctx context.Context, t target, hdr http.Header, desc 
 	if onCommit != nil {
 		onCommit()
 	}
-	log.G(ctx).WithFields(log.Fields{"digest": desc.Digest, "bytes": n, "resumes": s.resumes}).Debug("blob prefetched into the store")
+	log.G(ctx).WithFields(log.Fields{"digest": desc.Digest, "bytes": n, "resumes": s.resumes, "copy": copied.Sub(began).Round(time.Millisecond), "commit": time.Since(copied).Round(time.Millisecond)}).Debug("blob prefetched into the store")
 	return nil
 }
 

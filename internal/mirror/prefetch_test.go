@@ -5,6 +5,8 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/plugins/content/local"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/localds/localds/internal/prefetch"
 )
@@ -218,5 +221,26 @@ func TestPrefetchSharedTracker(t *testing.T) {
 	}
 	if s := env.mirror.Stats(); s.Prefetched != 3 {
 		t.Errorf("stats after the prefetches ended: %+v", s)
+	}
+}
+
+// TestPrefetchSmallFirst: queued configs (small blobs) go ahead of the
+// layers queued before them, so one pull's config does not wait behind
+// another pull's layers; each kind keeps its order.
+func TestPrefetchSmallFirst(t *testing.T) {
+	p := newPrefetcher(nil, prefetch.NewTracker(nil), 0) // no workers: everything stays queued
+	sizes := []int64{64 << 20, 2 << 20, 1234, 64 << 20, smallBlob, smallBlob + 1, 1}
+	for i, size := range sizes {
+		d := digest.FromString(strconv.Itoa(i))
+		p.start(context.Background(), target{host: "ds.local", dgst: d}, http.Header{}, ocispec.Descriptor{Digest: d, Size: size})
+	}
+	var got []int64
+	for j := p.next(); j != nil; j = p.next() {
+		got = append(got, j.desc.Size)
+		j.end()
+	}
+	want := []int64{1234, smallBlob, 1, 64 << 20, 2 << 20, 64 << 20, smallBlob + 1}
+	if !slices.Equal(got, want) {
+		t.Fatalf("jobs ran in the order of sizes %v, want %v", got, want)
 	}
 }
