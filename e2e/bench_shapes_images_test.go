@@ -4,10 +4,12 @@ package e2e
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
@@ -33,6 +35,28 @@ type shapeSpec struct {
 	// pulled at the same time.
 	concurrent       []int64
 	concurrentImages int
+	// only, if set, selects the shapes to build by name.
+	only func(name string) bool
+}
+
+func (sp shapeSpec) want(name string) bool { return sp.only == nil || sp.only(name) }
+
+// benchShapeFilter selects the shapes that -test.bench's second element
+// matches (-bench 'PullShapes/real' builds only that one; gzip is slow).
+func benchShapeFilter() func(string) bool {
+	f := flag.Lookup("test.bench")
+	if f == nil {
+		return nil
+	}
+	parts := strings.Split(f.Value.String(), "/")
+	if len(parts) < 2 {
+		return nil
+	}
+	re, err := regexp.Compile(parts[1])
+	if err != nil {
+		return nil
+	}
+	return re.MatchString
 }
 
 // fullShapes are the benchmark's images (issue 15).
@@ -140,6 +164,9 @@ func (s *site) buildShapes(t testing.TB, spec shapeSpec, dir string) []shape {
 	}
 
 	var shapes []shape
+	if !spec.want("real") {
+		spec.real = nil
+	}
 	if len(spec.real) > 0 {
 		groups := make([][]string, len(spec.real))
 		for i, roots := range spec.real {
@@ -152,16 +179,25 @@ func (s *site) buildShapes(t testing.TB, spec shapeSpec, dir string) []shape {
 	} else {
 		t.Logf("shape real: none of its host trees exist here; left out")
 	}
-	entries, err := testimage.Walk(spec.splitRoots...)
-	if err != nil {
-		t.Fatal(err)
+	if name := fmt.Sprintf("layers%d", spec.splitLayers); spec.want(name) {
+		entries, err := testimage.Walk(spec.splitRoots...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(entries) < spec.splitLayers {
+			t.Fatalf("shape %s: %d entries under %v", name, len(entries), spec.splitRoots)
+		}
+		shapes = append(shapes, gzipShape(name, 0.8, testimage.Split(entries, spec.splitLayers)))
 	}
-	if len(entries) < spec.splitLayers {
-		t.Fatalf("shape layers%d: %d entries under %v", spec.splitLayers, len(entries), spec.splitRoots)
+	if spec.want("big") {
+		shapes = append(shapes, randomShape("big", 0.65, 1, spec.big))
 	}
-	shapes = append(shapes, gzipShape(fmt.Sprintf("layers%d", spec.splitLayers), 0.8, testimage.Split(entries, spec.splitLayers)))
-	shapes = append(shapes, randomShape("big", 0.65, 1, spec.big))
-	shapes = append(shapes, randomShape("concurrent", 0.8, spec.concurrentImages, spec.concurrent))
+	if spec.want("concurrent") {
+		shapes = append(shapes, randomShape("concurrent", 0.8, spec.concurrentImages, spec.concurrent))
+	}
+	if len(shapes) == 0 {
+		t.Fatal("no shape selected")
+	}
 	return shapes
 }
 

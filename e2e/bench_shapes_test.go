@@ -53,12 +53,15 @@ const loopGiB = 4
 // (containerd, plus the daemon for localds) over the rounds, the ratio of
 // the medians localds/stock (issue 15's goal next to it in the stderr
 // line), and the daemon's peak RSS (VmHWM); at the end the peak RSS over
-// all shapes. Run with -benchtime Nx (N rounds; `make bench` says 3x).
+// all shapes. Run with -benchtime Nx (N rounds; `make bench` says 3x);
+// -bench 'PullShapes/real' builds and runs only that shape.
 func BenchmarkPullShapes(b *testing.B) {
 	requireE2E(b)
 	s := newSite(b, 5000)
 	start := time.Now()
-	shapes := s.buildShapes(b, fullShapes(), b.TempDir())
+	spec := fullShapes()
+	spec.only = benchShapeFilter()
+	shapes := s.buildShapes(b, spec, b.TempDir())
 	b.Logf("shapes %s built and pushed in %v", shapeNames(shapes), time.Since(start).Round(time.Second))
 	s.writeHosts(b, dsLocal+":5000")
 
@@ -106,6 +109,7 @@ func benchCount() int {
 type sideRun struct {
 	sec, cpu float64 // wall seconds; CPU seconds of containerd (+ daemon)
 	rss      float64 // daemon's VmHWM, MiB (localds only)
+	calls    float64 // gRPC calls on the plugin socket (localds only)
 	// idle is the share of the machine's CPU time left idle during the
 	// pull: low means the side was CPU bound or others were busy (the
 	// figures of a busy machine say less).
@@ -136,23 +140,26 @@ func (s *site) benchShape(b *testing.B, sh shape, rounds int) (string, float64) 
 		if i%2 == 1 {
 			first = "localds"
 		}
-		log = append(log, fmt.Sprintf("%s first: stock %.2fs (CPU %.2fs, idle %.0f%%) localds %.2fs (CPU %.2fs, idle %.0f%%, RSS %.0f MiB)",
-			first, st.sec, st.cpu, 100*st.idle, lo.sec, lo.cpu, 100*lo.idle, lo.rss))
+		log = append(log, fmt.Sprintf("%s first: stock %.2fs (CPU %.2fs, idle %.0f%%) localds %.2fs (CPU %.2fs, idle %.0f%%, RSS %.0f MiB, %.0f gRPC calls)",
+			first, st.sec, st.cpu, 100*st.idle, lo.sec, lo.cpu, 100*lo.idle, lo.rss, lo.calls))
 	}
 	med := func(runs []sideRun, f func(sideRun) float64) float64 {
 		v := make([]float64, len(runs))
 		for i, r := range runs {
 			v[i] = f(r)
 		}
-		slices.Sort(v)
-		if len(v)%2 == 1 {
-			return v[len(v)/2]
-		}
-		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+		return median(v)
 	}
 	sec := func(r sideRun) float64 { return r.sec }
 	cpu := func(r sideRun) float64 { return r.cpu }
 	stockSec, localSec := med(stock, sec), med(local, sec)
+	// The two sides of a round run back to back, under about the same
+	// load from the rest of the machine: the median of the rounds' own
+	// ratios is steadier on a busy machine than the ratio of medians.
+	paired := make([]float64, rounds)
+	for i := range rounds {
+		paired[i] = local[i].sec / stock[i].sec
+	}
 	var peak float64
 	for _, r := range local {
 		peak = max(peak, r.rss)
@@ -160,14 +167,42 @@ func (s *site) benchShape(b *testing.B, sh shape, rounds int) (string, float64) 
 	b.ReportMetric(stockSec, "stock-s")
 	b.ReportMetric(localSec, "localds-s")
 	b.ReportMetric(localSec/stockSec, "localds/stock")
+	b.ReportMetric(median(paired), "paired-ratio")
+	b.ReportMetric(med(local, func(r sideRun) float64 { return r.calls }), "grpc-calls")
 	b.ReportMetric(med(stock, cpu), "stock-cpu-s")
 	b.ReportMetric(med(local, cpu), "localds-cpu-s")
 	b.ReportMetric(peak, "daemon-rss-MiB")
-	line := fmt.Sprintf("shape %s: stock median %.2fs, localds %.2fs, ratio %.2f (goal <= %.2f); CPU stock %.2fs, localds %.2fs; daemon peak RSS %.1f MiB; %d rounds: %s",
-		sh.name, stockSec, localSec, localSec/stockSec, sh.goal, med(stock, cpu), med(local, cpu), peak, rounds, strings.Join(log, "; "))
-	fmt.Fprintln(os.Stderr, line)
-	b.Log(line)
+	line := fmt.Sprintf("shape %s: stock median %.2fs, localds %.2fs, ratio %.2f (goal <= %.2f; paired rounds' median %.2f); CPU stock %.2fs, localds %.2fs; daemon peak RSS %.1f MiB",
+		sh.name, stockSec, localSec, localSec/stockSec, sh.goal, median(paired), med(stock, cpu), med(local, cpu), peak)
+	fmt.Fprintf(os.Stderr, "%s\n  %d rounds: %s\n", line, rounds, strings.Join(log, ";\n    "))
+	b.Logf("%s; %d rounds: %s", line, rounds, strings.Join(log, "; "))
 	return line, peak
+}
+
+// median of v (sorted in place).
+func median(v []float64) float64 {
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+// grpcTotal is the daemon's localds_grpc_requests_total over all methods.
+func (s *site) grpcTotal(b testing.TB) float64 {
+	b.Helper()
+	_, body := s.get(b, "/metrics")
+	var n float64
+	for _, line := range strings.Split(body, "\n") {
+		if !strings.HasPrefix(line, "localds_grpc_requests_total{") {
+			continue
+		}
+		_, v, _ := strings.Cut(line, "} ")
+		if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
+			n += f
+		}
+	}
+	return n
 }
 
 // stockShape: stock containerd on a fresh file system pulls sh by IP.
@@ -198,11 +233,12 @@ func (s *site) localdsShape(b *testing.B, sh shape) sideRun {
 	s.ctrd = s.node.StartContainerd(b, testnet.ContainerdOptions{
 		Dir: filepath.Join(fsys.Dir, "containerd"), ContentSocket: s.sock, SnapshotSocket: s.sock, DiffSocket: s.sock})
 	cpu0 := cpuSeconds(b, s.daemon.Pid()) + cpuSeconds(b, s.ctrd.Proc.Pid())
+	calls0 := s.grpcTotal(b)
 	quiesce()
 	idle0 := idleSeconds(b)
 	sec := timedPulls(b, s.ctrd, sh.refs(dsLocal), "--hosts-dir", s.hostsDir, "--snapshotter", "localds")
 	run := sideRun{sec: sec, cpu: cpuSeconds(b, s.daemon.Pid()) + cpuSeconds(b, s.ctrd.Proc.Pid()) - cpu0,
-		rss: peakRSS(b, s.daemon.Pid()), idle: idleShare(b, idle0, sec)}
+		rss: peakRSS(b, s.daemon.Pid()), idle: idleShare(b, idle0, sec), calls: s.grpcTotal(b) - calls0}
 	for _, p := range sh.images {
 		s.checkBlobs(b, p)
 	}
