@@ -54,6 +54,9 @@ type extractor struct {
 	// their entries.
 	made  []string
 	usage snapshots.Usage
+	// acls: a default ACL may be inherited (the root has one, or the
+	// layer sets one), so chown and chmod are never skipped.
+	acls bool
 }
 
 type dirTime struct {
@@ -72,6 +75,9 @@ func extractTar(ctx context.Context, dir string, r io.Reader, filter func(*tar.H
 		return snapshots.Usage{}, fmt.Errorf("open staging directory %s: %w", dir, err)
 	}
 	x := &extractor{ctx: ctx, filter: filter, buf: make([]byte, extractBufSize)}
+	if _, err := unix.Fgetxattr(root, aclDefault, nil); err == nil || !errors.Is(err, unix.ENODATA) {
+		x.acls = true
+	}
 	x.dirs = newDirStack(root, x.madeImplicit)
 	defer x.dirs.close()
 	if err := x.run(tar.NewReader(r)); err != nil {
@@ -100,6 +106,9 @@ func (x *extractor) run(tr *tar.Reader) error {
 		ok, err := x.filter(hdr)
 		if err != nil {
 			return err
+		}
+		if _, ok := hdr.PAXRecords[paxSchilyXattr+aclDefault]; ok {
+			x.acls = true
 		}
 		if !ok || hdr.Name == "." {
 			continue // "." resolves to the root, which archive.Apply skips
@@ -214,22 +223,38 @@ func (x *extractor) file(pfd int, hdr *tar.Header, base string, r io.Reader) err
 	if err := x.copyTo(fd, r); err != nil {
 		return fmt.Errorf("write %q: %w", hdr.Name, err)
 	}
-	if err := unix.Fchown(fd, hdr.Uid, hdr.Gid); err != nil {
-		return chownErr(hdr, err)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("stat %q: %w", hdr.Name, err)
+	}
+	// A chown or chmod to what the new file has already changes nothing
+	// but its ctime: no set-ID bit or capability for chown to clear that
+	// the chmod after it would not set again. Not skipped where ACLs are
+	// in play (they tie the mode to an xattr) or after xattrs.
+	xattrs := hasXattrs(hdr)
+	chown := x.acls || st.Uid != uint32(hdr.Uid) || st.Gid != uint32(hdr.Gid)
+	if chown {
+		if err := unix.Fchown(fd, hdr.Uid, hdr.Gid); err != nil {
+			return chownErr(hdr, err)
+		}
 	}
 	if err := setXattrs(x.ctx, hdr, true, func(k string, v []byte) error { return unix.Fsetxattr(fd, k, v, 0) }); err != nil {
 		return err
 	}
-	if err := unix.Fchmod(fd, mode); err != nil {
-		return fmt.Errorf("chmod %q: %w", hdr.Name, err)
+	if chown || xattrs || st.Mode&0o7777 != mode {
+		if err := unix.Fchmod(fd, mode); err != nil {
+			return fmt.Errorf("chmod %q: %w", hdr.Name, err)
+		}
 	}
 	ts := tarTimes(hdr)
 	if err := futimens(fd, &ts); err != nil {
 		return fmt.Errorf("utimes %q: %w", hdr.Name, err)
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return fmt.Errorf("stat %q: %w", hdr.Name, err)
+	if xattrs {
+		// One may need a block of its own.
+		if err := unix.Fstat(fd, &st); err != nil {
+			return fmt.Errorf("stat %q: %w", hdr.Name, err)
+		}
 	}
 	x.count(&st)
 	err = unix.Close(fd)

@@ -70,7 +70,19 @@ func futimens(fd int, ts *[2]unix.Timespec) error {
 	return nil
 }
 
-const paxSchilyXattr = "SCHILY.xattr."
+const (
+	paxSchilyXattr = "SCHILY.xattr."
+	aclDefault     = "system.posix_acl_default"
+)
+
+func hasXattrs(hdr *tar.Header) bool {
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, paxSchilyXattr) {
+			return true
+		}
+	}
+	return false
+}
 
 // setXattrs sets the header's SCHILY.xattr.* records with set, ignoring
 // what archive.Apply ignores: trusted.* (it refuses them as not

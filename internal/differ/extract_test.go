@@ -113,6 +113,22 @@ func capability() string {
 	return string(b[:])
 }
 
+// defaultACL is a system.posix_acl_default value: user::rwx,
+// user:1000:rw-, group::r-x, mask::rwx, other::---.
+func defaultACL() string {
+	var b []byte
+	b = binary.LittleEndian.AppendUint32(b, 2)
+	for _, e := range []struct {
+		tag, perm uint16
+		id        uint32
+	}{{0x01, 7, 0xffffffff}, {0x02, 6, 1000}, {0x04, 5, 0xffffffff}, {0x10, 7, 0xffffffff}, {0x20, 0, 0xffffffff}} {
+		b = binary.LittleEndian.AppendUint16(b, e.tag)
+		b = binary.LittleEndian.AppendUint16(b, e.perm)
+		b = binary.LittleEndian.AppendUint32(b, e.id)
+	}
+	return string(b)
+}
+
 func withTimes(e tarEntry, atime, mtime time.Time) tarEntry {
 	e.hdr.AccessTime, e.hdr.ModTime = atime, mtime
 	return e
@@ -139,6 +155,9 @@ func TestExtractorEntryKinds(t *testing.T) {
 			dirE("bin/", 0o755, 0, 0),
 			fileE("bin/suid", "#!/bin/sh\n", 0o4755, 1000, 1000), // chown clears it, chmod after sets it
 			fileE("bin/sgid", "x", 0o2711, 0, 5),
+			fileE("bin/suid-root", "x", 0o4755, 0, 0),
+			fileE("bin/all", "past the umask", 0o777, 0, 0),
+			fileE("bin/plain", "as created", 0o644, 0, 0),
 			fileE("bin/empty", "", 0o000, 3, 4),
 			fileE("bin/big", string(big), 0o644, 0, 0),
 			dirE("tmp/", 0o1777, 0, 0),
@@ -180,6 +199,13 @@ func TestExtractorEntryKinds(t *testing.T) {
 			whiteoutE("implicit/dir/.wh.x"),
 			withOwner(whiteoutE(".wh.top"), 11, 12),
 			{hdr: tar.Header{Typeflag: tar.TypeDir, Name: "b/.wh.dirwhiteout/", Mode: 0o755, ModTime: epoch, Format: tar.FormatPAX}},
+		},
+		"ACLs": {
+			withXattr(dirE("acl/", 0o755, 0, 0), "system.posix_acl_default", defaultACL()),
+			fileE("acl/f", "the mode and ACL chmod makes", 0o644, 0, 0),
+			fileE("acl/g", "the mode the ACL gives already", 0o640, 0, 0),
+			dirE("acl/sub/", 0o755, 0, 0),
+			fileE("acl/sub/g", "inherited further", 0o600, 0, 0),
 		},
 		"times": {
 			withTimes(dirE("t/", 0o755, 0, 0), time.Unix(1700000000, 5), time.Unix(1600000000, 999999999)),
