@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -19,10 +21,14 @@ import (
 )
 
 // smallShapes are BenchmarkPullShapes's shapes made smaller for a test:
-// the real-shaped one from part of each host tree, the 40 layers as in
-// the benchmark, the big and concurrent ones with small random layers.
-func smallShapes() shapeSpec {
+// the real-shaped one from part of each host tree (and a first layer of
+// extra, if set), the 40 layers as in the benchmark, the big and
+// concurrent ones with small random layers.
+func smallShapes(extra string) shapeSpec {
 	var real [][]string
+	if extra != "" {
+		real = append(real, []string{extra})
+	}
 	for _, g := range [][]string{
 		{"/usr/include/linux"},
 		{"/usr/share/doc/[a-f]*"},
@@ -54,7 +60,7 @@ func smallShapes() shapeSpec {
 func TestPullShapesTreesMatch(t *testing.T) {
 	requireE2E(t)
 	s := newSite(t, 5000)
-	shapes := s.buildShapes(t, smallShapes(), t.TempDir())
+	shapes := s.buildShapes(t, smallShapes(oddTree(t)), t.TempDir())
 	s.writeHosts(t, dsLocal+":5000")
 	var layers int
 	for _, sh := range shapes {
@@ -242,4 +248,56 @@ func clipList(items []string, n int) string {
 		return strings.Join(items, "\n")
 	}
 	return strings.Join(items[:n], "\n") + fmt.Sprintf("\n… and %d more", len(items)-n)
+}
+
+// oddTree makes a small tree with what the host trees lack: owners other
+// than root, setuid/setgid/sticky modes, user xattrs, hard links, a fifo,
+// a character device, an empty directory, an absolute and a dangling
+// symlink. It returns the tree's root.
+func oddTree(t *testing.T) string {
+	t.Helper()
+	root := filepath.Join(t.TempDir(), "odd")
+	mt := time.Unix(1650000000, 0)
+	steps := []struct {
+		what string
+		do   func(p string) error
+		path string
+	}{
+		{"dir", func(p string) error { return os.MkdirAll(p, 0o755) }, "bin"},
+		{"setuid file", func(p string) error { return os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755) }, "bin/su"},
+		{"chmod", func(p string) error { return os.Chmod(p, 0o4755) }, "bin/su"},
+		{"hard link", func(p string) error { return os.Link(filepath.Join(root, "bin/su"), p) }, "bin/su2"},
+		{"xattr", func(p string) error { return unix.Lsetxattr(p, "user.note", []byte("hello"), 0) }, "bin/su"},
+		{"dir", func(p string) error { return os.MkdirAll(p, 0o700) }, "home/user"},
+		{"file", func(p string) error { return os.WriteFile(p, []byte("secret"), 0o600) }, "home/user/f"},
+		{"chown", func(p string) error { return os.Lchown(p, 1000, 1001) }, "home/user/f"},
+		{"chown", func(p string) error { return os.Lchown(p, 1000, 1000) }, "home/user"},
+		{"fifo", func(p string) error { return unix.Mkfifo(p, 0o620) }, "home/user/fifo"},
+		{"sticky dir", func(p string) error { return os.Mkdir(p, 0o755) }, "tmp"},
+		{"chmod", func(p string) error { return os.Chmod(p, 0o1777) }, "tmp"},
+		{"setgid dir", func(p string) error { return os.Mkdir(p, 0o755) }, "srv"},
+		{"chmod", func(p string) error { return os.Chmod(p, 0o2775) }, "srv"},
+		{"empty dir", func(p string) error { return os.Mkdir(p, 0o711) }, "srv/empty"},
+		{"char device", func(p string) error { return unix.Mknod(p, unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))) }, "srv/null"},
+		{"absolute symlink", func(p string) error { return os.Symlink("/etc/passwd", p) }, "srv/abs"},
+		{"dangling symlink", func(p string) error { return os.Symlink("../nowhere", p) }, "srv/dangling"},
+	}
+	for _, st := range steps {
+		if err := st.do(filepath.Join(root, st.path)); err != nil {
+			t.Fatalf("odd tree: %s %s: %v", st.what, st.path, err)
+		}
+	}
+	// Layer times, set last (deepest first) so no later step moves them.
+	paths, err := testimage.Walk(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Reverse(paths)
+	for _, p := range paths {
+		ts := unix.NsecToTimespec(mt.UnixNano())
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root
 }
