@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +20,13 @@ import (
 
 // loopTimeout bounds each command LoopFS runs (mkfs, losetup, mount).
 const loopTimeout = 2 * time.Minute
+
+// Each LoopFS lives in loopBase/loopPrefix*: owner (the pid), ext4.img,
+// mnt/.
+const (
+	loopBase   = "/var/tmp"
+	loopPrefix = "localds-loopfs-"
+)
 
 // LoopFS is a freshly made, journaled ext4 on a loop device, mounted at
 // Dir. Benchmarks give each side its own: this VM's root file system is
@@ -44,9 +52,16 @@ type LoopFS struct {
 func NewLoopFS(t testing.TB, sizeGiB int) *LoopFS {
 	t.Helper()
 	RequireRoot(t)
-	base, err := os.MkdirTemp("/var/tmp", "localds-loopfs-")
+	for _, err := range sweepStaleLoopFS() {
+		t.Logf("testnet: stale loopfs: %v", err)
+	}
+	base, err := os.MkdirTemp(loopBase, loopPrefix)
 	if err != nil {
 		t.Fatalf("testnet: loopfs dir: %v", err)
+	}
+	// The owner's pid lets a later run remove what a killed test left.
+	if err := os.WriteFile(filepath.Join(base, "owner"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		t.Fatalf("testnet: loopfs owner: %v", err)
 	}
 	l := &LoopFS{Dir: filepath.Join(base, "mnt"), image: filepath.Join(base, "ext4.img")}
 	t.Cleanup(func() {
@@ -163,4 +178,41 @@ func run(name string, args ...string) (string, error) {
 		return "", fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return string(out), nil
+}
+
+// sweepStaleLoopFS unmounts, detaches and removes the file systems whose
+// owner process is gone (a test killed before its cleanup), and leaves
+// every other alone (another test process may be using it).
+func sweepStaleLoopFS() []error {
+	dirs, _ := filepath.Glob(filepath.Join(loopBase, loopPrefix+"*"))
+	var errs []error
+	for _, base := range dirs {
+		b, err := os.ReadFile(filepath.Join(base, "owner"))
+		if err != nil {
+			continue // being made, or not ours
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 0 || pidAlive(pid) {
+			continue
+		}
+		l := &LoopFS{Dir: filepath.Join(base, "mnt"), image: filepath.Join(base, "ext4.img")}
+		if mounted(l.Dir) {
+			if err := unix.Unmount(l.Dir, unix.MNT_DETACH); err != nil {
+				errs = append(errs, fmt.Errorf("umount -l %s: %w", l.Dir, err))
+			}
+		}
+		if out, err := run("losetup", "--noheadings", "--output", "NAME", "--associated", l.image); err == nil {
+			for _, dev := range strings.Fields(out) {
+				if _, err := run("losetup", "-d", dev); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+		if err := os.RemoveAll(base); err != nil {
+			errs = append(errs, fmt.Errorf("remove %s: %w", base, err))
+		} else {
+			errs = append(errs, fmt.Errorf("removed %s (its owner, pid %d, is gone)", base, pid))
+		}
+	}
+	return errs
 }

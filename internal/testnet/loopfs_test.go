@@ -66,9 +66,23 @@ func TestLoopFS(t *testing.T) {
 		t.Fatalf("child wrote %q", dirs)
 	}
 	checkGone(t, &LoopFS{Dir: f[0], Device: f[1], image: f[2]})
-	if e := os.Remove(filepath.Dir(f[2])); !os.IsNotExist(e) {
-		t.Fatalf("%s left: %v", filepath.Dir(f[2]), e)
+
+	// A test killed before its cleanup: the next NewLoopFS (of any
+	// process) removes what it left, since its owner is gone.
+	cmd = exec.Command(os.Args[0], "-test.run", "^TestLoopFSFailing$", "-test.v")
+	cmd.Env = append(os.Environ(), "LOCALDS_LOOPFS_OUT="+out, "LOCALDS_LOOPFS_EXIT=1")
+	if b, err := cmd.CombinedOutput(); err == nil {
+		t.Fatalf("the exiting child exited 0:\n%s", b)
 	}
+	if dirs, err = os.ReadFile(out); err != nil {
+		t.Fatal(err)
+	}
+	f = strings.Fields(string(dirs))
+	if len(f) != 3 || !mounted(f[0]) {
+		t.Fatalf("child wrote %q; want its file system left mounted", dirs)
+	}
+	NewLoopFS(t, 1)
+	checkGone(t, &LoopFS{Dir: f[0], Device: f[1], image: f[2]})
 }
 
 // TestLoopFSFailing is TestLoopFS's child: it makes a file system, says
@@ -81,6 +95,9 @@ func TestLoopFSFailing(t *testing.T) {
 	l := NewLoopFS(t, 1)
 	if err := os.WriteFile(out, []byte(l.Dir+" "+l.Device+" "+l.image), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	if os.Getenv("LOCALDS_LOOPFS_EXIT") != "" {
+		os.Exit(3) // killed: no cleanup runs
 	}
 	t.Fatal("failing on purpose")
 }
