@@ -52,8 +52,11 @@ const loopGiB = 4
 // Reported per shape: the medians of each side's seconds and CPU seconds
 // (containerd, plus the daemon for localds) over the rounds, the ratio of
 // the medians localds/stock (issue 15's goal next to it in the stderr
-// line), and the daemon's peak RSS (VmHWM); at the end the peak RSS over
-// all shapes. Run with -benchtime Nx (N rounds; `make bench` says 3x);
+// line) and the median of each round's own ratio, the gRPC calls of a
+// localds pull and the daemon's peak RSS (VmHWM); at the end the peak
+// RSS over all shapes. Each round's line on stderr gives the share of
+// the machine's CPU left idle during each pull: near 0 the figures were
+// taken on a busy machine. Run with -benchtime Nx (N rounds; `make bench` says 3x);
 // -bench 'PullShapes/real' builds and runs only that shape.
 func BenchmarkPullShapes(b *testing.B) {
 	requireE2E(b)
