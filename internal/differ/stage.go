@@ -52,11 +52,13 @@ func startStage(ctx context.Context, s *Staging, desc ocispec.Descriptor, dir st
 }
 
 // Copy copies the blob from src to dst (the store's writer, which hashes
-// it) and extracts it on the way: the extractor reads the blob through a
+// it) and extracts it on the way: the extraction reads the blob through a
 // reader that writes every byte it reads to dst, so each byte is read from
-// the network once and needs no pipe or goroutine. After the tar's end (or
-// when the extraction stops) the rest is copied as is. The error is the
-// fetch's (reading src, writing dst), never the extraction's.
+// the network once (on the extraction's reading goroutine, see
+// readAhead; Copy returns after it). The extraction reads to the blob's
+// end even when it stops early, and whatever is left after that is copied
+// as is. The error is the fetch's (reading src, writing dst), never the
+// extraction's.
 func (st *Stage) Copy(dst io.Writer, src io.Reader) (int64, error) {
 	tr := &teeReader{src: src, dst: dst, buf: make([]byte, teeChunk)}
 	chk := newEntryCheck()
