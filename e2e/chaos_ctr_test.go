@@ -123,7 +123,7 @@ func flipByte(p string, off int64) error {
 func chaosContainerdRestarts(t *testing.T, c ctrSite, rng *rand.Rand, n int) chaosRow {
 	s, img := c.s, c.big
 	row := chaosRow{fault: "containerd restarted mid ctr pull, retried", runs: n}
-	var bad, missing, stale, leases int
+	var bad, missing, held, stale, leases int
 	abandoned := map[string]int{}
 	for i := 0; i < n; i++ {
 		requireAbsent(t, s, img)
@@ -175,7 +175,7 @@ func chaosContainerdRestarts(t *testing.T, c ctrSite, rng *rand.Rand, n int) cha
 		}
 		b, m := mismatched(s.root, img.blobs())
 		in, _ := leftovers(s.root)
-		bad, missing, stale = bad+b, missing+m, stale+in
+		bad, missing, held = bad+b, missing+m, held+in
 		// The lease of the pull under the restart (ctr makes one for
 		// 24 h and deletes it at the end) holds what it had fetched.
 		l := strings.Fields(s.ctrd.Ctr(t, "leases", "ls", "-q"))
@@ -184,12 +184,17 @@ func chaosContainerdRestarts(t *testing.T, c ctrSite, rng *rand.Rand, n int) cha
 			s.ctrd.Ctr(t, append([]string{"leases", "rm", "--sync"}, l...)...)
 		}
 		s.ctrd.Ctr(t, "image", "rm", "--sync", img.Ref)
+		in, _ = leftovers(s.root)
+		stale += in
+	}
+	if stale != 0 {
+		t.Errorf("after containerd restarts: %d ingests left once the interrupted pulls' leases were removed", stale)
 	}
 	if bad != 0 || missing != 0 {
 		t.Errorf("after containerd restarts: %d blobs mismatched, %d missing", bad, missing)
 	}
-	row.figures = fmt.Sprintf("mismatched blobs %d, missing %d, ingests left %d; leases of the interrupted pull left %d (removed by hand); the pull under the restart: %s (kill -9 on even runs, SIGTERM on odd)",
-		bad, missing, stale, leases, counts(abandoned))
+	row.figures = fmt.Sprintf("mismatched blobs %d, missing %d; leases of the interrupted pull left %d, holding %d ingests (removed by hand: ctr leases rm --sync), ingests left after that %d; the pull under the restart: %s (kill -9 on even runs, SIGTERM on odd)",
+		bad, missing, leases, held, stale, counts(abandoned))
 	return row
 }
 
