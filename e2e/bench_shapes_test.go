@@ -57,7 +57,8 @@ const loopGiB = 4
 // RSS over all shapes. Each round's line on stderr gives the share of
 // the machine's CPU left idle during each pull: near 0 the figures were
 // taken on a busy machine. Run with -benchtime Nx (N rounds; `make bench` says 3x);
-// -bench 'PullShapes/real' builds and runs only that shape.
+// -bench 'PullShapes/real' builds and runs only that shape. For daemon
+// logs and perf profiles of each pull see bench_shapes_diag_test.go.
 func BenchmarkPullShapes(b *testing.B) {
 	requireE2E(b)
 	s := newSite(b, 5000)
@@ -133,10 +134,11 @@ func (s *site) benchShape(b *testing.B, sh shape, rounds int) (string, float64) 
 	var log []string
 	for i := range rounds {
 		var st, lo sideRun
+		stockTag, localTag := benchTag(sh.name, i, "stock"), benchTag(sh.name, i, "localds")
 		if i%2 == 0 {
-			st, lo = s.stockShape(b, sh), s.localdsShape(b, sh)
+			st, lo = s.stockShape(b, sh, stockTag), s.localdsShape(b, sh, localTag)
 		} else {
-			lo, st = s.localdsShape(b, sh), s.stockShape(b, sh)
+			lo, st = s.localdsShape(b, sh, localTag), s.stockShape(b, sh, stockTag)
 		}
 		stock, local = append(stock, st), append(local, lo)
 		first := "stock"
@@ -209,17 +211,20 @@ func (s *site) grpcTotal(b testing.TB) float64 {
 }
 
 // stockShape: stock containerd on a fresh file system pulls sh by IP.
-func (s *site) stockShape(b *testing.B, sh shape) sideRun {
+func (s *site) stockShape(b *testing.B, sh shape, tag string) sideRun {
 	fsys := testnet.NewLoopFS(b, loopGiB)
 	c := s.node.StartContainerd(b, testnet.ContainerdOptions{Dir: fsys.Dir})
 	cpu0 := cpuSeconds(b, c.Proc.Pid())
 	quiesce()
+	stopPerf := startPerf(b, tag, c.Proc.Pid())
 	idle0 := idleSeconds(b)
 	sec := timedPulls(b, c, sh.refs(appIP), "--plain-http")
+	stopPerf()
 	run := sideRun{sec: sec, cpu: cpuSeconds(b, c.Proc.Pid()) - cpu0, idle: idleShare(b, idle0, sec)}
 	for _, p := range sh.images {
 		checkStockBlobs(b, c, p)
 	}
+	saveBenchLogs(b, tag, map[string]string{"containerd": c.Proc.Log()})
 	stopAll(b, c.Proc)
 	if err := fsys.Close(); err != nil {
 		b.Fatal(err)
@@ -229,17 +234,19 @@ func (s *site) stockShape(b *testing.B, sh shape) sideRun {
 
 // localdsShape: the daemon and containerd configured for it, both on a
 // fresh file system, pull sh by .local name into the localds snapshotter.
-func (s *site) localdsShape(b *testing.B, sh shape) sideRun {
+func (s *site) localdsShape(b *testing.B, sh shape, tag string) sideRun {
 	fsys := testnet.NewLoopFS(b, loopGiB)
 	s.loopRoot(b, fsys.Dir)
-	s.startDaemon(b)
+	s.startDaemon(b, benchDaemonFlags()...)
 	s.ctrd = s.node.StartContainerd(b, testnet.ContainerdOptions{
 		Dir: filepath.Join(fsys.Dir, "containerd"), ContentSocket: s.sock, SnapshotSocket: s.sock, DiffSocket: s.sock})
 	cpu0 := cpuSeconds(b, s.daemon.Pid()) + cpuSeconds(b, s.ctrd.Proc.Pid())
 	calls0 := s.grpcTotal(b)
 	quiesce()
+	stopPerf := startPerf(b, tag, s.ctrd.Proc.Pid(), s.daemon.Pid())
 	idle0 := idleSeconds(b)
 	sec := timedPulls(b, s.ctrd, sh.refs(dsLocal), "--hosts-dir", s.hostsDir, "--snapshotter", "localds")
+	stopPerf()
 	run := sideRun{sec: sec, cpu: cpuSeconds(b, s.daemon.Pid()) + cpuSeconds(b, s.ctrd.Proc.Pid()) - cpu0,
 		rss: peakRSS(b, s.daemon.Pid()), idle: idleShare(b, idle0, sec), calls: s.grpcTotal(b) - calls0}
 	for _, p := range sh.images {
@@ -248,6 +255,7 @@ func (s *site) localdsShape(b *testing.B, sh shape) sideRun {
 	m := s.metrics(b)
 	b.Logf("localds %s: %s; gRPC calls on the plugin socket: %s; layer applies took %.2fs in all",
 		sh.name, mirrorStats(m), s.grpcCalls(b), m["localds_layer_apply_seconds_sum"])
+	saveBenchLogs(b, tag, map[string]string{"containerd": s.ctrd.Proc.Log(), "daemon": s.daemon.Log()})
 	stopAll(b, s.ctrd.Proc, s.daemon)
 	if err := fsys.Close(); err != nil {
 		b.Fatal(err)

@@ -1,0 +1,95 @@
+//go:build linux
+
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Optional diagnostics of BenchmarkPullShapes, each side and round on
+// its own (tag: shape-round-side):
+//
+//   - LOCALDS_BENCH_LOG=dir: the daemon logs at debug level (which costs
+//     time of its own) and both daemons' logs are saved in dir;
+//   - LOCALDS_BENCH_PERF=dir: `perf record -g` of containerd (and the
+//     daemon) during the timed pull, into dir/<tag>.perf
+//     (`perf report --no-children -i FILE`).
+
+// benchDaemonFlags are the daemon's extra flags under LOCALDS_BENCH_LOG.
+func benchDaemonFlags() []string {
+	if os.Getenv("LOCALDS_BENCH_LOG") != "" {
+		return []string{"--log-level", "debug"}
+	}
+	return nil
+}
+
+// saveBenchLogs writes the logs under LOCALDS_BENCH_LOG, named by tag.
+func saveBenchLogs(b testing.TB, tag string, logs map[string]string) {
+	b.Helper()
+	dir := os.Getenv("LOCALDS_BENCH_LOG")
+	if dir == "" {
+		return
+	}
+	for name, log := range logs {
+		p := filepath.Join(dir, tag+"-"+name+".log")
+		if err := os.WriteFile(p, []byte(log), 0o644); err != nil {
+			b.Errorf("save %s: %v", p, err)
+		}
+	}
+}
+
+// perfTimeout bounds how long perf may take to write its profile once
+// told to stop.
+const perfTimeout = 60 * time.Second
+
+// startPerf starts `perf record -g` of pids under LOCALDS_BENCH_PERF and
+// returns what stops it (a no-op without the variable).
+func startPerf(b testing.TB, tag string, pids ...int) func() {
+	b.Helper()
+	dir := os.Getenv("LOCALDS_BENCH_PERF")
+	if dir == "" {
+		return func() {}
+	}
+	ps := make([]string, len(pids))
+	for i, p := range pids {
+		ps[i] = strconv.Itoa(p)
+	}
+	out := filepath.Join(dir, tag+".perf")
+	cmd := exec.Command("perf", "record", "-g", "-o", out, "-p", strings.Join(ps, ","))
+	var log strings.Builder
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("perf record: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond) // attached before the pull starts
+	return func() {
+		b.Helper()
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+			b.Errorf("perf record: %v", err)
+		}
+		select {
+		case <-done:
+		case <-time.After(perfTimeout):
+			cmd.Process.Kill()
+			<-done
+			b.Errorf("perf record did not stop within %v:\n%s", perfTimeout, log.String())
+			return
+		}
+		b.Logf("perf profile of %s: %s", tag, out)
+	}
+}
+
+// benchTag names one side of one round of a shape.
+func benchTag(shape string, round int, side string) string {
+	return fmt.Sprintf("%s-r%d-%s", shape, round, side)
+}
