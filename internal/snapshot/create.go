@@ -119,8 +119,17 @@ func (o *snapshotter) createSnapshot(ctx context.Context, kind snapshots.Kind, k
 			return fmt.Errorf("move new snapshot into place: %w", err)
 		}
 		tmp, dest = "", target
-		if err := o.fsync(filepath.Dir(target)); err != nil {
-			return fmt.Errorf("move new snapshot into place: %w", err)
+		// A volume's move is made durable before its metadata commits:
+		// its directory outlives any crash (cleanup must find it where the
+		// metadata says). A layer's is not fsynced: containerd calls
+		// Prepare inside its own metadata write transaction, so the fsync
+		// would hold containerd's lock, and it would protect nothing, as
+		// the layer's files are durable only if the unpack asks for it
+		// (sync_fs: the apply's syncfs then carries the rename to disk too).
+		if pl.volume {
+			if err := o.fsync(filepath.Dir(target)); err != nil {
+				return fmt.Errorf("move new snapshot into place: %w", err)
+			}
 		}
 		o.crashPoint(crashAfterRename)
 		return nil

@@ -2,8 +2,10 @@ package snapshot
 
 // A rename or a new file is durable only once the directory holding it
 // is fsynced (and a file's bytes once the file is): without that a power
-// cut may undo a snapshot directory's move into place, or leave an
-// instance or owner file empty, after the metadata said otherwise.
+// cut may undo a volume directory's move into place, or leave an instance
+// or owner file empty, after the metadata said otherwise. A layer
+// snapshot's move is not fsynced (see createSnapshot): its contents are
+// durable only through the unpack's sync_fs, which covers the move.
 
 // withFsync replaces durable.SyncPath; tests record the calls.
 func withFsync(f func(path string) error) Opt {

@@ -11,7 +11,8 @@ import (
 // TestRenamesSynced: the instance file is fsynced before its rename and
 // its directory after it; a volume's owner file and directory are fsynced
 // before the volume directory is renamed into place, and the parent after
-// it (a committed layer's move too).
+// it. A layer's Prepare and Commit fsync nothing (they run inside
+// containerd's metadata lock; see createSnapshot).
 func TestRenamesSynced(t *testing.T) {
 	var calls []string
 	rec := func(path string) error {
@@ -26,9 +27,8 @@ func TestRenamesSynced(t *testing.T) {
 
 	calls = nil
 	commitLayer(t, ctx, sn, "layer1", "", map[string]string{"hello": "from the image\n"})
-	snaps := filepath.Join(root, "vault/snapshots/snapshots")
-	if !slices.Contains(calls, snaps) {
-		t.Errorf("layer: syncs %q, want the snapshots directory %s after the rename", calls, snaps)
+	if len(calls) != 0 {
+		t.Errorf("layer: syncs %q, want none", calls)
 	}
 
 	calls = nil

@@ -156,6 +156,13 @@ func newSnapshotter(ctx context.Context, root string, opts ...Opt) (*snapshotter
 	timeout := cfg.openTimeout
 	ms, err := storage.NewMetaStore(l.metadataDB(), func(o *bolt.Options) error {
 		o.Timeout = timeout
+		// As containerd's own metadata database: the freelist is rebuilt
+		// at open instead of written at every commit (a page less per
+		// Prepare and Commit, which containerd waits for inside its
+		// metadata lock, and a freelist that cannot be corrupt), and no
+		// statistics nobody reads.
+		o.NoFreelistSync = true
+		o.NoStatistics = true
 		return nil
 	})
 	if err != nil {

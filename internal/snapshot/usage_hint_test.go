@@ -160,7 +160,7 @@ func TestCommitTakesStagedUsage(t *testing.T) {
 	}
 }
 
-func mountUpper(t *testing.T, mounts []mount.Mount) string {
+func mountUpper(t testing.TB, mounts []mount.Mount) string {
 	t.Helper()
 	m := mounts[0]
 	if m.Type == "bind" {
