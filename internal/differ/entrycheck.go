@@ -49,6 +49,13 @@ func newEntryCheck() *entryCheck {
 	return &entryCheck{seen: map[string]byte{}}
 }
 
+// maxNameLen bounds the names staged: containerd's apply works on paths
+// from / (the snapshot's directory and the name), which fail past
+// PATH_MAX (4096 bytes), the stage's extractor relative to open
+// directories, where they would not; longer names are left to the
+// normal apply, whatever the snapshot's directory.
+const maxNameLen = 3072
+
 const (
 	whiteoutPrefix = ".wh."
 	whiteoutOpaque = ".wh..wh..opq"
@@ -124,6 +131,9 @@ func (c *entryCheck) filter(hdr *tar.Header) (bool, error) {
 func (c *entryCheck) parentsInLayer(name string) error {
 	if path.IsAbs(name) || name == ".." || strings.HasPrefix(name, "../") {
 		return fmt.Errorf("%w: entry %q outside the layer root", errNotStageable, name)
+	}
+	if len(name) > maxNameLen {
+		return fmt.Errorf("%w: entry name of %d bytes", errNotStageable, len(name))
 	}
 	var missing []string
 	for dir := path.Dir(name); dir != "."; dir = path.Dir(dir) {

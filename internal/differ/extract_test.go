@@ -294,6 +294,10 @@ func TestExtractorRefuses(t *testing.T) {
 		"hard link to nothing":   {linkE(tar.TypeLink, "h", "missing")},
 		"hard link through ..":   {dirE("a/", 0o755, 0, 0), fileE("f", "f", 0o644, 0, 0), linkE(tar.TypeLink, "h", "a/../f")},
 		"path through a symlink": {dirE("d/", 0o755, 0, 0), linkE(tar.TypeSymlink, "l", "d"), fileE("l/f", "f", 0o644, 0, 0)},
+		// archive.Apply fails past PATH_MAX; its absolute path depends on
+		// the snapshot's directory.
+		"name past PATH_MAX": {fileE(strings.Repeat(strings.Repeat("n", 99)+"/", 45)+"f", "f", 0o644, 0, 0)},
+		"name near PATH_MAX": {fileE(strings.Repeat(strings.Repeat("n", 99)+"/", 35)+"f", "f", 0o644, 0, 0)},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if extractBoth(t, buildTar(t, entries...)) {
