@@ -151,12 +151,12 @@ func (st *Stage) inflateOnly(r io.Reader, _ *entryCheck) error {
 
 // scratchFS is a new, empty, journaled ext4 mounted for this round, or
 // a new temporary directory; drop unmounts and removes it.
-func scratchFS(b *testing.B) (dir string, drop func()) {
+func scratchFS(b *testing.B) (string, func()) {
 	dir, err := os.MkdirTemp("", "stage-bench-")
 	if err != nil {
 		b.Fatal(err)
 	}
-	drop = func() { os.RemoveAll(dir) }
+	drop := func() { os.RemoveAll(dir) }
 	if os.Geteuid() != 0 {
 		return dir, drop
 	}
