@@ -50,7 +50,24 @@ type writebackWriter struct {
 	// ingestSynced: Sync made the ingest's ref file and directory
 	// entries durable (they do not change after).
 	ingestSynced bool
+	// drop (DropCache): ranges whose writeback was started are dropped
+	// from the page cache one hint later; dropFrom is where the next
+	// drop starts.
+	drop     bool
+	dropFrom int64
 }
+
+// DropCache tells the writer that the blob will not be read back soon
+// (a prefetched layer that is extracted while it downloads): each range
+// whose writeback was started is dropped from the page cache at the next
+// hint, when it is written back (posix_fadvise DONTNEED skips pages still
+// dirty). The pages freed are those the following writes reuse, instead
+// of the writes taking new memory all along: on a VM that hands free
+// memory back to its host, first use of a page costs far more than the
+// copy (measured on this 2-core VM: 512 MiB written in 1 MiB writes with
+// hints took 0.9-1.9 s of CPU, 0.2-0.7 s with the drop). A reader of the
+// blob (an Apply that did not take the staged tree) reads it from disk.
+func (w *writebackWriter) DropCache() { w.drop = true }
 
 func (w *writebackWriter) Write(p []byte) (int, error) {
 	n, err := w.Writer.Write(p)
@@ -58,6 +75,7 @@ func (w *writebackWriter) Write(p []byte) (int, error) {
 		st, serr := w.Writer.Status()
 		w.started, w.failed = true, serr != nil
 		w.from, w.written = st.Offset-int64(n), st.Offset-int64(n)
+		w.dropFrom = w.from
 	}
 	w.written += int64(n)
 	if w.failed || w.written-w.from < writeback.Chunk {
@@ -71,14 +89,19 @@ func (w *writebackWriter) Write(p []byte) (int, error) {
 		}
 		w.f = f
 	}
-	// Only a hint: the commit's fsync reports any error that counts.
+	// Only hints: the commit's fsync reports any error that counts.
 	writeback.Start(w.f, w.from, w.written-w.from)
+	if w.drop && w.from > w.dropFrom {
+		dropCache(w.f, w.dropFrom, w.from-w.dropFrom)
+		w.dropFrom = w.from
+	}
 	w.from = w.written
 	return n, err
 }
 
 func (w *writebackWriter) Truncate(size int64) error {
 	w.from, w.written = size, size
+	w.dropFrom = min(w.dropFrom, size)
 	return w.Writer.Truncate(size)
 }
 

@@ -294,6 +294,12 @@ func (p *prefetcher) fetch(ctx context.Context, t target, hdr http.Header, desc 
 	}
 	copyBlob := func() (int64, error) { return io.CopyBuffer(dst, s, make([]byte, copyBufSize)) }
 	if stage := p.inFlight.StageLayer(ctx, desc); stage != nil {
+		// The layer is extracted as it downloads, so the blob is not
+		// read back: the store's writer may drop its pages once they
+		// are on disk (cas: DropCache).
+		if d, ok := cw.(interface{ DropCache() }); ok {
+			d.DropCache()
+		}
 		staged := false
 		defer func() {
 			if !staged {

@@ -5,9 +5,11 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -80,5 +82,66 @@ func TestPrefetchStagesBlobs(t *testing.T) {
 			t.Errorf("blob %s: aborted %v, committed as %q, saw %d bytes", b.Digest, st.aborted, st.verified, st.seen.Len())
 		}
 		st.mu.Unlock()
+	}
+}
+
+// dropStore records which ingests were told to drop their cache
+// (cas.DropCache).
+type dropStore struct {
+	content.Store
+	mu      sync.Mutex
+	dropped []string // refs
+}
+
+func (s *dropStore) Writer(ctx context.Context, opts ...content.WriterOpt) (content.Writer, error) {
+	w, err := s.Store.Writer(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	var wo content.WriterOpts
+	for _, o := range opts {
+		if err := o(&wo); err != nil {
+			return nil, err
+		}
+	}
+	return &dropWriter{Writer: w, s: s, ref: wo.Ref}, nil
+}
+
+type dropWriter struct {
+	content.Writer
+	s   *dropStore
+	ref string
+}
+
+func (w *dropWriter) DropCache() {
+	w.s.mu.Lock()
+	w.s.dropped = append(w.s.dropped, w.ref)
+	w.s.mu.Unlock()
+}
+
+// A blob extracted while it downloads is not read back, so its ingest
+// may drop its page cache; a blob that is not staged (read back at
+// Apply, or a config) keeps it.
+func TestPrefetchDropsCacheOfStagedOnly(t *testing.T) {
+	reg := newFakeRegistry(t)
+	_, blobs := testImage(t, reg)
+	staged := blobs[2]
+	stager := stagerFunc(func(ctx context.Context, desc ocispec.Descriptor) prefetch.LayerStage {
+		if desc.Digest != staged.Digest {
+			return nil
+		}
+		return &recordingStage{}
+	})
+	store := &dropStore{Store: newStore(t)}
+	env := newTestEnv(t, reg, Options{Store: store, Prefetch: true, Prefetches: prefetch.NewTracker(stager)})
+	defer env.mirror.Close()
+
+	resp := env.do(t, http.MethodGet, env.url("/v2/app/manifests/1"), nil)
+	io.Copy(io.Discard, resp.Body)
+	waitFor(t, "3 prefetched blobs", func() bool { return env.mirror.Stats().Prefetched == 3 })
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	if len(store.dropped) != 1 || !strings.HasSuffix(store.dropped[0], "-"+staged.Digest.String()) {
+		t.Errorf("ingests told to drop their cache: %q, want only the staged %s", store.dropped, staged.Digest)
 	}
 }
