@@ -204,3 +204,42 @@ func assertNoIngests(ctx context.Context, t *testing.T, v *containerdView) {
 		}
 	}
 }
+
+// TestFetchAfterPartialIngest: an ingest left under the fetch's ref while
+// it waited (another writer of the same ref that stopped halfway) is not
+// resumed from its offset, which the client never negotiated: the fetch
+// downloads the whole blob and commits it.
+func TestFetchAfterPartialIngest(t *testing.T) {
+	v := newContainerdView(t)
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "default"), 20*time.Second)
+	defer cancel()
+	blob := []byte("a layer whose ingest someone left half written")
+	desc := layer(blob)
+	end, _ := v.tracker.Begin(desc.Digest)
+	var fetched int
+	errc := v.fetch(ctx, desc, blob, &fetched)
+	for v.tracker.waits.Load() == 0 && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	// containerd's metadata store names the backend ingest
+	// "<namespace>/<sequence>/<ref>"; this is the database's first.
+	bref := "default/1/" + remotes.MakeRefKey(ctx, desc)
+	w, err := v.inner.Writer(ctx, content.WithRef(bref))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(blob[:len(blob)/2]); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	end() // the prefetch failed: the fetch must download
+	if err := <-errc; err != nil {
+		t.Fatalf("fetch: %v", err)
+	}
+	if fetched != 1 {
+		t.Errorf("downloads: %d, want 1", fetched)
+	}
+	if info, err := v.cs.Info(ctx, desc.Digest); err != nil || info.Size != desc.Size {
+		t.Errorf("containerd's record of the blob: %+v, %v", info, err)
+	}
+}

@@ -91,6 +91,19 @@ func (h *heldWriter) decide(lookup bool) error {
 	if err != nil {
 		return fmt.Errorf("open ingest %s after the prefetch of %s: %w", h.opts.Ref, h.dgst, err)
 	}
+	// The client negotiated offset 0 (the first Status) and sends its
+	// writes from there: an ingest another writer left under this ref
+	// meanwhile starts over, or the content service would truncate it
+	// only at the first write and commit what follows as the whole blob.
+	if st, err := w.Status(); err != nil || st.Offset != 0 {
+		if err == nil {
+			err = w.Truncate(0)
+		}
+		if err != nil {
+			w.Close()
+			return fmt.Errorf("reset ingest %s after the prefetch of %s: %w", h.opts.Ref, h.dgst, err)
+		}
+	}
 	h.w = w
 	return nil
 }
