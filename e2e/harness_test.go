@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,14 +26,13 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/localds/localds/internal/cas"
+	"github.com/localds/localds/internal/testimage"
 	"github.com/localds/localds/internal/testnet"
 	"github.com/localds/localds/resolver"
 )
@@ -452,28 +450,15 @@ func buildImage(sizes []int64) (v1.Image, error) {
 
 // buildImageFrom is buildImage with the layers' bytes read from src.
 func buildImageFrom(sizes []int64, src io.Reader) (v1.Image, error) {
-	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
-	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	var adds []mutate.Addendum
+	var layers []v1.Layer
 	for i, size := range sizes {
 		b, err := layerTar(fmt.Sprintf("data/layer-%d.bin", i), size, src)
 		if err != nil {
 			return nil, err
 		}
-		adds = append(adds, mutate.Addendum{Layer: static.NewLayer(b, types.OCIUncompressedLayer)})
+		layers = append(layers, static.NewLayer(b, types.OCIUncompressedLayer))
 	}
-	img, err := mutate.Append(img, adds...)
-	if err != nil {
-		return nil, err
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = runtime.GOOS, runtime.GOARCH
-	cf.Config.Cmd = []string{"/bin/true"}
-	return mutate.ConfigFile(img, cf)
+	return testimage.ImageOf(layers)
 }
 
 // layerTar is a tar with one regular file of size bytes from src.

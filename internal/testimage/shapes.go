@@ -284,7 +284,7 @@ func GzipImage(files []string) (v1.Image, error) {
 		}
 		layers = append(layers, l)
 	}
-	return imageOf(layers)
+	return ImageOf(layers)
 }
 
 // RandomImage is an OCI image whose layers are uncompressed tars, each
@@ -299,7 +299,7 @@ func RandomImage(sizes []int64) (v1.Image, error) {
 		}
 		layers = append(layers, static.NewLayer(b, types.OCIUncompressedLayer))
 	}
-	return imageOf(layers)
+	return ImageOf(layers)
 }
 
 func randomTar(name string, size int64) ([]byte, error) {
@@ -318,7 +318,9 @@ func randomTar(name string, size int64) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-func imageOf(layers []v1.Layer) (v1.Image, error) {
+// ImageOf is an OCI image for this machine's platform (command
+// /bin/true) with layers.
+func ImageOf(layers []v1.Layer) (v1.Image, error) {
 	img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
 	img, err := mutate.AppendLayers(img, layers...)
 	if err != nil {
