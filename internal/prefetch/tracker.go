@@ -29,10 +29,11 @@ import (
 )
 
 // DefaultHold bounds how long a prefetch holds others back: while it is
-// younger, containerd's writer for its blob waits for it (Store). A datastore that trickles (or a neighbour posing as one)
-// can keep a prefetch running for its whole timeout; past the hold,
-// containerd fetches the blob itself, and a content-addressed blob is the
-// same whichever fetch commits it first.
+// younger, containerd's writer for its blob waits for it (Store). A
+// datastore that trickles (or a neighbour posing as one) can keep a
+// prefetch running for its whole timeout; past the hold, containerd
+// fetches the blob itself, and a content-addressed blob is the same
+// whichever fetch commits it first.
 const DefaultHold = 30 * time.Second
 
 // Tracker records the blobs being prefetched into the content store and
@@ -115,14 +116,8 @@ func (t *Tracker) BeginFrom(source string, dgst digest.Digest) (end func(), ok b
 // (from any source) ends, or nil if none is in flight that began within
 // the hold: an older one no longer holds the store's callers back.
 func (t *Tracker) Running(dgst digest.Digest) <-chan struct{} {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for _, j := range t.inFlight[dgst] {
-		if time.Since(j.began) < t.hold {
-			return j.done
-		}
-	}
-	return nil
+	done, _ := t.held(dgst)
+	return done
 }
 
 // WaitHeld blocks while a prefetch of dgst holds the store's callers
