@@ -146,7 +146,7 @@ func (s *StreamImport) Resume(ctx context.Context) (int64, error) {
 		// A killed run also left the entry it was in, which no
 		// checkpoint names: every ingest of its prefix goes.
 		if prefix := cp.RefPrefix; prefix != "" && importPrefix(prefix) == prefix {
-			if _, _, err := sweepIngests(ctx, s.local, func(st content.Status) bool { return importPrefix(st.Ref) == prefix }); err != nil {
+			if _, _, err := sweepPrefix(ctx, s.local, prefix); err != nil {
 				log.G(ctx).WithError(err).Warn("import: cannot remove the ingests of the checkpoint's run")
 			}
 		}

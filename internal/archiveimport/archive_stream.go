@@ -272,7 +272,7 @@ func (s *StreamImport) discard() {
 	// A killed run of this prefix may have left ingests that this run
 	// did not reach again (a blob another pull committed meanwhile).
 	if prefix := s.a.refPrefix; prefix != "" {
-		if _, _, err := sweepIngests(s.ctx, s.local, func(st content.Status) bool { return importPrefix(st.Ref) == prefix }); err != nil {
+		if _, _, err := sweepPrefix(s.ctx, s.local, prefix); err != nil {
 			log.G(s.ctx).WithError(err).Warn("import: cannot remove the import's ingests")
 		}
 	}

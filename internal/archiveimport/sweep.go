@@ -51,9 +51,7 @@ func DropCheckpoint(ctx context.Context, local content.Store, path string) (int6
 		// Not a checkpoint of ours: it names no ingests (SweepImports
 		// takes any it had once they are old), and no import can use it.
 	default:
-		if _, freed, err = sweepIngests(ctx, local, func(st content.Status) bool {
-			return importPrefix(st.Ref) == prefix
-		}); err != nil {
+		if _, freed, err = sweepPrefix(ctx, local, prefix); err != nil {
 			return freed, err
 		}
 	}
@@ -73,6 +71,12 @@ func SweepImports(ctx context.Context, local content.Store, cutoff time.Time, ke
 		prefix := importPrefix(st.Ref)
 		return prefix != "" && st.UpdatedAt.Before(cutoff) && (keep == nil || !keep(prefix))
 	})
+}
+
+// sweepPrefix aborts every ingest of the import whose ref prefix is
+// prefix (newRefPrefix).
+func sweepPrefix(ctx context.Context, local content.Store, prefix string) (int, int64, error) {
+	return sweepIngests(ctx, local, func(st content.Status) bool { return importPrefix(st.Ref) == prefix })
 }
 
 // sweepIngests aborts the ingests of local that match.
