@@ -69,6 +69,10 @@ type writebackWriter struct {
 // blob (an Apply that did not take the staged tree) reads it from disk.
 func (w *writebackWriter) DropCache() { w.drop = true }
 
+// dropCache is writeback.Drop; a variable so that tests can see the
+// ranges.
+var dropCache = writeback.Drop
+
 func (w *writebackWriter) Write(p []byte) (int, error) {
 	n, err := w.Writer.Write(p)
 	if !w.started {

@@ -12,3 +12,10 @@ import (
 func Start(f *os.File, off, n int64) {
 	_ = unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
 }
+
+// Drop asks the kernel to drop [off, off+n) of f from the page cache
+// where it is already written back (posix_fadvise(2) DONTNEED; dirty pages
+// stay), for a file nobody will read back soon.
+func Drop(f *os.File, off, n int64) {
+	_ = unix.Fadvise(int(f.Fd()), off, n, unix.FADV_DONTNEED)
+}

@@ -7,8 +7,8 @@ import (
 	"testing"
 )
 
-// TestStart: the hint leaves the file's contents alone, also for a range
-// past its end.
+// TestStart: the hints (Start, Drop) leave the file's contents alone,
+// also for a range past its end and for pages still dirty.
 func TestStart(t *testing.T) {
 	f, err := os.Create(filepath.Join(t.TempDir(), "data"))
 	if err != nil {
@@ -21,6 +21,7 @@ func TestStart(t *testing.T) {
 	}
 	Start(f, 0, int64(len(want)))
 	Start(f, int64(len(want)), Chunk)
+	Drop(f, 0, int64(len(want))+Chunk)
 	got, err := os.ReadFile(f.Name())
 	if err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("file changed: %d bytes, %v", len(got), err)
