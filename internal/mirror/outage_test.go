@@ -22,13 +22,7 @@ func TestBlobOutageWaitedOut(t *testing.T) {
 	reg := newFakeRegistry(t)
 	d, b := reg.addBlob(256 << 10)
 	reg.cutAfter = 1000
-	// An address where nothing listens: connections are refused.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := refusedAddr(t)
 
 	// The first response breaks and takes the datastore away with it,
 	// until the mirror has dialed it 20 more times (MaxResumes is 2).
@@ -89,12 +83,7 @@ func TestBlobOutageGivesUp(t *testing.T) {
 	reg := newFakeRegistry(t)
 	d, b := reg.addBlob(256 << 10)
 	reg.cutAfter = 1000
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := refusedAddr(t)
 	var env *testEnv
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		env.current.Store(&dead)
@@ -104,4 +93,17 @@ func TestBlobOutageGivesUp(t *testing.T) {
 	env = newTestEnv(t, nil, Options{OutageBackoff: 5 * time.Millisecond, OutageTimeout: 200 * time.Millisecond})
 	env.switchTo(up)
 	expectBroken(t, env, env.url("/v2/app/blobs/"+d.String()), b)
+}
+
+// refusedAddr is a loopback address where nothing listens: connections
+// to it are refused.
+func refusedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
 }
