@@ -22,7 +22,7 @@ import (
 func newPowerCutSite(t *testing.T) (resumeSite, *testnet.LoopFS) {
 	t.Helper()
 	disk := testnet.NewLoopFS(t, 2)
-	r := newResumeSiteOn(t, disk.Dir)
+	r := newResumeSiteAt(t, filepath.Join(disk.Dir, "persist"), filepath.Join(disk.Dir, "containerd"))
 	return r, disk
 }
 
@@ -108,11 +108,4 @@ func resumedAt(log string, skip int, stderr string) string {
 		from += "(checkpoint refused)"
 	}
 	return from
-}
-
-// newResumeSiteOn is newResumeSite with the node's daemon root and
-// containerd's directories under dir.
-func newResumeSiteOn(t *testing.T, dir string) resumeSite {
-	t.Helper()
-	return newResumeSiteAt(t, filepath.Join(dir, "persist"), filepath.Join(dir, "containerd"))
 }
