@@ -18,7 +18,6 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/localds/localds/internal/mirror"
 	"github.com/localds/localds/internal/testimage"
 )
 
@@ -206,30 +205,14 @@ func (s *site) buildShapes(t testing.TB, spec shapeSpec, dir string) []shape {
 }
 
 // loopRoot points the next daemon at a root on the side's own file
-// system, with the mirror key the hosts.toml files name, and a new
-// socket path (see freshRoot, which does the same on the root fs).
+// system (see rootAt), which must carry the mirror key the hosts.toml
+// files name.
 func (s *site) loopRoot(t testing.TB, dir string) {
 	t.Helper()
+	s.rootAt(t, filepath.Join(dir, "persist"))
 	if s.mirrorKey == nil {
-		key, err := os.ReadFile(mirror.KeyPath(s.root))
-		if err != nil {
-			t.Fatalf("mirror key (written by localds hosts): %v", err)
-		}
-		s.mirrorKey = key
+		t.Fatalf("no mirror key (written by localds hosts) in the daemon's earlier root")
 	}
-	s.root = filepath.Join(dir, "persist")
-	if err := os.MkdirAll(filepath.Dir(mirror.KeyPath(s.root)), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(mirror.KeyPath(s.root), s.mirrorKey, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	sockDir, err := os.MkdirTemp("", "lde")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	s.sock = filepath.Join(sockDir, "l.sock")
 }
 
 // shapeNames lists the shapes, for logs.

@@ -113,28 +113,35 @@ func BenchmarkPull(b *testing.B) {
 		total>>20, stockSec/n, localSec/n, localSec/stockSec, rss/n, noPrefetchSec/n, noPrefetchSec/stockSec, noPrefetchRSS/n, fsyncSec/n)
 }
 
-// freshRoot gives the next daemon an empty root and a new socket path.
-// The node's mirror key comes along: the hosts.toml files written before
+// freshRoot gives the next daemon an empty root and a new socket path
+// (see rootAt).
+func (s *site) freshRoot(b testing.TB) {
+	s.rootAt(b, filepath.Join(b.TempDir(), "persist"))
+}
+
+// rootAt points the next daemon at root, with a new socket path. The
+// node's mirror key comes along: the hosts.toml files written before
 // name it (the mirror answers only requests that carry it). It is kept in
 // the site, since each round removes its root when it ends.
-func (s *site) freshRoot(b testing.TB) {
+func (s *site) rootAt(t testing.TB, root string) {
+	t.Helper()
 	if key, err := os.ReadFile(mirror.KeyPath(s.root)); err == nil {
 		s.mirrorKey = key
 	}
-	s.root = filepath.Join(b.TempDir(), "persist")
+	s.root = root
 	if s.mirrorKey != nil {
 		if err := os.MkdirAll(filepath.Dir(mirror.KeyPath(s.root)), 0o700); err != nil {
-			b.Fatal(err)
+			t.Fatal(err)
 		}
 		if err := os.WriteFile(mirror.KeyPath(s.root), s.mirrorKey, 0o600); err != nil {
-			b.Fatal(err)
+			t.Fatal(err)
 		}
 	}
 	dir, err := os.MkdirTemp("", "lde")
 	if err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
-	b.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() { os.RemoveAll(dir) })
 	s.sock = filepath.Join(dir, "l.sock")
 }
 
