@@ -35,7 +35,6 @@ func newPowerCutSite(t *testing.T) (resumeSite, *testnet.LoopFS) {
 func chaosPowerCuts(t *testing.T, rng *rand.Rand, n int) chaosRow {
 	r, disk := newPowerCutSite(t)
 	s := r.site
-	url := "http://" + dsLocal + "/images/big.oci.tar"
 	row := chaosRow{fault: "power cut mid localds pull, run again", runs: n}
 	var bad, missing, stale, fsckBad int
 	var resumed []string
@@ -44,8 +43,7 @@ func chaosPowerCuts(t *testing.T, rng *rand.Rand, n int) chaosRow {
 	for i := 0; i < n; i++ {
 		disk.SlowCommits(t)
 		at := 4<<20 + rng.Int63n(68<<20)
-		pull := s.node.Start(t, testnet.Binary(t, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root,
-			"--interface", "br0", "--unpack=false", "--sha256", r.sum, url, "big:1")
+		pull := r.startBigPull(t)
 		waitIngest(t, s.root, at, pull)
 		// The cut: all at once, nothing written after it.
 		for _, p := range []*testnet.Process{pull, s.daemon, s.ctrd.Proc} {
@@ -61,7 +59,7 @@ func chaosPowerCuts(t *testing.T, rng *rand.Rand, n int) chaosRow {
 		s.startDaemon(t)
 		s.startContainerd(t)
 		ranges := len(rangeFrom.FindAllStringSubmatch(srv.Log(), -1))
-		_, stderr, err := s.localdsPull(t, "--unpack=false", "--sha256", r.sum, url, "big:1")
+		_, stderr, err := s.localdsPull(t, r.bigPullArgs()...)
 		if err == nil {
 			row.completed++
 		} else {

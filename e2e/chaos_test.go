@@ -177,21 +177,19 @@ func counts(m map[string]int) string {
 // it), then the pull run again.
 func chaosPullKills(t *testing.T, r resumeSite, rng *rand.Rand, n int) chaosRow {
 	s := r.site
-	url := "http://" + dsLocal + "/images/big.oci.tar"
 	row := chaosRow{fault: "kill -9 localds pull, run again", runs: n}
 	var bad, missing, stale int
 	var resumed []string
 	for i := 0; i < n; i++ {
 		srv := startServe(t, s, r.dir)
 		at := 4<<20 + rng.Int63n(68<<20)
-		pull := s.node.Start(t, testnet.Binary(t, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root,
-			"--interface", "br0", "--unpack=false", "--sha256", r.sum, url, "big:1")
+		pull := r.startBigPull(t)
 		waitIngest(t, s.root, at, pull)
 		if err := pull.Kill(); err != nil {
 			t.Fatal(err)
 		}
 		ranges := len(rangeFrom.FindAllStringSubmatch(srv.Log(), -1))
-		if _, _, err := s.localdsPull(t, "--unpack=false", "--sha256", r.sum, url, "big:1"); err == nil {
+		if _, _, err := s.localdsPull(t, r.bigPullArgs()...); err == nil {
 			row.completed++
 		} else {
 			t.Errorf("kill %d at %d MiB: localds pull run again failed: %v", i, at>>20, err)
@@ -218,8 +216,7 @@ func chaosOutage(t *testing.T, r resumeSite, down time.Duration) chaosRow {
 	s := r.site
 	row := chaosRow{fault: fmt.Sprintf("datastore away %v mid localds pull", down), runs: 1}
 	srv := startServe(t, s, r.dir)
-	pull := s.node.Start(t, testnet.Binary(t, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root,
-		"--interface", "br0", "--unpack=false", "--sha256", r.sum, "http://"+dsLocal+"/images/big.oci.tar", "big:1")
+	pull := r.startBigPull(t)
 	waitIngest(t, s.root, 8<<20, pull)
 	if err := srv.Kill(); err != nil {
 		t.Fatal(err)

@@ -7,8 +7,6 @@ import (
 	"strconv"
 	"testing"
 	"time"
-
-	"github.com/localds/localds/internal/testnet"
 )
 
 // pullOutageDown is how long the datastore stays away in
@@ -25,10 +23,9 @@ const pullOutageDown = 45 * time.Second
 func TestLocaldsPullOutage(t *testing.T) {
 	requireE2E(t)
 	r := newResumeSite(t)
-	s, dir, big, sum, size := r.site, r.dir, r.big, r.sum, r.size
+	s, dir, big, size := r.site, r.dir, r.big, r.size
 	srv := startServe(t, s, dir)
-	pull := s.node.Start(t, testnet.Binary(t, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root,
-		"--interface", "br0", "--unpack=false", "--sha256", sum, "http://"+dsLocal+"/images/big.oci.tar", "big:1")
+	pull := r.startBigPull(t)
 	waitIngest(t, s.root, 8<<20, pull)
 	if err := srv.Kill(); err != nil {
 		t.Fatal(err)

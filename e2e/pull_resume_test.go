@@ -32,7 +32,6 @@ func TestLocaldsPullResume(t *testing.T) {
 	requireE2E(t)
 	r := newResumeSite(t)
 	s, dir, big, sum, size := r.site, r.dir, r.big, r.sum, r.size
-	url := "http://" + dsLocal + "/images/big.oci.tar"
 	ckpt := filepath.Join(s.root, "vault", "downloader", sum+".import")
 
 	for _, tc := range []struct {
@@ -46,8 +45,7 @@ func TestLocaldsPullResume(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := startServe(t, s, dir)
-			pull := s.node.Start(t, testnet.Binary(t, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root,
-				"--interface", "br0", "--unpack=false", "--sha256", sum, url, "big:1")
+			pull := r.startBigPull(t)
 			waitIngest(t, s.root, tc.stopAt, pull)
 			if err := srv.Kill(); err != nil {
 				t.Fatal(err)
@@ -62,7 +60,7 @@ func TestLocaldsPullResume(t *testing.T) {
 				t.Fatalf("no checkpoint after the stop: %v\n%s", err, pull.Log())
 			}
 			srv = startServe(t, s, dir)
-			s.mustLocaldsPull(t, "--unpack=false", "--sha256", sum, url, "big:1")
+			s.mustLocaldsPull(t, r.bigPullArgs()...)
 			m := regexp.MustCompile(`bytes=(\d+) .*path=/images/big.oci.tar range="?bytes=(\d+)-`).FindStringSubmatch(srv.Log())
 			if m == nil {
 				t.Fatalf("the resumed pull asked for no Range:\n%s", srv.Log())
@@ -97,10 +95,9 @@ func TestLocaldsPullResume(t *testing.T) {
 func TestLocaldsPullDatastoreMoves(t *testing.T) {
 	requireE2E(t)
 	r := newResumeSite(t)
-	s, dir, big, sum, size := r.site, r.dir, r.big, r.sum, r.size
+	s, dir, big, size := r.site, r.dir, r.big, r.size
 	srv := startServe(t, s, dir)
-	pull := s.node.Start(t, testnet.Binary(t, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root,
-		"--interface", "br0", "--unpack=false", "--sha256", sum, "http://"+dsLocal+"/images/big.oci.tar", "big:1")
+	pull := r.startBigPull(t)
 	waitIngest(t, s.root, 8<<20, pull)
 	if err := srv.Kill(); err != nil {
 		t.Fatal(err)
@@ -163,6 +160,25 @@ func newResumeSiteAt(t *testing.T, root, ctrdDir string) resumeSite {
 	r.site.startContainerd(t)
 	limitRate(t, r.site)
 	return r
+}
+
+// bigURL is where the resume site's datastore (startServe on its dir)
+// serves the archive.
+const bigURL = "http://" + dsLocal + "/images/big.oci.tar"
+
+// bigPullArgs are the `localds pull` arguments for the site's archive, as
+// big:1, not unpacked.
+func (r resumeSite) bigPullArgs() []string {
+	return []string{"--unpack=false", "--sha256", r.sum, bigURL, "big:1"}
+}
+
+// startBigPull starts `localds pull` of the site's archive in the node
+// namespace, in the background.
+func (r resumeSite) startBigPull(t *testing.T) *testnet.Process {
+	t.Helper()
+	s := r.site
+	args := []string{testnet.Binary(t, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root, "--interface", "br0"}
+	return s.node.Start(t, append(args, r.bigPullArgs()...)...)
 }
 
 // limitRate slows what the datastore sends to 400 Mbit/s (its eth0, in

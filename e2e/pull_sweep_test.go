@@ -24,7 +24,7 @@ import (
 func TestLocaldsPullSweepsUnfinished(t *testing.T) {
 	requireE2E(t)
 	k := newKilledPull(t)
-	s, srv, small, smallSum, bigURL, smallURL := k.r.site, k.srv, k.small, k.smallSum, k.bigURL, k.smallURL
+	s, srv, small, smallSum, smallURL := k.r.site, k.srv, k.small, k.smallSum, k.smallURL
 
 	left := downloaderFiles(t, s.root)
 	ingests := ingestDirs(t, s.root)
@@ -85,13 +85,13 @@ func TestLocaldsPullSweepsUnfinished(t *testing.T) {
 func TestLocaldsPullResumeAfterCollection(t *testing.T) {
 	requireE2E(t)
 	k := newKilledPull(t)
-	r, s, srv, bigURL := k.r, k.r.site, k.srv, k.bigURL
+	r, s, srv := k.r, k.r.site, k.srv
 	s.mustLocaldsPull(t, "--unpack=false", "--sha256", k.smallSum, k.smallURL, "small:1")
 	s.ctrd.Ctr(t, "image", "rm", "--sync", "small:1")
 	if got := ingestDirs(t, s.root); len(got) != 0 {
 		t.Logf("containerd's collection kept the import's ingests %v", got)
 	}
-	_, stderr := s.mustLocaldsPull(t, "--unpack=false", "--sha256", r.sum, bigURL, "big:1")
+	_, stderr := s.mustLocaldsPull(t, r.bigPullArgs()...)
 	if got := s.imageTarget(t, "big:1"); got != r.big.pushed.Manifest.Digest.String() {
 		t.Fatalf("big:1 -> %q, want %s\n%s", got, r.big.pushed.Manifest.Digest, stderr)
 	}
@@ -109,24 +109,23 @@ func TestLocaldsPullResumeAfterCollection(t *testing.T) {
 // killedPull is a resume site whose datastore also serves a small archive,
 // after a pull of the big one was killed 48 MiB into its ingests.
 type killedPull struct {
-	r                resumeSite
-	srv              *testnet.Process // the datastore, running
-	small            cliImage
-	smallSum         string
-	bigURL, smallURL string
+	r        resumeSite
+	srv      *testnet.Process // the datastore, running
+	small    cliImage
+	smallSum string
+	smallURL string
 }
 
 func newKilledPull(t *testing.T) killedPull {
 	t.Helper()
 	k := killedPull{r: newResumeSite(t), small: newCLIImage(t, "small", "", 1<<20),
-		bigURL: "http://" + dsLocal + "/images/big.oci.tar", smallURL: "http://" + dsLocal + "/images/small.oci.tar"}
+		smallURL: "http://" + dsLocal + "/images/small.oci.tar"}
 	s := k.r.site
 	smallArchive := namedLayout(t, k.small.img, "small:1")
 	writeFile(t, filepath.Join(k.r.dir, "images", "small.oci.tar"), smallArchive)
 	k.smallSum = sha256Hex(smallArchive)
 	k.srv = startServe(t, s, k.r.dir)
-	pull := s.node.Start(t, testnet.Binary(t, "localds"), "pull", "--address", s.ctrd.Address, "--root", s.root,
-		"--interface", "br0", "--unpack=false", "--sha256", k.r.sum, k.bigURL, "big:1")
+	pull := k.r.startBigPull(t)
 	waitIngest(t, s.root, 48<<20, pull)
 	if err := pull.Kill(); err != nil {
 		t.Fatal(err)
