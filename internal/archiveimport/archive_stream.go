@@ -65,7 +65,8 @@ type StreamImport struct {
 	savedAt int64         // offset of the last checkpoint written
 	// saved: a checkpoint of this run's ref prefix is on disk, so a
 	// killed process's ingests are named and the next run reuses (or
-	// removes) them; see enter.
+	// removes) them, or enter tried to write the first one (a failure is
+	// warned about once; the periodic checkpoints go on trying).
 	saved bool
 	every int64      // checkpointEvery
 	sync  durability // fsyncs; tests record them
@@ -373,6 +374,7 @@ func (s *StreamImport) enter(e streamEntry) error {
 	// and writes again, instead of starting over under a new prefix and
 	// leaving them to the sweep of abandoned imports.
 	if !s.saved {
+		s.saved = true
 		if err := s.save(); err != nil {
 			log.G(s.ctx).WithError(err).Warn("import: cannot write the first checkpoint")
 		}
