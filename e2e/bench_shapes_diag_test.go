@@ -17,11 +17,12 @@ import (
 // Optional diagnostics of BenchmarkPullShapes, each side and round on
 // its own (tag: shape-round-side):
 //
-//   - LOCALDS_BENCH_LOG=dir: the daemon logs at debug level (which costs
+//   - LOCALDS_BENCH_LOG=dir: the daemon and containerd log at debug level (which costs
 //     time of its own) and both daemons' logs are saved in dir;
 //   - LOCALDS_BENCH_PERF=dir: `perf record -g` of containerd (and the
 //     daemon) during the timed pull, into dir/<tag>.perf
-//     (`perf report --no-children -i FILE`).
+//     (`perf report --no-children -i FILE`); with LOCALDS_BENCH_PERF_ALL=1
+//     of the whole machine instead.
 
 // benchDaemonFlags are the daemon's extra flags under LOCALDS_BENCH_LOG.
 func benchDaemonFlags() []string {
@@ -29,6 +30,16 @@ func benchDaemonFlags() []string {
 		return []string{"--log-level", "debug"}
 	}
 	return nil
+}
+
+// benchContainerdLogLevel is containerd's log level: debug under
+// LOCALDS_BENCH_LOG (its unpack logs each layer's times), else the
+// default.
+func benchContainerdLogLevel() string {
+	if os.Getenv("LOCALDS_BENCH_LOG") != "" {
+		return "debug"
+	}
+	return ""
 }
 
 // saveBenchLogs writes the logs under LOCALDS_BENCH_LOG, named by tag.
@@ -63,7 +74,11 @@ func startPerf(b testing.TB, tag string, pids ...int) func() {
 		ps[i] = strconv.Itoa(p)
 	}
 	out := filepath.Join(dir, tag+".perf")
-	cmd := exec.Command("perf", "record", "-g", "-o", out, "-p", strings.Join(ps, ","))
+	target := []string{"-p", strings.Join(ps, ",")}
+	if os.Getenv("LOCALDS_BENCH_PERF_ALL") != "" {
+		target = []string{"-a"} // the whole machine: kernel threads, the registry
+	}
+	cmd := exec.Command("perf", append([]string{"record", "-g", "-o", out}, target...)...)
 	var log strings.Builder
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {

@@ -213,7 +213,7 @@ func (s *site) grpcTotal(b testing.TB) float64 {
 // stockShape: stock containerd on a fresh file system pulls sh by IP.
 func (s *site) stockShape(b *testing.B, sh shape, tag string) sideRun {
 	fsys := testnet.NewLoopFS(b, loopGiB)
-	c := s.node.StartContainerd(b, testnet.ContainerdOptions{Dir: fsys.Dir})
+	c := s.node.StartContainerd(b, testnet.ContainerdOptions{Dir: fsys.Dir, LogLevel: benchContainerdLogLevel()})
 	cpu0 := cpuSeconds(b, c.Proc.Pid())
 	quiesce()
 	stopPerf := startPerf(b, tag, c.Proc.Pid())
@@ -239,7 +239,8 @@ func (s *site) localdsShape(b *testing.B, sh shape, tag string) sideRun {
 	s.loopRoot(b, fsys.Dir)
 	s.startDaemon(b, benchDaemonFlags()...)
 	s.ctrd = s.node.StartContainerd(b, testnet.ContainerdOptions{
-		Dir: filepath.Join(fsys.Dir, "containerd"), ContentSocket: s.sock, SnapshotSocket: s.sock, DiffSocket: s.sock})
+		Dir: filepath.Join(fsys.Dir, "containerd"), ContentSocket: s.sock, SnapshotSocket: s.sock, DiffSocket: s.sock,
+		LogLevel: benchContainerdLogLevel()})
 	cpu0 := cpuSeconds(b, s.daemon.Pid()) + cpuSeconds(b, s.ctrd.Proc.Pid())
 	calls0 := s.grpcTotal(b)
 	quiesce()
