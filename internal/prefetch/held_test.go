@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/plugins/services/content/contentserver"
+	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
@@ -241,5 +242,44 @@ func TestFetchAfterPartialIngest(t *testing.T) {
 	}
 	if info, err := v.cs.Info(ctx, desc.Digest); err != nil || info.Size != desc.Size {
 		t.Errorf("containerd's record of the blob: %+v, %v", info, err)
+	}
+}
+
+// TestHeldCommitOfCollectedBlob: a prefetched blob deleted after the held
+// writer found it and before containerd commits (containerd's content
+// garbage collection, run by another client's image removal, deletes
+// what no namespace records yet) is not recorded as present: the commit
+// fails, and containerd's metadata has no such blob. The content service
+// looks the digest up at the commit, under containerd's content lock,
+// and only then answers AlreadyExists; else the held writer's real
+// ingest is committed empty, which fails.
+func TestHeldCommitOfCollectedBlob(t *testing.T) {
+	v := newContainerdView(t)
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "default"), 20*time.Second)
+	defer cancel()
+	blob := []byte("a prefetched layer collected too early")
+	desc := layer(blob)
+	end, _ := v.tracker.Begin(desc.Digest)
+	w, err := v.cs.Writer(ctx, content.WithRef(remotes.MakeRefKey(ctx, desc)), content.WithDescriptor(desc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := content.WriteBlob(ctx, v.inner, RefPrefix+desc.Digest.String(), bytes.NewReader(blob), desc); err != nil {
+		t.Fatal(err)
+	}
+	end()
+	st, err := w.Status()
+	if err != nil || st.Offset != desc.Size {
+		t.Fatalf("status after the prefetch: %+v, %v (want the blob complete)", st, err)
+	}
+	if err := v.inner.Delete(ctx, desc.Digest); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(ctx, desc.Size, desc.Digest); err == nil || errdefs.IsAlreadyExists(err) {
+		t.Fatalf("commit of a blob gone from the store: %v", err)
+	}
+	if info, err := v.cs.Info(ctx, desc.Digest); !errdefs.IsNotFound(err) {
+		t.Fatalf("containerd records a blob the store lacks: %+v, %v", info, err)
 	}
 }
