@@ -69,6 +69,22 @@ func newContainerdView(t *testing.T, opts ...TrackerOption) *containerdView {
 	return &containerdView{inner: inner, tracker: tracker, bolt: bdb, cs: mdb.ContentStore()}
 }
 
+// pullContext is a pull's context in containerd's "default" namespace,
+// bounded so that a deadlock fails the test instead of hanging it.
+func pullContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "default"), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// prefetched commits blob to the daemon's store as a prefetch does.
+func (v *containerdView) prefetched(ctx context.Context, t *testing.T, desc ocispec.Descriptor, blob []byte) {
+	t.Helper()
+	if err := content.WriteBlob(ctx, v.inner, RefPrefix+desc.Digest.String(), bytes.NewReader(blob), desc); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func layer(data []byte) ocispec.Descriptor {
 	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromBytes(data), Size: int64(len(data))}
 }
@@ -95,8 +111,7 @@ func (v *containerdView) fetch(ctx context.Context, desc ocispec.Descriptor, dat
 // of passing slowly.
 func TestFetchWaitsOutsideTheLock(t *testing.T) {
 	v := newContainerdView(t)
-	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "default"), 20*time.Second)
-	defer cancel()
+	ctx := pullContext(t)
 	blob := []byte("prefetched layer bytes")
 	desc := layer(blob)
 	end, ok := v.tracker.Begin(desc.Digest)
@@ -130,9 +145,7 @@ func TestFetchWaitsOutsideTheLock(t *testing.T) {
 	}
 
 	// The prefetch commits the blob to the daemon's store, then ends.
-	if err := content.WriteBlob(ctx, v.inner, RefPrefix+desc.Digest.String(), bytes.NewReader(blob), desc); err != nil {
-		t.Fatal(err)
-	}
+	v.prefetched(ctx, t, desc, blob)
 	end()
 	if err := <-errc; err != nil {
 		t.Fatalf("fetch after the prefetch: %v", err)
@@ -160,8 +173,7 @@ func TestFetchAfterFailedPrefetch(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := newContainerdView(t, WithHold(tc.hold))
-			ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "default"), 20*time.Second)
-			defer cancel()
+			ctx := pullContext(t)
 			blob := []byte("layer whose prefetch fails: " + tc.name)
 			desc := layer(blob)
 			end, _ := v.tracker.Begin(desc.Digest)
@@ -212,8 +224,7 @@ func assertNoIngests(ctx context.Context, t *testing.T, v *containerdView) {
 // downloads the whole blob and commits it.
 func TestFetchAfterPartialIngest(t *testing.T) {
 	v := newContainerdView(t)
-	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "default"), 20*time.Second)
-	defer cancel()
+	ctx := pullContext(t)
 	blob := []byte("a layer whose ingest someone left half written")
 	desc := layer(blob)
 	end, _ := v.tracker.Begin(desc.Digest)
@@ -255,8 +266,7 @@ func TestFetchAfterPartialIngest(t *testing.T) {
 // ingest is committed empty, which fails.
 func TestHeldCommitOfCollectedBlob(t *testing.T) {
 	v := newContainerdView(t)
-	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "default"), 20*time.Second)
-	defer cancel()
+	ctx := pullContext(t)
 	blob := []byte("a prefetched layer collected too early")
 	desc := layer(blob)
 	end, _ := v.tracker.Begin(desc.Digest)
@@ -265,9 +275,7 @@ func TestHeldCommitOfCollectedBlob(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	if err := content.WriteBlob(ctx, v.inner, RefPrefix+desc.Digest.String(), bytes.NewReader(blob), desc); err != nil {
-		t.Fatal(err)
-	}
+	v.prefetched(ctx, t, desc, blob)
 	end()
 	st, err := w.Status()
 	if err != nil || st.Offset != desc.Size {
