@@ -238,6 +238,12 @@ func TestCtrPullAddressChange(t *testing.T) {
 			t.Fatalf("no 16 MiB partial ingest after %v (%d bytes); ctr:\n%s", e2eWait, partial, out.String())
 		}
 	}
+	// The layer's fetch waits for its prefetch, and containerd lists its
+	// ingest at the prefetch's progress (ctr's progress bars come from
+	// that list).
+	if active := s.activeIngest(t, big.Digest); active == "" {
+		t.Errorf("ctr content active %d bytes into the layer does not show its progress", partial)
+	}
 	resumesBefore := s.metrics(t)["localds_mirror_resumes_total"]
 	s.app.SetAddr(t, "eth0", appIP+"/24", appIP2+"/24")
 	moved := time.Now()

@@ -48,8 +48,6 @@ const (
 	maxQueuedPrefetches = 4 * DefaultMaxLayers
 	// DefaultPrefetchTimeout bounds one prefetched blob.
 	DefaultPrefetchTimeout = 10 * time.Minute
-	// prefetchRefPrefix names the store ingests of prefetches.
-	prefetchRefPrefix = prefetch.RefPrefix
 	// smallBlob is the size up to which a blob (an image config, a tiny
 	// layer) goes ahead of the queued large ones: with several pulls at
 	// once, one image's config need not wait for another image's layers.
@@ -254,10 +252,9 @@ func (p *prefetcher) fetch(ctx context.Context, t target, hdr http.Header, desc 
 	s := &stream{m: p.m, ctx: ctx, t: t, hdr: hdr, cur: pc, end: desc.Size - 1, total: desc.Size}
 	defer s.Close()
 
-	// One ingest per (host, digest) job: two hosts' prefetches of a blob
-	// never share (or lock each other out of) an ingest; the first commit
-	// wins, the other finds it AlreadyExists.
-	ref := prefetchRefPrefix + t.host + "-" + desc.Digest.String()
+	// One ingest per (host, digest) job; the first commit wins, the
+	// other finds it AlreadyExists.
+	ref := prefetch.IngestRef(t.host, desc.Digest)
 	cw, err := content.OpenWriter(ctx, p.m.opts.Store, content.WithRef(ref), content.WithDescriptor(desc))
 	if err != nil {
 		if errdefs.IsAlreadyExists(err) {

@@ -85,6 +85,13 @@ func (v *containerdView) prefetched(ctx context.Context, t *testing.T, desc ocis
 	}
 }
 
+// waiting returns once a fetch waits for a prefetch (or ctx ends).
+func (v *containerdView) waiting(ctx context.Context) {
+	for v.tracker.waits.Load() == 0 && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func layer(data []byte) ocispec.Descriptor {
 	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromBytes(data), Size: int64(len(data))}
 }
@@ -183,9 +190,7 @@ func TestFetchAfterFailedPrefetch(t *testing.T) {
 			var fetched int
 			errc := v.fetch(ctx, desc, blob, &fetched)
 			if tc.ended {
-				for v.tracker.waits.Load() == 0 && ctx.Err() == nil {
-					time.Sleep(time.Millisecond)
-				}
+				v.waiting(ctx)
 				end()
 			}
 			if err := <-errc; err != nil {
@@ -230,9 +235,7 @@ func TestFetchAfterPartialIngest(t *testing.T) {
 	end, _ := v.tracker.Begin(desc.Digest)
 	var fetched int
 	errc := v.fetch(ctx, desc, blob, &fetched)
-	for v.tracker.waits.Load() == 0 && ctx.Err() == nil {
-		time.Sleep(time.Millisecond)
-	}
+	v.waiting(ctx)
 	// containerd's metadata store names the backend ingest
 	// "<namespace>/<sequence>/<ref>"; this is the database's first.
 	bref := "default/1/" + remotes.MakeRefKey(ctx, desc)
@@ -290,4 +293,56 @@ func TestHeldCommitOfCollectedBlob(t *testing.T) {
 	if info, err := v.cs.Info(ctx, desc.Digest); !errdefs.IsNotFound(err) {
 		t.Fatalf("containerd records a blob the store lacks: %+v, %v", info, err)
 	}
+}
+
+// TestHeldFetchShowsProgress: while containerd's fetch of a blob waits for
+// its prefetch, containerd's list of ingests, which `ctr image pull` draws
+// its progress from, shows the fetch's ref at the offset the prefetch has
+// reached; once the prefetch is done, the fetch records the blob without
+// downloading it and no ingest is left.
+func TestHeldFetchShowsProgress(t *testing.T) {
+	v := newContainerdView(t)
+	ctx := pullContext(t)
+	blob := bytes.Repeat([]byte("a layer being prefetched "), 1000)
+	desc := layer(blob)
+	const source = "ubuntu-4321-http-server.local:5000"
+	end, ok := v.tracker.BeginFrom(source, desc.Digest)
+	if !ok {
+		t.Fatal("BeginFrom refused")
+	}
+	pw, err := content.OpenWriter(ctx, v.inner, content.WithRef(IngestRef(source, desc.Digest)), content.WithDescriptor(desc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pw.Close()
+	half := len(blob) / 2
+	if _, err := pw.Write(blob[:half]); err != nil {
+		t.Fatal(err)
+	}
+	var fetched int
+	errc := v.fetch(ctx, desc, blob, &fetched)
+	v.waiting(ctx)
+
+	sts, err := v.cs.ListStatuses(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := remotes.MakeRefKey(ctx, desc); len(sts) != 1 || sts[0].Ref != want || sts[0].Offset != int64(half) || sts[0].Total != desc.Size {
+		t.Fatalf("containerd's ingests while its fetch waits for a prefetch at %d of %d bytes: %+v (want %s there)", half, desc.Size, sts, want)
+	}
+
+	if _, err := pw.Write(blob[half:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := pw.Commit(ctx, desc.Size, desc.Digest); err != nil {
+		t.Fatal(err)
+	}
+	end()
+	if err := <-errc; err != nil {
+		t.Fatalf("fetch after the prefetch: %v", err)
+	}
+	if fetched != 0 {
+		t.Errorf("containerd downloaded the prefetched blob %d times", fetched)
+	}
+	assertNoIngests(ctx, t, v)
 }

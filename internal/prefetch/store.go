@@ -58,6 +58,30 @@ func (s *Store) Writer(ctx context.Context, opts ...content.WriterOpt) (content.
 	return s.Store.Writer(ctx, opts...)
 }
 
+// Status of containerd's ingest ref: where containerd's writer for the
+// blob is held (it has no ingest of its own yet), the progress of the
+// blob's prefetch. containerd lists a pull's ingests by asking Status of
+// each, and `ctr image pull` and other clients show their progress from
+// that; without it a layer being prefetched would show no progress until
+// it is complete.
+func (s *Store) Status(ctx context.Context, ref string) (content.Status, error) {
+	st, err := s.Store.Status(ctx, ref)
+	if !errdefs.IsNotFound(err) {
+		return st, err
+	}
+	d, ok := refDigest(ref)
+	if !ok {
+		return st, err
+	}
+	for _, source := range s.prefetches.Sources(d) {
+		if pst, perr := s.Store.Status(ctx, IngestRef(source, d)); perr == nil {
+			pst.Ref = ref
+			return pst, nil
+		}
+	}
+	return st, err
+}
+
 // refDigest is the digest an ingest ref ends with. containerd's metadata
 // store hands the backend its own ref ("<ns>/<seq>/<key>", no descriptor
 // digest); the key is remotes.MakeRefKey's, which ends with the blob's

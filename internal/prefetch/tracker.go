@@ -120,6 +120,17 @@ func (t *Tracker) Running(dgst digest.Digest) <-chan struct{} {
 	return done
 }
 
+// Sources returns the sources dgst is being prefetched from.
+func (t *Tracker) Sources(dgst digest.Digest) []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var sources []string
+	for source := range t.inFlight[dgst] {
+		sources = append(sources, source)
+	}
+	return sources
+}
+
 // WaitHeld blocks while a prefetch of dgst holds the store's callers
 // back: until every such prefetch has ended or outlived the hold, or ctx
 // ends.
