@@ -22,14 +22,20 @@ import (
 //   - LOCALDS_BENCH_PERF=dir: `perf record -g` of containerd (and the
 //     daemon) during the timed pull, into dir/<tag>.perf
 //     (`perf report --no-children -i FILE`); with LOCALDS_BENCH_PERF_ALL=1
-//     of the whole machine instead.
+//     of the whole machine instead; with LOCALDS_BENCH_PERF_TRACE=calls
+//     (e.g. fdatasync,fsync) `perf trace -s` instead, each thread's count
+//     and latency of those system calls, into dir/<tag>.perf.trace;
+//   - LOCALDS_BENCH_DAEMON_FLAGS="--flag=value ...": extra daemon flags,
+//     to compare settings (e.g. --stage-layers=false).
 
-// benchDaemonFlags are the daemon's extra flags under LOCALDS_BENCH_LOG.
+// benchDaemonFlags are the daemon's extra flags: LOCALDS_BENCH_DAEMON_FLAGS,
+// and debug logs under LOCALDS_BENCH_LOG.
 func benchDaemonFlags() []string {
+	flags := strings.Fields(os.Getenv("LOCALDS_BENCH_DAEMON_FLAGS"))
 	if os.Getenv("LOCALDS_BENCH_LOG") != "" {
-		return []string{"--log-level", "debug"}
+		flags = append(flags, "--log-level", "debug")
 	}
-	return nil
+	return flags
 }
 
 // benchContainerdLogLevel is containerd's log level: debug under
@@ -78,7 +84,13 @@ func startPerf(b testing.TB, tag string, pids ...int) func() {
 	if os.Getenv("LOCALDS_BENCH_PERF_ALL") != "" {
 		target = []string{"-a"} // the whole machine: kernel threads, the registry
 	}
-	cmd := exec.Command("perf", append([]string{"record", "-g", "-o", out}, target...)...)
+	args := append([]string{"record", "-g", "-o", out}, target...)
+	if calls := os.Getenv("LOCALDS_BENCH_PERF_TRACE"); calls != "" {
+		// per-thread count and latency of the named syscalls
+		args = append([]string{"trace", "-s", "-e", calls, "-o", out + ".trace"}, target...)
+		out += ".trace"
+	}
+	cmd := exec.Command("perf", args...)
 	var log strings.Builder
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
