@@ -33,7 +33,10 @@ import (
 // then answered from the store, so each blob crosses the bridge once.
 //
 // A prefetched blob that no pull adopts is not referenced by containerd's
-// metadata and is removed by containerd's next garbage collection.
+// metadata and is removed by containerd's first garbage collection after
+// prefetch.FreshFor; until then the content store containerd sees keeps
+// it, and the prefetches' ingests, from containerd's collections
+// (prefetch.Store).
 
 const (
 	// DefaultPrefetchConcurrency bounds simultaneous prefetch downloads:
@@ -322,7 +325,9 @@ func (p *prefetcher) fetch(ctx context.Context, t target, hdr http.Header, desc 
 		return fmt.Errorf("%w: datastore sent %d bytes with digest %s, want %d bytes %s", errDigestMismatch, n, got, desc.Size, desc.Digest)
 	}
 	copied := time.Now()
-	if err := cw.Commit(ctx, desc.Size, desc.Digest); err != nil && !errdefs.IsAlreadyExists(err) {
+	if err := cw.Commit(ctx, desc.Size, desc.Digest); err == nil {
+		p.inFlight.Committed(desc.Digest) // kept from containerd's collection until recorded
+	} else if !errdefs.IsAlreadyExists(err) {
 		return fmt.Errorf("commit: %w", err)
 	}
 	committed = true

@@ -222,6 +222,11 @@ func TestPrefetchSharedTracker(t *testing.T) {
 	if s := env.mirror.Stats(); s.Prefetched != 3 {
 		t.Errorf("stats after the prefetches ended: %+v", s)
 	}
+	for _, b := range blobs {
+		if !inFlight.Fresh(b.Digest) {
+			t.Errorf("prefetched blob %s is not kept from containerd's collection until containerd records it", b.Digest)
+		}
+	}
 }
 
 // TestPrefetchSmallFirst: queued configs (small blobs) go ahead of the

@@ -34,6 +34,7 @@ type containerdView struct {
 	inner   content.Store // the CAS the prefetches commit to
 	tracker *Tracker
 	bolt    *bolt.DB
+	db      *metadata.DB  // containerd's metadata, for its garbage collection
 	cs      content.Store // what containerd's fetch writes to
 }
 
@@ -66,7 +67,7 @@ func newContainerdView(t *testing.T, opts ...TrackerOption) *containerdView {
 	if err := mdb.Init(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return &containerdView{inner: inner, tracker: tracker, bolt: bdb, cs: mdb.ContentStore()}
+	return &containerdView{inner: inner, tracker: tracker, bolt: bdb, db: mdb, cs: mdb.ContentStore()}
 }
 
 // pullContext is a pull's context in containerd's "default" namespace,

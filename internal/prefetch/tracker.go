@@ -49,6 +49,7 @@ type Tracker struct {
 
 	mu       sync.Mutex
 	inFlight map[digest.Digest]map[string]*trackedJob // digest -> source
+	fresh    map[digest.Digest]time.Time              // committed, not yet recorded (fresh.go)
 
 	waits atomic.Int64 // WaitHeld calls so far, for tests to see a waiter
 }
@@ -73,7 +74,7 @@ func WithHold(d time.Duration) TrackerOption {
 // NewTracker returns a Tracker offering prefetched blobs to stager (nil
 // for none).
 func NewTracker(stager Stager, opts ...TrackerOption) *Tracker {
-	t := &Tracker{stager: stager, hold: DefaultHold, inFlight: map[digest.Digest]map[string]*trackedJob{}}
+	t := &Tracker{stager: stager, hold: DefaultHold, inFlight: map[digest.Digest]map[string]*trackedJob{}, fresh: map[digest.Digest]time.Time{}}
 	for _, o := range opts {
 		o(t)
 	}
