@@ -40,6 +40,7 @@ func (r *Registry) ImportDir(ctx context.Context, dir string) {
 		}
 		return
 	}
+	var loaded, failed int
 	for _, e := range entries {
 		if ctx.Err() != nil {
 			return
@@ -50,11 +51,15 @@ func (r *Registry) ImportDir(ctx context.Context, dir string) {
 		p := filepath.Join(dir, e.Name())
 		names, err := r.ImportArchive(ctx, p)
 		if err != nil {
+			failed++
 			log.G(ctx).WithError(err).WithField("archive", p).Error("import: archive not loaded")
 			continue
 		}
+		loaded++
 		log.G(ctx).WithFields(log.Fields{"archive": p, "images": strings.Join(names, " ")}).Info("import: archive loaded")
 	}
+	// Until this line, an image still to be loaded is answered 404.
+	log.G(ctx).WithFields(log.Fields{"dir": dir, "loaded": loaded, "failed": failed}).Info("import: done")
 }
 
 // ImportArchive loads one archive and returns the names it stored.

@@ -169,6 +169,7 @@ func startE2E(t *testing.T) *e2e {
 	ociArchive(t, filepath.Join(dsDir, ".import/app2.tar"), "app:2", [][]byte{base, etc, extra})
 	ds := ns.Start(t, e.localds, "serve", "--hostname", "ds", "--interface", "br0", "--listen", e2eRegistry, "--dir", dsDir)
 	ds.WaitLog(t, "serving registry and files", e2eWait)
+	ds.WaitLog(t, "import: done", e2eWait) // app:1 and app:2 are served only from then on
 	return e
 }
 
