@@ -2,10 +2,12 @@ package prefetch
 
 import (
 	"bytes"
+	"context"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/remotes"
+	"github.com/opencontainers/go-digest"
 )
 
 // TestCollectionSparesPrefetches: containerd's garbage collection, run
@@ -46,15 +48,7 @@ func TestCollectionSparesPrefetches(t *testing.T) {
 	if err := content.WriteBlob(ctx, v.cs, remotes.MakeRefKey(ctx, od), bytes.NewReader(other), od); err != nil {
 		t.Fatal(err)
 	}
-	if err := v.cs.Delete(ctx, od.Digest); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := v.db.GarbageCollect(ctx); err != nil {
-		t.Fatalf("containerd's garbage collection: %v", err)
-	}
-	if _, err := v.inner.Info(ctx, od.Digest); err == nil {
-		t.Fatal("the collection did not run: the removed blob is still in the store")
-	}
+	v.removeAndCollect(ctx, t, od.Digest)
 
 	if _, err := pw.Write(partial[100:]); err != nil {
 		t.Fatal(err)
@@ -79,17 +73,24 @@ func TestCollectionSparesPrefetches(t *testing.T) {
 
 	// Recorded, the blobs are containerd's: removed from its namespace,
 	// the next collection deletes them from the store at once.
-	for _, d := range []content.Info{{Digest: pd.Digest}, {Digest: dd.Digest}} {
-		if err := v.cs.Delete(ctx, d.Digest); err != nil {
+	v.removeAndCollect(ctx, t, pd.Digest, dd.Digest)
+}
+
+// removeAndCollect removes blobs from containerd's namespace and runs its
+// garbage collection, which must delete them from the store.
+func (v *containerdView) removeAndCollect(ctx context.Context, t *testing.T, blobs ...digest.Digest) {
+	t.Helper()
+	for _, d := range blobs {
+		if err := v.cs.Delete(ctx, d); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if _, err := v.db.GarbageCollect(ctx); err != nil {
-		t.Fatal(err)
+		t.Fatalf("containerd's garbage collection: %v", err)
 	}
-	for _, d := range []content.Info{{Digest: pd.Digest}, {Digest: dd.Digest}} {
-		if _, err := v.inner.Info(ctx, d.Digest); err == nil {
-			t.Errorf("%s, recorded by containerd and then removed, is still in the store after its collection", d.Digest)
+	for _, d := range blobs {
+		if _, err := v.inner.Info(ctx, d); err == nil {
+			t.Errorf("%s, recorded by containerd and then removed, is still in the store after its collection", d)
 		}
 	}
 }
@@ -102,24 +103,12 @@ func TestCollectionAfterHeldFetch(t *testing.T) {
 	v := newContainerdView(t)
 	ctx := pullContext(t)
 	blob := []byte("a layer whose fetch waited for its prefetch")
-	desc := layer(blob)
-	end, _ := v.tracker.Begin(desc.Digest)
-	var fetched int
-	errc := v.fetch(ctx, desc, blob, &fetched)
-	v.waiting(ctx)
+	desc, end, errc, fetched := v.heldFetch(ctx, blob)
 	v.prefetched(ctx, t, desc, blob)
 	v.tracker.Committed(desc.Digest)
 	end()
-	if err := <-errc; err != nil || fetched != 0 {
-		t.Fatalf("fetch after the prefetch: %v (downloads %d)", err, fetched)
+	if err := <-errc; err != nil || *fetched != 0 {
+		t.Fatalf("fetch after the prefetch: %v (downloads %d)", err, *fetched)
 	}
-	if err := v.cs.Delete(ctx, desc.Digest); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := v.db.GarbageCollect(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := v.inner.Info(ctx, desc.Digest); err == nil {
-		t.Error("a prefetched blob containerd recorded and removed is still in the store after its collection")
-	}
+	v.removeAndCollect(ctx, t, desc.Digest)
 }

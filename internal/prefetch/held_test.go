@@ -86,6 +86,17 @@ func (v *containerdView) prefetched(ctx context.Context, t *testing.T, desc ocis
 	}
 }
 
+// heldFetch begins a prefetch of blob and containerd's fetch of it, and
+// returns once the fetch waits for the prefetch.
+func (v *containerdView) heldFetch(ctx context.Context, blob []byte) (desc ocispec.Descriptor, end func(), errc <-chan error, fetched *int) {
+	desc = layer(blob)
+	end, _ = v.tracker.Begin(desc.Digest)
+	fetched = new(int)
+	errc = v.fetch(ctx, desc, blob, fetched)
+	v.waiting(ctx)
+	return desc, end, errc, fetched
+}
+
 // waiting returns once a fetch waits for a prefetch (or ctx ends).
 func (v *containerdView) waiting(ctx context.Context) {
 	for v.tracker.waits.Load() == 0 && ctx.Err() == nil {
@@ -232,11 +243,7 @@ func TestFetchAfterPartialIngest(t *testing.T) {
 	v := newContainerdView(t)
 	ctx := pullContext(t)
 	blob := []byte("a layer whose ingest someone left half written")
-	desc := layer(blob)
-	end, _ := v.tracker.Begin(desc.Digest)
-	var fetched int
-	errc := v.fetch(ctx, desc, blob, &fetched)
-	v.waiting(ctx)
+	desc, end, errc, fetched := v.heldFetch(ctx, blob)
 	// containerd's metadata store names the backend ingest
 	// "<namespace>/<sequence>/<ref>"; this is the database's first.
 	bref := "default/1/" + remotes.MakeRefKey(ctx, desc)
@@ -252,8 +259,8 @@ func TestFetchAfterPartialIngest(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatalf("fetch: %v", err)
 	}
-	if fetched != 1 {
-		t.Errorf("downloads: %d, want 1", fetched)
+	if *fetched != 1 {
+		t.Errorf("downloads: %d, want 1", *fetched)
 	}
 	if info, err := v.cs.Info(ctx, desc.Digest); err != nil || info.Size != desc.Size {
 		t.Errorf("containerd's record of the blob: %+v, %v", info, err)
