@@ -58,7 +58,6 @@ func (r *Registry) ImportDir(ctx context.Context, dir string) {
 		loaded++
 		log.G(ctx).WithFields(log.Fields{"archive": p, "images": strings.Join(names, " ")}).Info("import: archive loaded")
 	}
-	// Until this line, an image still to be loaded is answered 404.
 	log.G(ctx).WithFields(log.Fields{"dir": dir, "loaded": loaded, "failed": failed}).Info("import: done")
 }
 

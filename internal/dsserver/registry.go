@@ -33,6 +33,7 @@ type Registry struct {
 	manifests *manifestStore
 	auth      pushAuth
 	metrics   *serveMetrics
+	startup   startup // the start-up import (startup.go)
 }
 
 // RegistryConfig is how the registry treats its clients.
@@ -111,6 +112,12 @@ func (r *Registry) SetReadOnly(ro bool) { r.auth.readOnly = ro }
 func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if isWrite(req) && !r.auth.allowWrite(w, req) {
 		return
+	}
+	if done := r.importRunning(); done != nil && (req.Method == http.MethodGet || req.Method == http.MethodHead) {
+		if rt, ok := parseRoute(req.URL.Path); ok && rt.kind == "manifest" {
+			r.serveDuringImport(w, req, done)
+			return
+		}
 	}
 	r.serve(w, req)
 }

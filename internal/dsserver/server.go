@@ -185,6 +185,10 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Marked before serving: a manifest request that comes before the
+	// import has loaded its image waits for it.
+	importEnd := s.registry.BeginImport()
+	defer importEnd()
 	var wg sync.WaitGroup
 	errc := make(chan error, len(lns)+1)
 	for _, ln := range lns {
@@ -208,6 +212,7 @@ func (s *Server) Run(ctx context.Context) error {
 			log.G(ctx).WithError(err).Warn("registry: collection at start")
 		}
 		s.registry.ImportDir(ctx, filepath.Join(s.cfg.Dir, ImportDir))
+		importEnd()
 	})
 	wg.Go(func() { s.registry.scrub(ctx) })
 	wg.Go(func() { s.registry.expireUploads(ctx) })
