@@ -326,25 +326,6 @@ func (s *site) ingestSize() int64 {
 	return ingests.Largest()
 }
 
-// activeIngest polls `ctr content active` (bounded) for an ingest of d
-// with bytes in it and returns its line, or "" (logging the listing).
-func (s *site) activeIngest(t testing.TB, d digest.Digest) string {
-	t.Helper()
-	var active string
-	for range 10 {
-		active = s.ctrd.Ctr(t, "content", "active")
-		for _, line := range strings.Split(active, "\n") {
-			if f := strings.Fields(line); len(f) >= 2 && strings.HasSuffix(f[0], d.String()) && f[1] != "0B" {
-				t.Logf("ctr content active: %s", line)
-				return line
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Logf("ctr content active:\n%s", active)
-	return ""
-}
-
 // registryBlob is the data file docker-registry keeps a blob in.
 func (s *site) registryBlob(port int, d digest.Digest) string {
 	hex := d.Encoded()

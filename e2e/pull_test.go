@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"context"
 	"crypto/rand"
 	"net/http"
 	"os"
@@ -213,31 +212,9 @@ func TestCtrPullAddressChange(t *testing.T) {
 	big := img.Layers[0]
 	s.app.Run(t, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "400mbit", "burst", "256kb", "latency", "100ms")
 
-	ctx, cancel := context.WithTimeout(context.Background(), pullTimeout)
-	defer cancel()
-	var out strings.Builder
-	cmd := s.ctrd.CtrCmd(ctx, "image", "pull", "--hosts-dir", s.hostsDir, img.Ref)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-
-	// Wait (bounded) until 16 MiB of the layer are in the ingest.
-	deadline := time.Now().Add(e2eWait)
-	var partial int64
-	for partial = s.ingestSize(); partial < 16<<20; partial = s.ingestSize() {
-		select {
-		case err := <-done:
-			t.Fatalf("ctr image pull ended (%v) before 16 MiB of the layer were in the ingest (%d bytes):\n%s", err, partial, out.String())
-		case <-time.After(10 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no 16 MiB partial ingest after %v (%d bytes); ctr:\n%s", e2eWait, partial, out.String())
-		}
-	}
+	p := s.startPull(t, img.Ref)
+	start := p.start
+	partial := p.waitIngest(t, s, 16<<20)
 	// The layer's fetch waits for its prefetch, and containerd lists its
 	// ingest at the prefetch's progress (ctr's progress bars come from
 	// that list).
@@ -249,15 +226,8 @@ func TestCtrPullAddressChange(t *testing.T) {
 	moved := time.Now()
 	t.Logf("moved the datastore from %s to %s after %v, %d MiB into the layer", appIP, appIP2, moved.Sub(start).Round(time.Millisecond), partial>>20)
 
-	var err error
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		<-done
-		err = ctx.Err()
-	}
-	if err != nil {
-		t.Fatalf("ctr image pull after the address change: %v\n%s\nlocalds log:\n%s\ncontainerd log:\n%s", err, tail(out.String(), 3000), tail(s.daemon.Log(), 8000), tail(s.ctrd.Proc.Log(), 4000))
+	if err := p.wait(); err != nil {
+		t.Fatalf("ctr image pull after the address change: %v\n%s\nlocalds log:\n%s\ncontainerd log:\n%s", err, tail(p.out.String(), 3000), tail(s.daemon.Log(), 8000), tail(s.ctrd.Proc.Log(), 4000))
 	}
 	t.Logf("pull completed %v after the move (%v in all)", time.Since(moved).Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 	s.checkBlobs(t, img)
