@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/localds/localds/internal/cas"
-	"github.com/localds/localds/internal/testnet"
 )
 
 // abandonedWait is how long an abandoned `ctr image pull` is watched
@@ -181,15 +180,10 @@ func containerdStacks(t *testing.T, s *site) string {
 // not reproduced here at will (the retry without the wait passed in two
 // runs), the wait only keeps it out.
 func TestDaemonKillRetriedPull(t *testing.T) {
-	if testnet.IsChild(t) {
-		pushChild(t)
-		return
+	s := mirrorSite(t)
+	if s == nil {
+		return // the push child
 	}
-	requireE2E(t)
-	s := newSite(t, 5000)
-	s.startDaemon(t)
-	s.startContainerd(t)
-	s.writeHosts(t, dsLocal+":5000")
 	img := s.push(t, pushJob{Ref: dsLocal + ":5000/kill:1", Layers: []int64{32 << 20, 32 << 20}})[0]
 	limitRate(t, s)
 	for _, delay := range []time.Duration{150 * time.Millisecond, 500 * time.Millisecond, 900 * time.Millisecond} {

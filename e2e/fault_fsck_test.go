@@ -20,15 +20,10 @@ import (
 // unpack into another snapshotter) fetches it again; before, containerd
 // still recorded it, skipped the fetch and failed with "blob not found".
 func TestFsckRemoveHeals(t *testing.T) {
-	if testnet.IsChild(t) {
-		pushChild(t)
-		return
+	s := mirrorSite(t)
+	if s == nil {
+		return // the push child
 	}
-	requireE2E(t)
-	s := newSite(t, 5000)
-	s.startDaemon(t)
-	s.startContainerd(t)
-	s.writeHosts(t, dsLocal+":5000")
 	img := s.push(t, pushJob{Ref: dsLocal + ":5000/heal:1", Layers: []int64{1 << 20, 2 << 20, 1 << 20}})[0]
 	s.mustPull(t, img.Ref)
 	s.checkBlobs(t, img)

@@ -17,6 +17,24 @@ import (
 
 // What happens while a `ctr image pull` is under way.
 
+// mirrorSite is the site of most pull tests: a datastore on :5000, the
+// daemon, containerd configured for localds and hosts.toml for
+// dsLocal:5000. In the test's push child it pushes and returns nil, and
+// the test returns.
+func mirrorSite(t *testing.T) *site {
+	t.Helper()
+	if testnet.IsChild(t) {
+		pushChild(t)
+		return nil
+	}
+	requireE2E(t)
+	s := newSite(t, 5000)
+	s.startDaemon(t)
+	s.startContainerd(t)
+	s.writeHosts(t, dsLocal+":5000")
+	return s
+}
+
 // bgPull is a `ctr image pull` running in the background.
 type bgPull struct {
 	done   chan error
@@ -93,15 +111,10 @@ func (s *site) activeIngest(t testing.TB, d digest.Digest) string {
 // nothing downloaded again through the mirror), and the removed image's
 // blobs are gone from the CAS.
 func TestImageRemovalDuringPull(t *testing.T) {
-	if testnet.IsChild(t) {
-		pushChild(t)
-		return
+	s := mirrorSite(t)
+	if s == nil {
+		return // the push child
 	}
-	requireE2E(t)
-	s := newSite(t, 5000)
-	s.startDaemon(t)
-	s.startContainerd(t)
-	s.writeHosts(t, dsLocal+":5000")
 	imgs := s.push(t, pushJob{Ref: dsLocal + ":5000/big:1", Layers: []int64{96 << 20}}, pushJob{Ref: dsLocal + ":5000/other:1", Layers: []int64{1 << 20}})
 	big, other := imgs[0], imgs[1]
 	s.ctrd.Ctr(t, "image", "pull", "--hosts-dir", s.hostsDir, other.Ref)

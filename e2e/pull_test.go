@@ -80,15 +80,10 @@ func TestCtrPullLocal(t *testing.T) {
 // CAS never holds that blob, fsck stays clean, and the daemon keeps
 // serving: /healthz is 200 and a good image pulls afterwards.
 func TestCtrPullCorruptBlob(t *testing.T) {
-	if testnet.IsChild(t) {
-		pushChild(t)
-		return
+	s := mirrorSite(t)
+	if s == nil {
+		return // the push child
 	}
-	requireE2E(t)
-	s := newSite(t, 5000)
-	s.startDaemon(t)
-	s.startContainerd(t)
-	s.writeHosts(t, dsLocal+":5000")
 	imgs := s.push(t,
 		pushJob{Ref: dsLocal + ":5000/bad:1", Layers: []int64{1 << 20, 4 << 20, 1 << 20}},
 		pushJob{Ref: dsLocal + ":5000/good:1", Layers: []int64{1 << 20, 2 << 20, 1 << 20}})
@@ -199,15 +194,10 @@ func TestCtrPullCorruptBlob(t *testing.T) {
 // that the move lands mid-blob instead of racing a transfer that would
 // otherwise be over in a fraction of a second.
 func TestCtrPullAddressChange(t *testing.T) {
-	if testnet.IsChild(t) {
-		pushChild(t)
-		return
+	s := mirrorSite(t)
+	if s == nil {
+		return // the push child
 	}
-	requireE2E(t)
-	s := newSite(t, 5000)
-	s.startDaemon(t)
-	s.startContainerd(t)
-	s.writeHosts(t, dsLocal+":5000")
 	img := s.push(t, pushJob{Ref: dsLocal + ":5000/big:1", Layers: []int64{96 << 20}})[0]
 	big := img.Layers[0]
 	s.app.Run(t, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "400mbit", "burst", "256kb", "latency", "100ms")

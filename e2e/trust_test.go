@@ -23,15 +23,10 @@ import (
 // that pull put in the CAS, whatever ns it names; health and metrics stay
 // open. The key file and the hosts.toml holding it are private.
 func TestMirrorAnswersOnlyContainerd(t *testing.T) {
-	if testnet.IsChild(t) {
-		pushChild(t)
-		return
+	s := mirrorSite(t)
+	if s == nil {
+		return // the push child
 	}
-	requireE2E(t)
-	s := newSite(t, 5000)
-	s.startDaemon(t)
-	s.startContainerd(t)
-	s.writeHosts(t, dsLocal+":5000")
 	imgs := s.push(t, pushJob{Ref: dsLocal + ":5000/app:1", Layers: []int64{256 << 10, 512 << 10}})
 	s.mustPull(t, imgs[0].Ref)
 	s.checkBlobs(t, imgs[0])

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/random"
@@ -55,6 +56,25 @@ func tarDir(t *testing.T, dir, out string) {
 	}
 }
 
+// layoutArchive writes an OCI-layout archive at path holding a random
+// image of layers layers, named by the bare tag, and returns the image.
+func layoutArchive(t *testing.T, path, tag string, layers int64) v1.Image {
+	t.Helper()
+	img, err := random.Image(1000, layers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lp, err := layout.Write(t.TempDir(), empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lp.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": tag})); err != nil {
+		t.Fatal(err)
+	}
+	tarDir(t, string(lp), path)
+	return img
+}
+
 func TestImportArchives(t *testing.T) {
 	dir := t.TempDir()
 	imp := filepath.Join(dir, ImportDir)
@@ -62,15 +82,7 @@ func TestImportArchives(t *testing.T) {
 		t.Fatal(err)
 	}
 	// An OCI layout whose image is named by a bare tag: repository from the file name.
-	ociImg, _ := random.Image(1000, 2)
-	lp, err := layout.Write(t.TempDir(), empty.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := lp.AppendImage(ociImg, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": "2"})); err != nil {
-		t.Fatal(err)
-	}
-	tarDir(t, string(lp), filepath.Join(imp, "web.tar"))
+	ociImg := layoutArchive(t, filepath.Join(imp, "web.tar"), "2", 2)
 	// A docker save archive with a full name.
 	dockerImg, _ := random.Image(1000, 1)
 	tag, _ := name.NewTag("docker.io/library/tool:1.0")

@@ -6,10 +6,6 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
-
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/random"
 )
 
 // TestManifestWaitsForStartupImport: while the start-up import runs, a
@@ -23,16 +19,7 @@ func TestManifestWaitsForStartupImport(t *testing.T) {
 	if err := os.MkdirAll(imp, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	img, _ := random.Image(1000, 1)
-	lp, err := layout.Write(t.TempDir(), empty.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := lp.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": "1"})); err != nil {
-		t.Fatal(err)
-	}
-	tarDir(t, string(lp), filepath.Join(imp, "app.tar"))
-	want, _ := img.Digest()
+	want, _ := layoutArchive(t, filepath.Join(imp, "app.tar"), "1", 1).Digest()
 	s, ts := startServer(t, dir)
 	reg := s.Registry()
 	setHold := func(d time.Duration) {
