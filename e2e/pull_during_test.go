@@ -146,3 +146,41 @@ func TestImageRemovalDuringPull(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentPullsShareLayers: two images that share their first two
+// layers, pulled at the same time into the localds snapshotter. Each
+// shared blob is prefetched once for both, the two unpacks race for the
+// shared snapshots, and both pulls complete with every blob whole and the
+// shared layers unpacked once.
+func TestConcurrentPullsShareLayers(t *testing.T) {
+	s := mirrorSite(t)
+	if s == nil {
+		return // the push child
+	}
+	// The same seed: the same first two layers, then a layer of another
+	// size (so other content) each.
+	imgs := s.push(t,
+		pushJob{Ref: dsLocal + ":5000/a:1", Layers: []int64{8 << 20, 4 << 20, 1 << 20}, Seed: 7},
+		pushJob{Ref: dsLocal + ":5000/b:1", Layers: []int64{8 << 20, 4 << 20, 2 << 20}, Seed: 7})
+	for i := range 2 {
+		if imgs[0].Layers[i] != imgs[1].Layers[i] {
+			t.Fatalf("layer %d differs between the images: %s, %s", i, imgs[0].Layers[i].Digest, imgs[1].Layers[i].Digest)
+		}
+	}
+	timedPulls(t, s.ctrd, []string{imgs[0].Ref, imgs[1].Ref}, "--hosts-dir", s.hostsDir, "--snapshotter", "localds")
+	for _, img := range imgs {
+		s.checkBlobs(t, img)
+	}
+	snaps := s.ctrd.Ctr(t, "snapshots", "--snapshotter", "localds", "ls")
+	if n := strings.Count(snaps, "Committed"); n != 4 {
+		t.Errorf("%d committed snapshots after unpacking two images sharing 2 of their 3 layers, want 4:\n%s", n, snaps)
+	}
+	m := s.metrics(t)
+	if m["localds_mirror_prefetch_failures_total"] != 0 || m["localds_mirror_verify_failures_total"] != 0 {
+		t.Errorf("mirror: %s", mirrorStats(m))
+	}
+	if out := s.fsck(t); !strings.Contains(out, " 0 bad") {
+		t.Fatalf("fsck: %s", out)
+	}
+	t.Logf("mirror: %s", mirrorStats(m))
+}
