@@ -325,10 +325,15 @@ func (p *prefetcher) fetch(ctx context.Context, t target, hdr http.Header, desc 
 		return fmt.Errorf("%w: datastore sent %d bytes with digest %s, want %d bytes %s", errDigestMismatch, n, got, desc.Size, desc.Digest)
 	}
 	copied := time.Now()
-	if err := cw.Commit(ctx, desc.Size, desc.Digest); err == nil {
-		p.inFlight.Committed(desc.Digest) // kept from containerd's collection until recorded
-	} else if !errdefs.IsAlreadyExists(err) {
-		return fmt.Errorf("commit: %w", err)
+	// Kept from containerd's collection until containerd records it:
+	// marked before the commit shows it, so that containerd's lookup of
+	// the blob, which marks it recorded, cannot come first.
+	p.inFlight.Committed(desc.Digest)
+	if err := cw.Commit(ctx, desc.Size, desc.Digest); err != nil {
+		p.inFlight.Adopted(desc.Digest) // not ours: nothing to keep
+		if !errdefs.IsAlreadyExists(err) {
+			return fmt.Errorf("commit: %w", err)
+		}
 	}
 	committed = true
 	if onCommit != nil {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -205,7 +206,8 @@ func TestPrefetchSharedTracker(t *testing.T) {
 		reg.ServeHTTP(w, r)
 	})
 	inFlight := prefetch.NewTracker(nil)
-	env := newTestEnv(t, gated, Options{Store: newStore(t), Prefetch: true, Prefetches: inFlight})
+	store := &freshAtCommit{Store: newStore(t), tracker: inFlight, fresh: map[digest.Digest]bool{}}
+	env := newTestEnv(t, gated, Options{Store: store, Prefetch: true, Prefetches: inFlight})
 	defer env.mirror.Close()
 
 	resp := env.do(t, http.MethodGet, env.url("/v2/app/manifests/1"), nil)
@@ -226,7 +228,45 @@ func TestPrefetchSharedTracker(t *testing.T) {
 		if !inFlight.Fresh(b.Digest) {
 			t.Errorf("prefetched blob %s is not kept from containerd's collection until containerd records it", b.Digest)
 		}
+		if !store.wasFresh(b.Digest) {
+			t.Errorf("prefetched blob %s was visible in the store before it was kept from containerd's collection (containerd's lookup in between would leave it kept)", b.Digest)
+		}
 	}
+}
+
+// freshAtCommit records, at each commit to the store, whether the
+// tracker already keeps the blob from containerd's collection.
+type freshAtCommit struct {
+	content.Store
+	tracker *prefetch.Tracker
+	mu      sync.Mutex
+	fresh   map[digest.Digest]bool
+}
+
+func (s *freshAtCommit) Writer(ctx context.Context, opts ...content.WriterOpt) (content.Writer, error) {
+	w, err := s.Store.Writer(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &freshAtCommitWriter{Writer: w, s: s}, nil
+}
+
+func (s *freshAtCommit) wasFresh(d digest.Digest) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fresh[d]
+}
+
+type freshAtCommitWriter struct {
+	content.Writer
+	s *freshAtCommit
+}
+
+func (w *freshAtCommitWriter) Commit(ctx context.Context, size int64, expected digest.Digest, opts ...content.Opt) error {
+	w.s.mu.Lock()
+	w.s.fresh[expected] = w.s.tracker.Fresh(expected)
+	w.s.mu.Unlock()
+	return w.Writer.Commit(ctx, size, expected, opts...)
 }
 
 // TestPrefetchSmallFirst: queued configs (small blobs) go ahead of the

@@ -14,9 +14,12 @@ import (
 // own timeout.
 const FreshFor = 10 * time.Minute
 
-// Committed records that a prefetch committed dgst to the store and that
-// containerd has not recorded it yet: the blob is fresh until Adopted or
-// until FreshFor has passed.
+// Committed records that a prefetch is committing dgst to the store and
+// that containerd has not recorded it yet: the blob is fresh until Adopted
+// or until FreshFor has passed. It is called before the commit makes the
+// blob visible, so that containerd's lookup (Store.Info), which adopts
+// it, cannot come first and leave it fresh; a failed commit calls
+// Adopted.
 func (t *Tracker) Committed(dgst digest.Digest) {
 	now := time.Now()
 	t.mu.Lock()

@@ -35,10 +35,10 @@ func TestCollectionSparesPrefetches(t *testing.T) {
 		t.Fatal(err)
 	}
 	endD, _ := v.tracker.BeginFrom(source, dd.Digest)
+	v.tracker.Committed(dd.Digest) // as the mirror's prefetch does, before the commit
 	if err := content.WriteBlob(ctx, v.inner, IngestRef(source, dd.Digest), bytes.NewReader(done), dd); err != nil {
 		t.Fatal(err)
 	}
-	v.tracker.Committed(dd.Digest) // as the mirror's prefetch does
 	endD()
 
 	// Another client's blob, removed: containerd's content is dirty and
@@ -53,10 +53,10 @@ func TestCollectionSparesPrefetches(t *testing.T) {
 	if _, err := pw.Write(partial[100:]); err != nil {
 		t.Fatal(err)
 	}
+	v.tracker.Committed(pd.Digest)
 	if err := pw.Commit(ctx, pd.Size, pd.Digest); err != nil {
 		t.Fatalf("the prefetch's commit after containerd's collection: %v", err)
 	}
-	v.tracker.Committed(pd.Digest)
 	endP()
 	for _, d := range []struct {
 		desc content.Info
@@ -104,8 +104,8 @@ func TestCollectionAfterHeldFetch(t *testing.T) {
 	ctx := pullContext(t)
 	blob := []byte("a layer whose fetch waited for its prefetch")
 	desc, end, errc, fetched := v.heldFetch(ctx, blob)
-	v.prefetched(ctx, t, desc, blob)
 	v.tracker.Committed(desc.Digest)
+	v.prefetched(ctx, t, desc, blob)
 	end()
 	if err := <-errc; err != nil || *fetched != 0 {
 		t.Fatalf("fetch after the prefetch: %v (downloads %d)", err, *fetched)
