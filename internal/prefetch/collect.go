@@ -45,11 +45,12 @@ func (s *Store) Walk(ctx context.Context, fn content.WalkFunc, filters ...string
 }
 
 // Info is containerd's lookup of a blob it is about to record: its
-// metadata store asks when it opens a writer for the blob and at the
-// commit of a "shared" one, and the content service asks before it
-// commits a writer that names the digest (a held writer's). A prefetched
-// blob found is adopted, no longer kept from the collection. containerd
-// records it right after; only a collection in between could delete it.
+// metadata store asks when it opens a writer for the blob ("shared"
+// content policy: found, the commit only records it), and the content
+// service asks before it commits a writer that names the digest (a held
+// writer's). A prefetched blob found is adopted, no longer kept from the
+// collection. containerd records it right after; only a collection in
+// between could delete it.
 func (s *Store) Info(ctx context.Context, dgst digest.Digest) (content.Info, error) {
 	info, err := s.Store.Info(ctx, dgst)
 	if err == nil {
