@@ -172,8 +172,8 @@ say "every blob, verified, in the CAS under $root/vault/cas/blobs/sha256"
 
 vol="6f1c8a2e-3b7d-4c1e-9a55-0d2f4b8e9c10#1"
 say "localds volume create --image $HOST.local/app:1 $vol"
-ip netns exec "$node" "$BIN/localds" volume --address "$csock" create --image "$HOST.local/app:1" "$vol" 2>&1 | sed 's/^/    /'
-ip netns exec "$node" "$BIN/localds" volume --address "$csock" ls | sed 's/^/    /'
+ip netns exec "$node" "$BIN/localds" volume --root "$root" --address "$csock" create --image "$HOST.local/app:1" "$vol" 2>&1 | sed 's/^/    /'
+ip netns exec "$node" "$BIN/localds" volume --root "$root" --address "$csock" ls | sed 's/^/    /'
 ls -d "$root"/vault/volumes/* | sed 's/^/    /'
 
 say "demo done; daemons stopped, namespaces removed"
