@@ -1,8 +1,9 @@
 package dsserver
 
 import (
-	"bytes"
+	"maps"
 	"net/http"
+	"net/http/httptest"
 	"sync"
 	"time"
 
@@ -67,10 +68,14 @@ func (r *Registry) holdFor() time.Duration {
 // runs: from what is loaded if found, else once the import has ended (or
 // startupHold passed, or the client gave up).
 func (r *Registry) serveDuringImport(w http.ResponseWriter, req *http.Request, done <-chan struct{}) {
-	rec := &recordedResponse{header: http.Header{}}
+	// Answered from a recording (a manifest is small), as the importer's
+	// handlerTransport does, so that a miss can still wait.
+	rec := httptest.NewRecorder()
 	r.serve(rec, req)
-	if rec.status != http.StatusNotFound {
-		rec.replay(w)
+	if rec.Code != http.StatusNotFound {
+		maps.Copy(w.Header(), rec.Header())
+		w.WriteHeader(rec.Code)
+		w.Write(rec.Body.Bytes())
 		return
 	}
 	log.G(req.Context()).WithField("path", req.URL.Path).Debug("registry: manifest not loaded yet; waiting for the start-up import")
@@ -83,32 +88,4 @@ func (r *Registry) serveDuringImport(w http.ResponseWriter, req *http.Request, d
 		return
 	}
 	r.serve(w, req)
-}
-
-// recordedResponse keeps a (small: a manifest) response to replay it.
-type recordedResponse struct {
-	header http.Header
-	status int
-	body   bytes.Buffer
-}
-
-func (rr *recordedResponse) Header() http.Header { return rr.header }
-
-func (rr *recordedResponse) WriteHeader(status int) {
-	if rr.status == 0 {
-		rr.status = status
-	}
-}
-
-func (rr *recordedResponse) Write(p []byte) (int, error) {
-	rr.WriteHeader(http.StatusOK)
-	return rr.body.Write(p)
-}
-
-func (rr *recordedResponse) replay(w http.ResponseWriter) {
-	for k, v := range rr.header {
-		w.Header()[k] = v
-	}
-	w.WriteHeader(max(rr.status, http.StatusOK))
-	w.Write(rr.body.Bytes())
 }
