@@ -24,7 +24,10 @@ import (
 //     (`perf report --no-children -i FILE`); with LOCALDS_BENCH_PERF_ALL=1
 //     of the whole machine instead; with LOCALDS_BENCH_PERF_TRACE=calls
 //     (e.g. fdatasync,fsync) `perf trace -s` instead, each thread's count
-//     and latency of those system calls, into dir/<tag>.perf.trace;
+//     and latency of those system calls, into dir/<tag>.perf.trace; with
+//     LOCALDS_BENCH_PERF_EVENT=event (e.g. syscalls:sys_enter_fdatasync)
+//     the call stack of every such event instead (`perf script -i FILE`
+//     names the code behind each of containerd's bolt commits);
 //   - LOCALDS_BENCH_DAEMON_FLAGS="--flag=value ...": extra daemon flags,
 //     to compare settings (e.g. --stage-layers=false).
 
@@ -89,6 +92,10 @@ func startPerf(b testing.TB, tag string, pids ...int) func() {
 		// per-thread count and latency of the named syscalls
 		args = append([]string{"trace", "-s", "-e", calls, "-o", out + ".trace"}, target...)
 		out += ".trace"
+	} else if event := os.Getenv("LOCALDS_BENCH_PERF_EVENT"); event != "" {
+		// the call stacks of each such event, e.g. which code fdatasyncs
+		args = []string{"record", "-e", event, "--call-graph", "fp", "-o", out}
+		args = append(args, target...)
 	}
 	cmd := exec.Command("perf", args...)
 	var log strings.Builder
