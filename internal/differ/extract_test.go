@@ -61,12 +61,12 @@ func extractBoth(t *testing.T, layer []byte) bool {
 
 // checkUsage: the usage counted while extracting is fs.DiskUsage's, the
 // inodes exactly and the size within one block for each file of more
-// than four blocks. Before writeback ext4 counts, in st_blocks, the
-// blocks it reserved for a file's delayed allocation, an extent tree
-// block among them, and gives that block back when a writeback that
-// runs meanwhile finds it need not be used: the count taken when the
-// file was written and a walk a moment later can then differ by it.
-// Trees of small files match to the byte.
+// than four blocks. Before writeback ext4's st_blocks counts the blocks
+// reserved for a file's delayed allocation; a writeback running while a
+// file is counted or walked moves them to allocated and may add an
+// extent tree block, so the count taken when the file was written and a
+// walk a moment later can differ by a block (seen in CI: one block more
+// counted than walked). Trees of small files match to the byte.
 func checkUsage(t *testing.T, dir string, usage snapshots.Usage) {
 	t.Helper()
 	du, err := fs.DiskUsage(context.Background(), dir)
