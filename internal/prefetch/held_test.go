@@ -121,6 +121,19 @@ func (v *containerdView) fetch(ctx context.Context, desc ocispec.Descriptor, dat
 	return errc
 }
 
+// fetchDone waits for a fetch containerdView.fetch started and checks that
+// containerd downloaded the blob want times (0: it took the prefetched
+// one).
+func fetchDone(t *testing.T, errc <-chan error, fetched *int, want int) {
+	t.Helper()
+	if err := <-errc; err != nil {
+		t.Fatalf("fetch: %v", err)
+	}
+	if *fetched != want {
+		t.Errorf("containerd downloaded the blob %d times, want %d", *fetched, want)
+	}
+}
+
 // TestFetchWaitsOutsideTheLock: containerd's fetch of a blob being
 // prefetched waits for the prefetch and then records the prefetched blob
 // without downloading it, and while it waits containerd's metadata
@@ -166,12 +179,7 @@ func TestFetchWaitsOutsideTheLock(t *testing.T) {
 	// The prefetch commits the blob to the daemon's store, then ends.
 	v.prefetched(ctx, t, desc, blob)
 	end()
-	if err := <-errc; err != nil {
-		t.Fatalf("fetch after the prefetch: %v", err)
-	}
-	if fetched != 0 {
-		t.Errorf("containerd downloaded the prefetched blob %d times", fetched)
-	}
+	fetchDone(t, errc, &fetched, 0)
 	if info, err := v.cs.Info(ctx, desc.Digest); err != nil || info.Size != desc.Size {
 		t.Errorf("containerd's record of the prefetched blob: %+v, %v", info, err)
 	}
@@ -205,12 +213,7 @@ func TestFetchAfterFailedPrefetch(t *testing.T) {
 				v.waiting(ctx)
 				end()
 			}
-			if err := <-errc; err != nil {
-				t.Fatalf("fetch: %v", err)
-			}
-			if fetched != 1 {
-				t.Errorf("containerd downloaded the blob %d times, want 1", fetched)
-			}
+			fetchDone(t, errc, &fetched, 1)
 			ra, err := v.inner.ReaderAt(ctx, desc)
 			if err != nil {
 				t.Fatalf("blob not in the daemon's store: %v", err)
@@ -256,12 +259,7 @@ func TestFetchAfterPartialIngest(t *testing.T) {
 	}
 	w.Close()
 	end() // the prefetch failed: the fetch must download
-	if err := <-errc; err != nil {
-		t.Fatalf("fetch: %v", err)
-	}
-	if *fetched != 1 {
-		t.Errorf("downloads: %d, want 1", *fetched)
-	}
+	fetchDone(t, errc, fetched, 1)
 	if info, err := v.cs.Info(ctx, desc.Digest); err != nil || info.Size != desc.Size {
 		t.Errorf("containerd's record of the blob: %+v, %v", info, err)
 	}
@@ -346,11 +344,6 @@ func TestHeldFetchShowsProgress(t *testing.T) {
 		t.Fatal(err)
 	}
 	end()
-	if err := <-errc; err != nil {
-		t.Fatalf("fetch after the prefetch: %v", err)
-	}
-	if fetched != 0 {
-		t.Errorf("containerd downloaded the prefetched blob %d times", fetched)
-	}
+	fetchDone(t, errc, &fetched, 0)
 	assertNoIngests(ctx, t, v)
 }
